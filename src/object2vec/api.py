@@ -1,0 +1,102 @@
+"""The Python API: ``Object2Vec(**hyperparameters).fit(...)`` and ``object2vec.load(dir)``.
+
+The CLI calls exactly these, so everything the command line can do, Python can too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import artifact
+from .data import PairDataset, load_pairs
+from .hyperparameters import HyperparameterError, Hyperparameters, parse_hyperparameters
+from .nn import Object2VecNet
+from .predictor import Predictor
+from .training import Logger, TrainResult, fit, seed_everything
+
+DataArg = str | os.PathLike | PairDataset | None
+
+
+def build_network(hp: Hyperparameters, auxiliary: str | os.PathLike | None = None,
+                  log: Logger = print) -> tuple[Object2VecNet, list[Path]]:
+    """The untrained network, and the auxiliary files a saved model must carry along."""
+    for side in (0, 1):
+        if hp[f"enc{side}_pretrained_embedding_file"] or hp[f"enc{side}_vocab_file"]:
+            raise HyperparameterError(
+                f"enc{side}_pretrained_embedding_file / enc{side}_vocab_file are not supported in this version")
+    return Object2VecNet(hp), []
+
+
+def _as_dataset(data: DataArg, hp: Hyperparameters) -> PairDataset | None:
+    if data is None or isinstance(data, PairDataset):
+        return data
+    return load_pairs(data, hp)
+
+
+class Object2Vec:
+    """An Object2Vec model: construct with SageMaker hyperparameters, ``fit``, then ``embed``,
+    ``predict`` and ``save``.
+
+    >>> model = Object2Vec(enc0_max_seq_len=1, enc0_vocab_size=944, enc1_vocab_size=1684,
+    ...                    enc0_network="pooled_embedding", output_layer="mean_squared_error")
+    """
+
+    def __init__(self, hyperparameters: dict[str, Any] | Hyperparameters | None = None, **kwargs: Any):
+        if isinstance(hyperparameters, Hyperparameters) and not kwargs:
+            self.hp = hyperparameters
+        else:
+            self.hp = parse_hyperparameters(dict(hyperparameters or {}), **kwargs)
+        self.net: Object2VecNet | None = None
+        self.result: TrainResult | None = None
+        self.metrics: dict[str, float] = {}
+        self._files: list[Path] = []
+        self._predictor: Predictor | None = None
+
+    def fit(self, train: DataArg, validation: DataArg = None, test: DataArg = None,
+            auxiliary: str | os.PathLike | None = None, *, seed: int | None = None, device: str | None = None,
+            log: Logger = print, progress: bool | None = None) -> "Object2Vec":
+        """Train on JSON Lines channels (paths or loaded datasets); keeps the best epoch."""
+        train_data = _as_dataset(train, self.hp)
+        validation_data, test_data = _as_dataset(validation, self.hp), _as_dataset(test, self.hp)
+        seed_everything(seed)  # the initial weights depend on the seed too
+        self.net, self._files = build_network(self.hp, auxiliary, log)
+        self.result = fit(self.net, self.hp, train_data, validation_data, test_data, seed=seed, device=device,
+                          log=log, progress=progress)
+        self.metrics = dict(self.result.metrics)
+        self._predictor = Predictor(self.hp, self.net, device=device, metrics=self.metrics)
+        return self
+
+    @property
+    def predictor(self) -> Predictor:
+        if self._predictor is None:
+            raise RuntimeError("this model is not trained: call fit() or object2vec.load()")
+        return self._predictor
+
+    def embed(self, in0=None, in1=None, **kwargs: Any) -> np.ndarray:
+        """Encoder embeddings ``[n, enc_dim]`` (float32) of ``in0`` (enc0) or ``in1`` (enc1)."""
+        return self.predictor.embed(in0=in0, in1=in1, **kwargs)
+
+    def predict(self, in0, in1, **kwargs: Any) -> np.ndarray:
+        """Probabilities ``[n, num_classes]`` (softmax) or values ``[n]`` (regression)."""
+        return self.predictor.predict(in0, in1, **kwargs)
+
+    def save(self, model_dir: str | os.PathLike) -> Path:
+        """Write the model directory (hyperparameters.json, model.safetensors, metrics.json)."""
+        if self.net is None:
+            raise RuntimeError("nothing to save: call fit() first")
+        return artifact.save(model_dir, self.hp, self.net, self.metrics, self._files)
+
+    @classmethod
+    def from_predictor(cls, predictor: Predictor) -> "Object2Vec":
+        model = cls(predictor.hp)
+        model.net, model._predictor, model.metrics = predictor.net, predictor, dict(predictor.metrics)
+        return model
+
+
+def load(model_dir: str | os.PathLike, device: str | None = None, preferred_mode: str | None = None) -> Object2Vec:
+    """Load a saved model directory (or model.tar.gz); never unpickles anything."""
+    return Object2Vec.from_predictor(Predictor.load(model_dir, device=device, preferred_mode=preferred_mode))

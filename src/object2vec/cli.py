@@ -1,0 +1,97 @@
+"""The ``object2vec`` command: wiring only, every command calls the Python API.
+
+Errors a user can fix (bad hyperparameters, bad data, missing files) print one line and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from .artifact import ArtifactError
+from .data import DataError
+from .hyperparameters import HyperparameterError, describe_schema, load_hyperparameters_file
+
+USER_ERRORS: tuple[type[Exception], ...] = (HyperparameterError, DataError, ArtifactError, FileNotFoundError)
+
+
+def parse_key_values(pairs: Sequence[str]) -> dict[str, str]:
+    """``["enc_dim=64", ...]`` -> ``{"enc_dim": "64"}``."""
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise HyperparameterError(f"expected key=value, got {pair!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model on JSON Lines pairs")
+    p.add_argument("--train", help="training data: a JSON Lines file (.gz ok) or a directory of them")
+    p.add_argument("--validation", help="validation channel (early stopping and validation:* metrics)")
+    p.add_argument("--test", help="test channel (test:* metrics)")
+    p.add_argument("--auxiliary", help="directory with vocabulary and pretrained embedding files")
+    p.add_argument("--hyperparameters", metavar="FILE.json", help="SageMaker-style hyperparameters.json")
+    p.add_argument("--model-dir", help="where to write the model directory")
+    p.add_argument("--seed", type=int, default=None, help="make the run repeatable")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
+    p.add_argument("params", nargs="*", metavar="key=value", help="hyperparameters, overriding the file")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .api import Object2Vec
+
+    if not args.train or not args.model_dir:
+        raise HyperparameterError("train needs --train PATH and --model-dir DIR")
+    hyperparameters = load_hyperparameters_file(args.hyperparameters) if args.hyperparameters else {}
+    hyperparameters.update(parse_key_values(args.params))
+    model = Object2Vec(hyperparameters).fit(args.train, args.validation, args.test, args.auxiliary,
+                                            seed=args.seed, device=args.device, progress=args.progress)
+    print(f"model saved to {model.save(args.model_dir)}")
+    return 0
+
+
+def _quickstart_parser(sub) -> None:
+    p = sub.add_parser("quickstart", help="train on the bundled sample, then embed and score")
+    p.add_argument("--model-dir", default="quickstart-model")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=lambda args: _run_quickstart(args))
+
+
+def _run_quickstart(args: argparse.Namespace) -> int:
+    from . import quickstart
+
+    quickstart.run(args.model_dir, seed=args.seed)
+    return 0
+
+
+def _hyperparameters_parser(sub) -> None:
+    p = sub.add_parser("hyperparameters", help="list every hyperparameter with its default and range")
+    p.set_defaults(run=lambda args: print(describe_schema()) or 0)
+
+
+#: Each command registers itself here: a function adding its sub-parser.
+COMMANDS: list[Callable] = [_train_parser, _quickstart_parser, _hyperparameters_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="object2vec", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except USER_ERRORS as exc:
+        print(f"object2vec {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,231 @@
+"""JSON Lines pairs -> validated columns -> padded mini-batches.
+
+Records are streamed line by line (never one ``json.load`` of a whole file) from a file, a
+``.gz`` file, or a directory of them, validated, truncated to ``max_seq_len`` and stored as flat
+token arrays plus offsets, which keeps millions of records cheap. Batches carry the true lengths,
+so every encoder masks padding and a result never depends on how much padding a batch has.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import orjson
+import torch
+
+
+class DataError(ValueError):
+    """A training record is malformed; the message starts with ``file:line:``."""
+
+
+def list_data_files(path: str | os.PathLike) -> list[Path]:
+    """The JSON Lines files a channel path names: the file itself, or a directory's files."""
+    root = Path(path)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise DataError(f"{root}: no such file or directory")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"{root}: directory holds no data files")
+    return files
+
+
+def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[str, int, object]]:
+    """Yield ``(file, line_number, parsed_object)`` for every non-blank line under ``path``."""
+    for file in list_data_files(path):
+        opener = gzip.open if file.suffix == ".gz" else open
+        with opener(file, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield str(file), number, orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise DataError(f"{file}:{number}: not valid JSON ({exc})") from None
+
+
+@dataclass
+class SequenceColumn:
+    """Variable-length token sequences stored flat: ``tokens[offsets[i]:offsets[i+1]]``."""
+
+    tokens: np.ndarray  # int64, all sequences back to back
+    offsets: np.ndarray  # int64, len = n + 1
+
+    @classmethod
+    def from_lists(cls, sequences: Sequence[Sequence[int]]) -> "SequenceColumn":
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        tokens = np.fromiter((t for s in sequences for t in s), dtype=np.int64, count=int(offsets[-1]))
+        return cls(tokens, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def get(self, index: int) -> np.ndarray:
+        return self.tokens[self.offsets[index] : self.offsets[index + 1]]
+
+    def padded(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token IDs padded with 0 to the longest selected sequence, and the true lengths."""
+        starts = self.offsets[indices]
+        lengths = self.offsets[indices + 1] - starts
+        width = int(lengths.max()) if len(indices) else 1
+        positions = np.arange(width)
+        valid = positions[None, :] < lengths[:, None]
+        gather = np.where(valid, starts[:, None] + positions[None, :], 0)
+        ids = np.where(valid, self.tokens[gather] if len(self.tokens) else 0, 0)
+        return torch.from_numpy(ids), torch.from_numpy(lengths)
+
+
+@dataclass
+class PairDataset:
+    """Validated pairs: two token columns and a label per record."""
+
+    in0: SequenceColumn
+    in1: SequenceColumn
+    labels: np.ndarray  # int64 for softmax, float32 for regression
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> "PairDataset":
+        """The records at ``indices`` (used to give each distributed rank its shard)."""
+        pick = lambda col: SequenceColumn.from_lists([col.get(i) for i in indices])  # noqa: E731
+        return PairDataset(pick(self.in0), pick(self.in1), self.labels[indices], self.source)
+
+
+def _check_tokens(value: object, field: str, vocab_size: int, where: str) -> list[int]:
+    if not isinstance(value, list):
+        raise DataError(f"{where}: field '{field}' must be a list of token IDs, got {type(value).__name__}")
+    if not value:
+        raise DataError(f"{where}: field '{field}' is empty; it needs at least one token ID")
+    for token in value:
+        if not isinstance(token, int) or isinstance(token, bool):
+            raise DataError(f"{where}: field '{field}' holds {token!r}, not an integer token ID")
+        if not 0 <= token < vocab_size:
+            raise DataError(f"{where}: field '{field}' token ID {token} is outside [0, {vocab_size}) (vocab_size)")
+    return value
+
+
+def _check_label(value: object, regression: bool, num_classes: int, where: str) -> float | int:
+    if regression:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DataError(f"{where}: field 'label' must be a finite number for mean_squared_error, got {value!r}")
+        return float(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_classes:
+        raise DataError(f"{where}: field 'label' must be an integer class in [0, {num_classes}), got {value!r}")
+    return value
+
+
+def load_pairs(path: str | os.PathLike, hp) -> PairDataset:
+    """Read and validate every record of a channel; fail on the first bad one with file:line."""
+    regression = hp.output_layer == "mean_squared_error"
+    in0: list[list[int]] = []
+    in1: list[list[int]] = []
+    labels: list[float | int] = []
+    for file, number, record in iter_json_lines(path):
+        where = f"{file}:{number}"
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object with 'label', 'in0' and 'in1'")
+        for field in ("label", "in0", "in1"):
+            if field not in record:
+                raise DataError(f"{where}: missing field '{field}'")
+        in0.append(_check_tokens(record["in0"], "in0", hp.enc0_vocab_size, where)[: hp.enc0_max_seq_len])
+        in1.append(_check_tokens(record["in1"], "in1", hp.enc1_vocab_size, where)[: hp.enc1_max_seq_len])
+        labels.append(_check_label(record["label"], regression, hp.num_classes, where))
+    if not labels:
+        raise DataError(f"{path}: no records")
+    dtype = np.float32 if regression else np.int64
+    return PairDataset(SequenceColumn.from_lists(in0), SequenceColumn.from_lists(in1), np.asarray(labels, dtype), str(path))
+
+
+@dataclass
+class Batch:
+    """One padded mini-batch, ready for the network."""
+
+    in0: torch.Tensor
+    len0: torch.Tensor
+    in1: torch.Tensor
+    len1: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "Batch":
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.in0), move(self.len0), move(self.in1), move(self.len1), move(self.labels))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def epoch_pairs(data: PairDataset, negative_rate: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (in0 index, in1 index, label) triples of one epoch.
+
+    With ``negative_rate = k`` each record also yields k negatives: its in0 paired with the in1
+    of another record drawn at random, labelled 0, as the reference's negative sampling does.
+    """
+    n = len(data)
+    idx0 = np.arange(n)
+    idx1 = np.arange(n)
+    labels = data.labels
+    if negative_rate > 0 and n > 1:
+        neg0 = np.repeat(idx0, negative_rate)
+        offset = rng.integers(1, n, size=len(neg0))  # never 0, so never the record itself
+        neg1 = (neg0 + offset) % n
+        idx0 = np.concatenate([idx0, neg0])
+        idx1 = np.concatenate([idx1, neg1])
+        labels = np.concatenate([labels, np.zeros(len(neg0), dtype=labels.dtype)])
+    return idx0, idx1, labels
+
+
+def batch_order(lengths0: np.ndarray, lengths1: np.ndarray, batch_size: int, bucket_width: int,
+                rng: np.random.Generator | None) -> list[np.ndarray]:
+    """Split positions ``0..n-1`` into mini-batches.
+
+    Without bucketing: a shuffled (or, with ``rng=None``, sequential) split. With
+    ``bucket_width = w``: records whose in0 and in1 lengths fall in the same width-``w`` bins
+    share batches, so little compute goes to padding; batch order is shuffled.
+    """
+    n = len(lengths0)
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    if bucket_width <= 0:
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    keys = (lengths0[order] - 1) // bucket_width * 100_003 + (lengths1[order] - 1) // bucket_width
+    order = order[np.argsort(keys, kind="stable")]
+    sorted_keys = np.sort(keys, kind="stable")
+    batches: list[np.ndarray] = []
+    for bucket in np.split(order, np.flatnonzero(np.diff(sorted_keys)) + 1):
+        batches.extend(bucket[i : i + batch_size] for i in range(0, len(bucket), batch_size))
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def iterate_batches(data: PairDataset, batch_size: int, *, shuffle: bool = False, negative_rate: int = 0,
+                    bucket_width: int = 0, rng: np.random.Generator | None = None) -> Iterator[Batch]:
+    """Yield the padded mini-batches of one pass over ``data``."""
+    rng = rng if rng is not None else np.random.default_rng()
+    idx0, idx1, labels = epoch_pairs(data, negative_rate, rng)
+    lengths0, lengths1 = data.in0.lengths[idx0], data.in1.lengths[idx1]
+    for positions in batch_order(lengths0, lengths1, batch_size, bucket_width, rng if shuffle else None):
+        in0, len0 = data.in0.padded(idx0[positions])
+        in1, len1 = data.in1.padded(idx1[positions])
+        yield Batch(in0, len0, in1, len1, torch.from_numpy(labels[positions]))
+
+
+def count_batches(data: PairDataset, batch_size: int, negative_rate: int) -> int:
+    """Batches per epoch without bucketing (used for progress bars)."""
+    return math.ceil(len(data) * (1 + negative_rate) / batch_size)

@@ -1,0 +1,292 @@
+"""The one declared hyperparameter schema and its parser.
+
+Every name, default and valid range is the SageMaker Object2Vec one, so a user's existing
+``hyperparameters.json`` (a string-to-string map) works unchanged. Values may arrive as strings
+("True", "auto", "0.001") or as Python values. Keys starting with ``_`` (``_kvstore``,
+``_num_gpus`` in published notebooks) are accepted and ignored; every other unknown key, bad type
+or out-of-range value raises :class:`HyperparameterError` naming the key, the value and the range.
+
+This module imports nothing else of the package.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+AUTO = "auto"
+COMPARATORS = ("hadamard", "concat", "abs_diff")
+ENCODER_NETWORKS = ("hcnn", "bilstm", "pooled_embedding")
+OPTIMIZERS = ("adadelta", "adagrad", "adam", "sgd", "rmsprop")
+AUX_FILE_NAME = re.compile(r"^[A-Za-z0-9._]*$")
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter is unknown, of the wrong type, or out of its valid range."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One documented hyperparameter: how to parse it and what values are valid."""
+
+    name: str
+    kind: str  # int | float | bool | choice | int_or_auto | file | comparators
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    required: bool = False
+    help: str = ""
+
+    def valid_range(self) -> str:
+        if self.kind in ("int", "float"):
+            high = "inf" if self.high is None else _fmt(self.high)
+            return f"{self.kind} in [{_fmt(self.low)}, {high}]"
+        if self.kind == "int_or_auto":
+            return f"'auto' or int in [{_fmt(self.low)}, {_fmt(self.high)}]"
+        if self.kind == "bool":
+            return "True or False"
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.kind == "file":
+            return "a file name of characters [A-Za-z0-9._] (or empty)"
+        if self.kind == "comparators":
+            return "comma-separated list of " + ", ".join(COMPARATORS)
+        return self.kind
+
+    def parse(self, raw: Any) -> Any:
+        parser: Callable[[Any], Any] = getattr(self, "_parse_" + self.kind)
+        try:
+            return parser(raw)
+        except (TypeError, ValueError) as exc:
+            detail = f" ({exc})" if str(exc) else ""
+            raise HyperparameterError(
+                f"hyperparameter {self.name}={raw!r} is invalid{detail}; valid: {self.valid_range()}"
+            ) from None
+
+    def _in_range(self, value: float) -> None:
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise ValueError("out of range")
+
+    def _parse_int(self, raw: Any) -> int:
+        if isinstance(raw, bool):
+            raise ValueError("not an integer")
+        if isinstance(raw, float):
+            if not raw.is_integer():
+                raise ValueError("not an integer")
+            value = int(raw)
+        else:
+            text = str(raw).strip()
+            value = int(float(text)) if re.fullmatch(r"[+-]?\d+(\.0*)?([eE]\+?\d+)?", text) else int(text)
+        self._in_range(value)
+        return value
+
+    def _parse_float(self, raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise ValueError("not a number")
+        value = float(str(raw).strip()) if isinstance(raw, str) else float(raw)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("not a finite number")
+        self._in_range(value)
+        return value
+
+    def _parse_bool(self, raw: Any) -> bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("true", "1"):
+            return True
+        if text in ("false", "0"):
+            return False
+        raise ValueError("not a boolean")
+
+    def _parse_choice(self, raw: Any) -> str:
+        text = str(raw).strip()
+        if text not in self.choices:
+            raise ValueError("not an allowed value")
+        return text
+
+    def _parse_int_or_auto(self, raw: Any) -> str | int:
+        if isinstance(raw, str) and raw.strip().lower() == AUTO:
+            return AUTO
+        return self._parse_int(raw)
+
+    def _parse_file(self, raw: Any) -> str:
+        text = str(raw).strip()
+        if not AUX_FILE_NAME.match(text):
+            raise ValueError("characters outside [A-Za-z0-9._]")
+        return text
+
+    def _parse_comparators(self, raw: Any) -> tuple[str, ...]:
+        items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+        names = tuple(str(item).strip() for item in items if str(item).strip())
+        unknown = [name for name in names if name not in COMPARATORS]
+        if not names or unknown:
+            raise ValueError(f"unknown comparator {unknown[0]!r}" if unknown else "empty list")
+        return names
+
+
+def _fmt(number: float | None) -> str:
+    if number is None:
+        return "-inf"
+    return str(int(number)) if float(number).is_integer() else repr(number)
+
+
+def _encoder_params(side: int) -> list[Param]:
+    """The per-encoder parameters, declared once for enc0 and enc1."""
+    enc = f"enc{side}"
+    first = side == 0
+    networks = ENCODER_NETWORKS if first else ("enc0",) + ENCODER_NETWORKS
+    return [
+        Param(f"{enc}_max_seq_len", "int", None, 1, 5000, required=first,
+              help="Maximum tokens per input; longer inputs are truncated." + ("" if first else " Default: enc0's.")),
+        Param(f"{enc}_vocab_size", "int", None, 2, 3_000_000, required=first,
+              help="Token IDs must lie in [0, vocab_size)." + ("" if first else " Default: enc0's.")),
+        Param(f"{enc}_network", "choice", "hcnn" if first else "enc0", choices=networks,
+              help="Encoder architecture" + ("." if first else "; 'enc0' copies enc0's (own weights).")),
+        Param(f"{enc}_token_embedding_dim", "int", 300, 2, 1000, help="Token embedding size."),
+        Param(f"{enc}_layers", "int_or_auto", AUTO, 1, 4, help="Encoder depth (hcnn, bilstm)."),
+        Param(f"{enc}_cnn_filter_width", "int", 3, 1, 9, help="hcnn convolution width."),
+        Param(f"{enc}_pretrained_embedding_file", "file", "", help="GloVe-style text file in the auxiliary channel."),
+        Param(f"{enc}_vocab_file", "file", "", help="JSON token->id vocabulary in the auxiliary channel."),
+        Param(f"{enc}_freeze_pretrained_embedding", "bool", True, help="Keep pretrained rows fixed."),
+    ]
+
+
+SCHEMA: dict[str, Param] = {
+    p.name: p
+    for p in [
+        *_encoder_params(0),
+        *_encoder_params(1),
+        Param("enc_dim", "int", 4096, 4, 10000, help="Output size of both encoders."),
+        Param("comparator_list", "comparators", ("hadamard", "concat", "abs_diff"),
+              help="Ordered operators joining the two encodings."),
+        Param("mlp_layers", "int", 2, 0, 10, help="Hidden layers after the comparator."),
+        Param("mlp_dim", "int", 512, 2, 10000, help="Width of each hidden layer."),
+        Param("mlp_activation", "choice", "linear", choices=("tanh", "relu", "linear")),
+        Param("output_layer", "choice", "softmax", choices=("softmax", "mean_squared_error")),
+        Param("num_classes", "int", 2, 2, 30, help="Classes for softmax (ignored for regression)."),
+        Param("optimizer", "choice", "adam", choices=OPTIMIZERS),
+        Param("learning_rate", "float", 0.0004, 1e-6, 1.0),
+        Param("weight_decay", "float", 0.0, 0.0, 10000.0),
+        Param("dropout", "float", 0.0, 0.0, 1.0),
+        Param("epochs", "int", 30, 1, 100),
+        Param("mini_batch_size", "int", 32, 1, 10000),
+        Param("early_stopping_patience", "int", 3, 1, 5),
+        Param("early_stopping_tolerance", "float", 0.01, 1e-6, 0.1),
+        Param("negative_sampling_rate", "int", 0, 0, 100, help="Negatives made per positive each epoch."),
+        Param("tied_token_embedding_weight", "bool", False, help="One token table for both encoders."),
+        Param("token_embedding_storage_type", "choice", "dense", choices=("dense", "row_sparse")),
+        Param("bucket_width", "int", 0, 0, 100, help="Allowed length difference within a batch; 0 = off."),
+    ]
+}
+
+
+class Hyperparameters(Mapping[str, Any]):
+    """A validated, immutable set of hyperparameters with attribute access (``hp.enc_dim``)."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Hyperparameters are immutable; use replace()")
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Hyperparameters({self._values!r})"
+
+    def replace(self, **changes: Any) -> "Hyperparameters":
+        """A copy with some values changed, validated again."""
+        merged = {**self.to_strings(), **{k: v for k, v in changes.items()}}
+        return parse_hyperparameters(merged)
+
+    def encoder(self, side: int) -> dict[str, Any]:
+        """The per-encoder settings of enc0 or enc1 without their prefix."""
+        prefix = f"enc{side}_"
+        return {k[len(prefix):]: v for k, v in self._values.items() if k.startswith(prefix)}
+
+    def to_strings(self) -> dict[str, str]:
+        """The SageMaker form: every value as a string, as in hyperparameters.json."""
+        return {k: _to_string(v) for k, v in self._values.items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_strings(), indent=2, sort_keys=True)
+
+
+def _to_string(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(value)
+    return str(value)
+
+
+def parse_hyperparameters(raw: Mapping[str, Any] | None = None, **overrides: Any) -> Hyperparameters:
+    """Validate a string map (or Python values) into :class:`Hyperparameters`.
+
+    enc1's max_seq_len and vocab_size default to enc0's; ``enc1_network=enc0`` is resolved to
+    enc0's architecture and hyperparameters, so the rest of the code never sees ``enc0`` as a
+    network name.
+    """
+    given = {**(raw or {}), **overrides}
+    unknown = sorted(k for k in given if k not in SCHEMA and not str(k).startswith("_"))
+    if unknown:
+        raise HyperparameterError(
+            f"unknown hyperparameter {unknown[0]}={given[unknown[0]]!r}; valid names: {', '.join(sorted(SCHEMA))}"
+        )
+    values: dict[str, Any] = {}
+    for name, param in SCHEMA.items():
+        if name in given and given[name] is not None and not (given[name] == "" and param.kind != "file"):
+            values[name] = param.parse(given[name])
+        elif param.required:
+            raise HyperparameterError(f"hyperparameter {name} is required; valid: {param.valid_range()}")
+        else:
+            values[name] = param.default
+    _resolve_enc1(values, given)
+    return Hyperparameters(values)
+
+
+def _resolve_enc1(values: dict[str, Any], given: Mapping[str, Any]) -> None:
+    for suffix in ("max_seq_len", "vocab_size"):
+        if values[f"enc1_{suffix}"] is None:
+            values[f"enc1_{suffix}"] = values[f"enc0_{suffix}"]
+    if values["enc1_network"] == "enc0":
+        values["enc1_network"] = values["enc0_network"]
+        for suffix in ("token_embedding_dim", "layers", "cnn_filter_width"):
+            if f"enc1_{suffix}" not in given:
+                values[f"enc1_{suffix}"] = values[f"enc0_{suffix}"]
+
+
+def load_hyperparameters_file(path: str) -> dict[str, Any]:
+    """Read a SageMaker-style hyperparameters.json (a flat JSON object)."""
+    with open(path, encoding="utf-8") as handle:
+        try:
+            data = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise HyperparameterError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise HyperparameterError(f"{path}: expected a JSON object of hyperparameters")
+    return data
+
+
+def describe_schema() -> str:
+    """A table of every hyperparameter, for ``object2vec hyperparameters`` and the README."""
+    rows = ["name | default | valid | description", "--- | --- | --- | ---"]
+    for p in SCHEMA.values():
+        default = "(required)" if p.required else ("enc0's" if p.default is None else _to_string(p.default))
+        rows.append(f"`{p.name}` | {default} | {p.valid_range()} | {p.help}")
+    return "\n".join(rows)

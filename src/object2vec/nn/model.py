@@ -1,0 +1,90 @@
+"""The Object2Vec network: two encoders -> comparator -> MLP -> output head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..hyperparameters import HyperparameterError, Hyperparameters
+from .encoders import Encoder, build_encoder, make_token_table
+
+COMPARATOR_OPS = {
+    "hadamard": lambda a, b: a * b,
+    "concat": lambda a, b: torch.cat([a, b], dim=-1),
+    "abs_diff": lambda a, b: (a - b).abs(),
+}
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "linear": nn.Identity}
+
+
+def comparator_width(names: tuple[str, ...], enc_dim: int) -> int:
+    return sum(2 * enc_dim if name == "concat" else enc_dim for name in names)
+
+
+class Object2VecNet(nn.Module):
+    """in0 -> enc0, in1 -> enc1; the comparator joins the two vectors; an MLP and the output
+    layer give class logits (softmax) or one value (mean_squared_error)."""
+
+    def __init__(self, hp: Hyperparameters):
+        super().__init__()
+        self.hp = hp
+        self.comparators = tuple(hp.comparator_list)
+        self.regression = hp.output_layer == "mean_squared_error"
+        tables = self._token_tables(hp)
+        self.encoders = nn.ModuleList(
+            build_encoder(hp[f"enc{side}_network"], tables[side], hp.enc_dim, self._encoder_settings(hp, side))
+            for side in (0, 1)
+        )
+        layers: list[nn.Module] = [nn.Dropout(hp.dropout)]
+        width = comparator_width(self.comparators, hp.enc_dim)
+        for _ in range(hp.mlp_layers):
+            layers += [nn.Linear(width, hp.mlp_dim), ACTIVATIONS[hp.mlp_activation](), nn.Dropout(hp.dropout)]
+            width = hp.mlp_dim
+        self.mlp = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 1 if self.regression else hp.num_classes)
+
+    @staticmethod
+    def _token_tables(hp: Hyperparameters) -> list[nn.Embedding]:
+        sparse = hp.token_embedding_storage_type == "row_sparse"
+        if hp.tied_token_embedding_weight:
+            if hp.enc0_vocab_size != hp.enc1_vocab_size or hp.enc0_token_embedding_dim != hp.enc1_token_embedding_dim:
+                raise HyperparameterError(
+                    "tied_token_embedding_weight=True needs enc0_vocab_size == enc1_vocab_size and "
+                    "enc0_token_embedding_dim == enc1_token_embedding_dim, got "
+                    f"{hp.enc0_vocab_size}/{hp.enc1_vocab_size} and "
+                    f"{hp.enc0_token_embedding_dim}/{hp.enc1_token_embedding_dim}"
+                )
+            shared = make_token_table(hp.enc0_vocab_size, hp.enc0_token_embedding_dim, sparse)
+            return [shared, shared]
+        return [make_token_table(hp[f"enc{s}_vocab_size"], hp[f"enc{s}_token_embedding_dim"], sparse) for s in (0, 1)]
+
+    @staticmethod
+    def _encoder_settings(hp: Hyperparameters, side: int) -> dict:
+        enc = hp.encoder(side)
+        return {"layers": enc["layers"], "filter_width": enc["cnn_filter_width"],
+                "max_seq_len": enc["max_seq_len"], "dropout": hp.dropout}
+
+    @property
+    def token_tables(self) -> list[nn.Embedding]:
+        """The distinct token tables (one when tied)."""
+        tables = [enc.embedding for enc in self.encoders]
+        return tables[:1] if tables[0] is tables[1] else tables
+
+    def encoder(self, side: int) -> Encoder:
+        return self.encoders[side]
+
+    def encode(self, side: int, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.encoders[side](ids, lengths)
+
+    def compare(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([COMPARATOR_OPS[name](a, b) for name in self.comparators], dim=-1)
+
+    def forward(self, in0: torch.Tensor, len0: torch.Tensor, in1: torch.Tensor, len1: torch.Tensor) -> torch.Tensor:
+        """Class logits ``[B, num_classes]`` or regression values ``[B]``."""
+        joined = self.compare(self.encode(0, in0, len0), self.encode(1, in1, len1))
+        out = self.head(self.mlp(joined))
+        return out.squeeze(-1) if self.regression else out
+
+    def scores(self, in0, len0, in1, len1) -> torch.Tensor:
+        """What inference answers: probabilities ``[B, C]`` or values ``[B]``."""
+        out = self(in0, len0, in1, len1)
+        return out if self.regression else out.softmax(-1)

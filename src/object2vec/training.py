@@ -1,0 +1,247 @@
+"""The fit loop: optimizers, mini-batch training, metrics, early stopping on validation loss.
+
+Early stopping follows the reference: the validation loss must improve by at least
+``early_stopping_tolerance`` within ``early_stopping_patience`` epochs, else training stops; the
+weights of the best epoch (lowest validation loss) are restored at the end either way.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .data import Batch, PairDataset, count_batches, iterate_batches
+from .hyperparameters import HyperparameterError, Hyperparameters
+from .nn import Object2VecNet
+
+#: Optimizers that accept the sparse gradients of row_sparse token tables.
+SPARSE_OPTIMIZERS = ("adam", "adagrad", "sgd")
+EVAL_BATCH_SIZE = 4096
+
+Logger = Callable[[str], None]
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``None``/"auto": CUDA when present, else CPU."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int | None) -> np.random.Generator:
+    if seed is not None:
+        torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def _dense_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    factories = {
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay),
+        "adagrad": lambda: torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay),
+        "sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=weight_decay),
+        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay),
+        "adadelta": lambda: torch.optim.Adadelta(params, lr=lr, weight_decay=weight_decay),
+    }
+    return factories[name]()
+
+
+def _sparse_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.SparseAdam(params, lr=lr)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr)
+
+
+def make_optimizers(net: Object2VecNet, hp: Hyperparameters) -> list[torch.optim.Optimizer]:
+    """The optimizer(s) for ``net``.
+
+    With ``token_embedding_storage_type=row_sparse`` the token tables get sparse gradients, so
+    only the rows used in a batch are updated: adam uses ``SparseAdam`` for them, adagrad and sgd
+    take sparse gradients directly; rmsprop and adadelta have no sparse form and are refused.
+    ``weight_decay`` then applies to the dense parameters only (decaying every row each step
+    would make the update dense again).
+    """
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    if hp.token_embedding_storage_type != "row_sparse":
+        return [_dense_optimizer(hp.optimizer, trainable, hp.learning_rate, hp.weight_decay)]
+    if hp.optimizer not in SPARSE_OPTIMIZERS:
+        raise HyperparameterError(
+            f"optimizer={hp.optimizer} does not support token_embedding_storage_type=row_sparse; "
+            f"use one of {', '.join(SPARSE_OPTIMIZERS)} or token_embedding_storage_type=dense"
+        )
+    sparse_ids = {id(t.weight) for t in net.token_tables}
+    sparse = [p for p in trainable if id(p) in sparse_ids]
+    dense = [p for p in trainable if id(p) not in sparse_ids]
+    optimizers = [_dense_optimizer(hp.optimizer, dense, hp.learning_rate, hp.weight_decay)]
+    if sparse:
+        optimizers.append(_sparse_optimizer(hp.optimizer, sparse, hp.learning_rate))
+    return optimizers
+
+
+def batch_loss(net: nn.Module, batch: Batch, regression: bool) -> torch.Tensor:
+    out = net(batch.in0, batch.len0, batch.in1, batch.len1)
+    if regression:
+        return F.mse_loss(out, batch.labels.to(out.dtype))
+    return F.cross_entropy(out, batch.labels)
+
+
+@torch.inference_mode()
+def evaluate(net: Object2VecNet, data: PairDataset, device: torch.device) -> dict[str, float]:
+    """``{mean_squared_error}`` for regression, ``{accuracy, cross_entropy}`` for softmax."""
+    was_training = net.training
+    net.eval()
+    total_loss, correct = 0.0, 0
+    for batch in iterate_batches(data, EVAL_BATCH_SIZE):
+        batch = batch.to(device)
+        out = net(batch.in0, batch.len0, batch.in1, batch.len1)
+        if net.regression:
+            total_loss += F.mse_loss(out.float(), batch.labels.float(), reduction="sum").item()
+        else:
+            total_loss += F.cross_entropy(out.float(), batch.labels, reduction="sum").item()
+            correct += (out.argmax(-1) == batch.labels).sum().item()
+    net.train(was_training)
+    n = len(data)
+    if net.regression:
+        return {"mean_squared_error": total_loss / n}
+    return {"accuracy": correct / n, "cross_entropy": total_loss / n}
+
+
+def validation_loss(metrics: dict[str, float]) -> float:
+    return metrics.get("mean_squared_error", metrics.get("cross_entropy", math.nan))
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when the loss has not improved by ``tolerance`` for ``patience`` epochs; remember
+    the weights of the lowest loss seen."""
+
+    patience: int
+    tolerance: float
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: dict | None = None
+    _reference: float = math.inf
+    _stale: int = 0
+
+    def update(self, epoch: int, loss: float, net: nn.Module) -> bool:
+        """Record this epoch's loss; return True when training should stop."""
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch = loss, epoch
+            self.best_state = copy.deepcopy(net.state_dict())
+        if loss < self._reference - self.tolerance:
+            self._reference, self._stale = loss, 0
+        else:
+            self._stale += 1
+        return self._stale >= self.patience
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    samples_per_second: float = 0.0
+    seconds: float = 0.0
+
+
+def _init_output_bias(net: Object2VecNet, train: PairDataset) -> None:
+    """Start regression at the mean label, so early epochs learn structure, not the offset."""
+    if net.regression:
+        with torch.no_grad():
+            net.head.bias.fill_(float(np.mean(train.labels)))
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+
+def train_epoch(net, optimizers, train: PairDataset, hp: Hyperparameters, rng, device, bar=None) -> tuple[float, int]:
+    """One pass over ``train``; returns (mean training loss, samples seen)."""
+    net.train()
+    total, seen = 0.0, 0
+    for batch in iterate_batches(train, hp.mini_batch_size, shuffle=True, rng=rng,
+                                 negative_rate=hp.negative_sampling_rate, bucket_width=hp.bucket_width):
+        batch = batch.to(device)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss = batch_loss(net, batch, net.regression)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        total += loss.item() * len(batch)
+        seen += len(batch)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+    return total / max(seen, 1), seen
+
+
+def fit(net: Object2VecNet, hp: Hyperparameters, train: PairDataset, validation: PairDataset | None = None,
+        test: PairDataset | None = None, *, seed: int | None = None, device: torch.device | str | None = None,
+        log: Logger = print, progress: bool | None = None) -> TrainResult:
+    """Train ``net`` in place and return the final metrics (``validation:*``, ``test:*``)."""
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    rng = seed_everything(seed)
+    net.to(device)
+    _init_output_bias(net, train)
+    optimizers = make_optimizers(net, hp)
+    stopper = EarlyStopping(hp.early_stopping_patience, hp.early_stopping_tolerance)
+    progress = sys.stderr.isatty() if progress is None else progress
+    history: list[dict[str, float]] = []
+    started, samples = time.perf_counter(), 0
+    for epoch in range(1, hp.epochs + 1):
+        bar = _progress(count_batches(train, hp.mini_batch_size, hp.negative_sampling_rate), f"epoch {epoch}/{hp.epochs}", progress)
+        epoch_start = time.perf_counter()
+        train_loss, seen = train_epoch(net, optimizers, train, hp, rng, device, bar)
+        if bar is not None:
+            bar.close()
+        samples += seen
+        record = {"epoch": epoch, "train:loss": train_loss, "samples_per_second": seen / (time.perf_counter() - epoch_start)}
+        if validation is not None:
+            record.update({f"validation:{k}": v for k, v in evaluate(net, validation, device).items()})
+        history.append(record)
+        log(_format_epoch(record, hp.epochs))
+        if validation is not None and stopper.update(epoch, validation_loss(_strip(record, "validation:")), net):
+            log(f"early stopping after epoch {epoch}: no improvement of {hp.early_stopping_tolerance} "
+                f"in {hp.early_stopping_patience} epochs")
+            break
+    seconds = time.perf_counter() - started
+    if stopper.best_state is not None:
+        net.load_state_dict(stopper.best_state)
+        log(f"restored the best epoch ({stopper.best_epoch}, validation loss {stopper.best_loss:.6g})")
+    metrics = final_metrics(net, validation, test, device)
+    for name, value in metrics.items():
+        log(f"{name}={value:.6g}")
+    return TrainResult(metrics, history, stopper.best_epoch or len(history), samples / max(seconds, 1e-9), seconds)
+
+
+def final_metrics(net, validation: PairDataset | None, test: PairDataset | None, device) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for channel, data in (("validation", validation), ("test", test)):
+        if data is not None:
+            metrics.update({f"{channel}:{k}": v for k, v in evaluate(net, data, device).items()})
+    return metrics
+
+
+def _strip(record: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)}
+
+
+def _format_epoch(record: dict[str, float], epochs: int) -> str:
+    parts = [f"epoch {record['epoch']}/{epochs}"]
+    parts += [f"{k}={v:.6g}" for k, v in record.items() if k not in ("epoch",)]
+    return " ".join(parts)

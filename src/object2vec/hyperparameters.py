@@ -60,7 +60,7 @@ class Param:
         parser: Callable[[Any], Any] = getattr(self, "_parse_" + self.kind)
         try:
             return parser(raw)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # "1e999" for an int overflows
             detail = f" ({exc})" if str(exc) else ""
             raise HyperparameterError(
                 f"hyperparameter {self.name}={raw!r} is invalid{detail}; valid: {self.valid_range()}"

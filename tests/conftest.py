@@ -1,0 +1,48 @@
+"""Shared fixtures: small files and hyperparameter sets every test module can build on."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Callable
+
+import orjson
+import pytest
+
+#: The smallest valid set of hyperparameters for a fast model on single-token inputs
+#: (vocabularies of object2vec.synthetic.latent_pairs' defaults, 50 and 60).
+TINY_HYPERPARAMETERS = {
+    "enc0_network": "pooled_embedding",
+    "enc0_max_seq_len": "1",
+    "enc0_vocab_size": "50",
+    "enc1_vocab_size": "60",
+    "enc0_token_embedding_dim": "16",
+    "enc_dim": "16",
+    "mlp_layers": "1",
+    "mlp_dim": "16",
+    "mlp_activation": "relu",
+    "mini_batch_size": "32",
+    "epochs": "3",
+}
+
+
+@pytest.fixture
+def tiny_hp() -> dict[str, str]:
+    """A fresh copy of :data:`TINY_HYPERPARAMETERS` (a SageMaker-style string map)."""
+    return dict(TINY_HYPERPARAMETERS)
+
+
+@pytest.fixture
+def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
+    """``write_jsonl(records_or_lines, name="data.jsonl")`` writes a JSON Lines file under
+    ``tmp_path`` and returns its path. Items that are ``str`` are written verbatim (to make
+    broken lines); anything else is JSON-encoded. A name ending in ``.gz`` is gzip-compressed."""
+
+    def write(items, name: str = "data.jsonl") -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = b"".join((item.encode() if isinstance(item, str) else orjson.dumps(item)) + b"\n" for item in items)
+        path.write_bytes(gzip.compress(body) if name.endswith(".gz") else body)
+        return path
+
+    return write

@@ -13,8 +13,10 @@ from typing import Callable, Sequence
 from .artifact import ArtifactError
 from .data import DataError
 from .hyperparameters import HyperparameterError, describe_schema, load_hyperparameters_file
+from .transform import TransformError
 
-USER_ERRORS: tuple[type[Exception], ...] = (HyperparameterError, DataError, ArtifactError, FileNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (HyperparameterError, DataError, ArtifactError, FileNotFoundError,
+                                            TransformError)
 
 
 def parse_key_values(pairs: Sequence[str]) -> dict[str, str]:
@@ -76,8 +78,67 @@ def _hyperparameters_parser(sub) -> None:
     p.set_defaults(run=lambda args: print(describe_schema()) or 0)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP (the SageMaker inference contract)")
+    p.add_argument("--model-dir", default=None,
+                   help="model directory or model.tar.gz (default: $SM_MODEL_DIR, else /opt/ml/model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=_positive_int, default=1, help="server processes, each with the model")
+    p.add_argument("--max-payload-mb", type=float, default=6.0, help="larger request bodies get 413")
+    p.add_argument("--batch-wait-ms", type=float, default=2.0,
+                   help="longest wait to gather concurrent requests into one forward pass")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    serve(args.model_dir, host=args.host, port=args.port, workers=args.workers, max_payload_mb=args.max_payload_mb,
+          batch_wait_ms=args.batch_wait_ms, device=args.device, access_log=args.access_log)
+    return 0
+
+
+def _transform_parser(sub) -> None:
+    p = sub.add_parser("transform", help="batch transform: JSON Lines files -> <name>.out, one line per line")
+    p.add_argument("--model-dir", required=True, help="model directory or model.tar.gz")
+    p.add_argument("--input", required=True, help="a JSON Lines file or a directory of them")
+    p.add_argument("--output", required=True, help="directory for the <input name>.out files")
+    p.add_argument("--content-type", default="application/jsonlines",
+                   help="application/jsonlines (one instance per line) or application/json (one request "
+                        "document per line); may carry ;infer_max_seqlens=FWD,BCK")
+    p.add_argument("--accept", default="application/jsonlines")
+    p.add_argument("--max-payload-mb", type=float, default=6.0, help="the most bytes of records per model pass")
+    p.add_argument("--strategy", choices=["MultiRecord", "SingleRecord"], default="MultiRecord")
+    p.add_argument("--concurrency", type=_positive_int, default=1, help="batches answered at the same time")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
+    p.set_defaults(run=_run_transform)
+
+
+def _run_transform(args: argparse.Namespace) -> int:
+    from .transform import run_transform
+
+    summary = run_transform(args.model_dir, args.input, args.output, device=args.device,
+                            content_type=args.content_type, accept=args.accept, max_payload_mb=args.max_payload_mb,
+                            strategy=args.strategy, concurrency=args.concurrency, progress=args.progress)
+    print(f"transform: {summary}", file=sys.stdout if summary.ok else sys.stderr)
+    return 0 if summary.ok else 1
+
+
 #: Each command registers itself here: a function adding its sub-parser.
-COMMANDS: list[Callable] = [_train_parser, _quickstart_parser, _hyperparameters_parser]
+COMMANDS: list[Callable] = [_train_parser, _quickstart_parser, _hyperparameters_parser, _serve_parser,
+                            _transform_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,8 +34,13 @@ class InputError(ValueError):
         self.field = field
 
 
-def to_column(sequences: Sequence[Sequence[int]], field: str, vocab_size: int, max_len: int) -> SequenceColumn:
-    """Validate ``sequences`` and store them truncated to ``max_len``."""
+def to_column(sequences: Sequence[Sequence[int]], field: str, vocab_size: int, max_len: int,
+              validate: bool = True) -> SequenceColumn:
+    """Validate ``sequences`` and store them truncated to ``max_len``. ``validate=False`` is for
+    lists of int lists a caller has already checked (the HTTP codecs do, naming the request's
+    instance index)."""
+    if not validate:
+        return SequenceColumn.from_lists([seq[:max_len] for seq in sequences])
     if isinstance(sequences, np.ndarray):
         sequences = sequences.tolist()
     checked: list[list[int]] = []
@@ -56,6 +61,27 @@ def to_column(sequences: Sequence[Sequence[int]], field: str, vocab_size: int, m
     return SequenceColumn.from_lists(checked)
 
 
+def placement(device: torch.device, preferred_mode: str | None) -> tuple[torch.device, torch.device]:
+    """(encoders' device, comparator/MLP/head device) for ``INFERENCE_PREFERRED_MODE``.
+
+    GPU memory is the scarce resource: ``embedding`` keeps only the encoders (what embedding
+    requests run) on the GPU and the scoring head on the CPU; ``classification`` (or no
+    preference) keeps the whole network on the GPU. On a CPU both are the CPU.
+    """
+    if device.type == "cpu" or preferred_mode != "embedding":
+        return device, device
+    return device, torch.device("cpu")
+
+
+def inference_threads(workers: int = 1) -> int:
+    """Give each of ``workers`` serving processes an equal share of this machine's CPU cores
+    as torch intra-op threads (oversubscribed cores make every request slower)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // max(1, workers))
+    torch.set_num_threads(threads)
+    return threads
+
+
 class Predictor:
     """Inference over a trained :class:`Object2VecNet`.
 
@@ -73,7 +99,10 @@ class Predictor:
         self.preferred_mode = preferred_mode or os.environ.get("INFERENCE_PREFERRED_MODE") or None
         if self.preferred_mode is not None and self.preferred_mode not in PREFERRED_MODES:
             raise ValueError(f"INFERENCE_PREFERRED_MODE={self.preferred_mode!r}; valid: {', '.join(PREFERRED_MODES)}")
-        self.net.to(self.device)
+        self.encoder_device, self.head_device = placement(self.device, self.preferred_mode)
+        self.net.encoders.to(self.encoder_device)
+        self.net.mlp.to(self.head_device)
+        self.net.head.to(self.head_device)
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: torch.device | str | None = None,
@@ -94,8 +123,8 @@ class Predictor:
         limit = self.hp[f"enc{side}_max_seq_len"]
         return limit if cap is None else min(limit, cap)
 
-    def _column(self, side: int, sequences, cap: int | None) -> SequenceColumn:
-        return to_column(sequences, f"in{side}", self.hp[f"enc{side}_vocab_size"], self._max_len(side, cap))
+    def _column(self, side: int, sequences, cap: int | None, validate: bool = True) -> SequenceColumn:
+        return to_column(sequences, f"in{side}", self.hp[f"enc{side}_vocab_size"], self._max_len(side, cap), validate)
 
     @staticmethod
     def _batches(lengths: np.ndarray, batch_size: int):
@@ -111,13 +140,7 @@ class Predictor:
         if (in0 is None) == (in1 is None):
             raise InputError("give exactly one of in0 or in1 to embed")
         side = 0 if in0 is not None else 1
-        column = self._column(side, in0 if side == 0 else in1, max_len)
-        out = np.empty((len(column), self.embedding_dim), dtype=np.float32)
-        for rows in self._batches(column.lengths, batch_size):
-            ids, lengths = column.padded(rows)
-            vectors = self.net.encode(side, ids.to(self.device), lengths.to(self.device))
-            out[rows] = vectors.float().cpu().numpy()
-        return out
+        return self._embed_column(side, self._column(side, in0 if side == 0 else in1, max_len), batch_size)
 
     @torch.inference_mode()
     def predict(self, in0, in1, *, max_len0: int | None = None, max_len1: int | None = None,
@@ -127,11 +150,62 @@ class Predictor:
         col0, col1 = self._column(0, in0, max_len0), self._column(1, in1, max_len1)
         if len(col0) != len(col1):
             raise InputError(f"in0 has {len(col0)} sequences but in1 has {len(col1)}")
+        return self._score_columns(col0, col1, batch_size)
+
+    @torch.inference_mode()
+    def infer(self, in0: Sequence, in1: Sequence, *, validate: bool = True,
+              batch_size: int = INFERENCE_BATCH_SIZE) -> list[np.ndarray]:
+        """Answer a mixed list of instances, one float32 vector per instance in order: the pair
+        scores where both ``in0[i]`` and ``in1[i]`` are given (length num_classes, or 1 for
+        regression), else the embedding of the one given (length ``enc_dim``).
+
+        Each kind runs as one batched pass over all its instances, which is what lets the server
+        answer many small concurrent requests with one forward pass. ``validate=False`` skips the
+        token checks for input the caller has validated already.
+        """
+        if len(in0) != len(in1):
+            raise InputError(f"in0 has {len(in0)} entries but in1 has {len(in1)}")
+        results: list[np.ndarray | None] = [None] * len(in0)
+        pairs = [i for i, (a, b) in enumerate(zip(in0, in1)) if a is not None and b is not None]
+        if pairs:
+            scores = self._score_columns(self._column(0, [in0[i] for i in pairs], None, validate),
+                                         self._column(1, [in1[i] for i in pairs], None, validate), batch_size)
+            for i, row in zip(pairs, scores.reshape(len(pairs), -1)):
+                results[i] = row
+        for side, given in ((0, in0), (1, in1)):
+            other = in1 if side == 0 else in0
+            rows = [i for i, (mine, theirs) in enumerate(zip(given, other)) if mine is not None and theirs is None]
+            if rows:
+                vectors = self._embed_column(side, self._column(side, [given[i] for i in rows], None, validate),
+                                             batch_size)
+                for i, row in zip(rows, vectors):
+                    results[i] = row
+        missing = [i for i, row in enumerate(results) if row is None]
+        if missing:
+            raise InputError(f"instance {missing[0]} has neither in0 nor in1", missing[0])
+        return results  # type: ignore[return-value]
+
+    def _embed_column(self, side: int, column: SequenceColumn, batch_size: int) -> np.ndarray:
+        out = np.empty((len(column), self.embedding_dim), dtype=np.float32)
+        for rows in self._batches(column.lengths, batch_size):
+            ids, lengths = column.padded(rows)
+            vectors = self.net.encode(side, ids.to(self.encoder_device), lengths.to(self.encoder_device))
+            out[rows] = vectors.float().cpu().numpy()
+        return out
+
+    def _score_columns(self, col0: SequenceColumn, col1: SequenceColumn, batch_size: int) -> np.ndarray:
         shape = (len(col0),) if self.net.regression else (len(col0), self.hp.num_classes)
         out = np.empty(shape, dtype=np.float32)
+        device = self.encoder_device
         for rows in self._batches(col0.lengths + col1.lengths, batch_size):
-            ids0, len0 = col0.padded(rows)
-            ids1, len1 = col1.padded(rows)
-            move = lambda t: t.to(self.device)  # noqa: E731
-            out[rows] = self.net.scores(move(ids0), move(len0), move(ids1), move(len1)).float().cpu().numpy()
+            (ids0, len0), (ids1, len1) = col0.padded(rows), col1.padded(rows)
+            a = self.net.encode(0, ids0.to(device), len0.to(device))
+            b = self.net.encode(1, ids1.to(device), len1.to(device))
+            out[rows] = self._head_scores(a.to(self.head_device), b.to(self.head_device)).float().cpu().numpy()
         return out
+
+    def _head_scores(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The network's ``scores`` from the two encodings, on the head's device (which may differ
+        from the encoders' under INFERENCE_PREFERRED_MODE=embedding)."""
+        out = self.net.head(self.net.mlp(self.net.compare(a, b)))
+        return out.squeeze(-1) if self.net.regression else out.softmax(-1)

@@ -1,0 +1,312 @@
+"""The inference service: the SageMaker container contract over HTTP, served by uvicorn.
+
+Routes: ``GET /ping``, ``POST /invocations``, ``POST /endpoints/{name}/invocations`` (what
+``boto3.client("sagemaker-runtime").invoke_endpoint`` sends, so clients of a hosted endpoint work
+unchanged; its signing headers are ignored) and ``GET /execution-parameters`` (what batch
+transform asks a container). Bodies are decoded by :mod:`object2vec.codecs` and answered by the
+:class:`~object2vec.predictor.Predictor`; this module only routes, limits and batches.
+
+Concurrent small requests are micro-batched: while one forward pass runs, newly arrived requests
+queue up and are answered together by the next pass; a pass also waits a short, bounded time
+(``batch_wait_ms``) for requests that are already being read. A client mistake is always a 4xx
+with ``{"error": "..."}``; an unexpected failure is a 500 for that request only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from functools import partial
+from typing import Awaitable, Callable, Iterator
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import codecs
+from .artifact import resolve_model_dir
+from .predictor import InputError, Predictor, inference_threads
+
+logger = logging.getLogger("object2vec.server")
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
+#: Where a SageMaker-style container finds its model when no directory is named.
+DEFAULT_MODEL_DIR = "/opt/ml/model"
+ENV_PREFIX = "OBJECT2VEC_SERVE_"
+MB = 1024 * 1024
+
+
+def default_model_dir() -> str:
+    """``SM_MODEL_DIR`` when set (as in a SageMaker container), else ``/opt/ml/model``."""
+    return os.environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything a serving process needs; travels to uvicorn's worker processes as environment
+    variables (``OBJECT2VEC_SERVE_<FIELD>``), because workers import the app by name."""
+
+    model_dir: str
+    workers: int = 1
+    max_payload_mb: float = 6.0
+    batch_wait_ms: float = 2.0
+    max_batch_instances: int = 1024
+    device: str = ""
+    preferred_mode: str = ""
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * MB)
+
+    def to_env(self) -> dict[str, str]:
+        return {ENV_PREFIX + key.upper(): str(value) for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "ServeSettings":
+        environ = os.environ if environ is None else environ
+        values = {}
+        casts = {"str": str, "int": int, "float": float}
+        for field in fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is not None:
+                values[field.name] = casts[str(field.type)](raw)
+        values.setdefault("model_dir", default_model_dir())
+        return cls(**values)
+
+
+@dataclass
+class _Job:
+    in0: list
+    in1: list
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """Answers many small requests with one call of ``run(in0, in1) -> rows``.
+
+    One worker coroutine per event loop takes every queued job (up to ``max_instances``
+    instances), waits at most ``max_wait_s`` for requests that are still being read, runs the
+    gathered instances in one pass on an inference thread (so the event loop keeps reading
+    requests meanwhile) and hands each request its rows.
+    """
+
+    def __init__(self, run: Callable[[list, list], list[np.ndarray]], max_instances: int = 1024,
+                 max_wait_s: float = 0.002):
+        self.run = run
+        self.max_instances = max_instances
+        self.max_wait_s = max_wait_s
+        self.arriving = 0  # requests being read or decoded, not yet submitted
+        self._jobs: list[_Job] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="object2vec-inference")
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Mark a request as on its way, so a gathering pass may wait for it."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+
+    async def submit(self, in0: list, in1: list) -> list[np.ndarray]:
+        self._ensure_worker()
+        future = asyncio.get_running_loop().create_future()
+        self._jobs.append(_Job(in0, in1, future))
+        self._wakeup.set()
+        return await future
+
+    def _ensure_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._worker is None or self._worker.done():
+            self._loop, self._wakeup = loop, asyncio.Event()
+            self._worker = loop.create_task(self._work())
+
+    async def _work(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._jobs:
+                batch = await self._gather()
+                await self._answer(batch)
+
+    def _take(self, budget: int) -> list[_Job]:
+        taken, size = [], 0
+        while self._jobs and (not taken or size + len(self._jobs[0].in0) <= budget):
+            job = self._jobs.pop(0)
+            taken.append(job)
+            size += len(job.in0)
+        return taken
+
+    async def _gather(self) -> list[_Job]:
+        batch = self._take(self.max_instances)
+        deadline = time.monotonic() + self.max_wait_s
+        while self.arriving and (room := self.max_instances - sum(len(j.in0) for j in batch)) > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+            if self._jobs and len(self._jobs[0].in0) <= room:
+                batch += self._take(room)
+        return batch
+
+    async def _answer(self, batch: list[_Job]) -> None:
+        in0 = [seq for job in batch for seq in job.in0]
+        in1 = [seq for job in batch for seq in job.in1]
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(self._executor, partial(self.run, in0, in1))
+        except Exception as exc:  # a bug must fail these requests, never the worker
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        start = 0
+        for job in batch:
+            if not job.future.done():  # the client may have gone away
+                job.future.set_result(rows[start : start + len(job.in0)])
+            start += len(job.in0)
+
+
+def error_response(status: int, message: str) -> Response:
+    return Response(codecs.error_body(message), status_code=status, media_type=codecs.JSON)
+
+
+def json_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Client mistakes -> their 4xx; anything else -> a 500 for this request, logged."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except codecs.RequestError as exc:
+            return error_response(exc.status, str(exc))
+        except InputError as exc:
+            return error_response(400, str(exc))
+        except Exception as exc:
+            logger.exception("request failed")
+            return error_response(500, f"internal error: {type(exc).__name__}")
+
+    return guarded
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with a 413 as soon as it is known to exceed ``limit`` bytes."""
+    too_large = f"the request body is larger than the payload limit of {limit / MB:g} MB"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise codecs.RequestError(too_large, status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise codecs.RequestError(too_large, status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(predictor: Predictor, settings: ServeSettings) -> Starlette:
+    """The ASGI application answering with ``predictor``."""
+    vocab_sizes = (predictor.hp.enc0_vocab_size, predictor.hp.enc1_vocab_size)
+    batcher = MicroBatcher(partial(predictor.infer, validate=False), settings.max_batch_instances,
+                           settings.batch_wait_ms / 1000)
+
+    async def ping(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type=codecs.JSON)
+
+    async def execution_parameters(request: Request) -> Response:
+        return Response(codecs.encode_object({
+            "MaxConcurrentTransforms": settings.workers, "BatchStrategy": "MultiRecord",
+            "MaxPayloadInMB": max(1, int(settings.max_payload_mb))}), media_type=codecs.JSON)
+
+    @json_errors
+    async def invocations(request: Request) -> Response:
+        with batcher.reading():
+            body_format = codecs.parse_content_type(request.headers.get("content-type"))
+            accept = codecs.parse_accept(request.headers.get("accept"))
+            body = await read_body(request, settings.max_payload_bytes)
+            parsed = codecs.decode_request(body, body_format, vocab_sizes)
+        rows = await batcher.submit(parsed.in0, parsed.in1)
+        return Response(codecs.encode_predictions(rows, parsed.mode, accept), media_type=accept)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return error_response(exc.status_code, str(exc.detail))
+
+    app = Starlette(routes=[
+        Route("/ping", ping, methods=["GET"]),
+        Route("/execution-parameters", execution_parameters, methods=["GET"]),
+        Route("/invocations", invocations, methods=["POST"]),
+        Route("/endpoints/{name}/invocations", invocations, methods=["POST"]),
+    ], exception_handlers={HTTPException: http_error})
+    app.state.predictor, app.state.settings, app.state.batcher = predictor, settings, batcher
+    return app
+
+
+def load_app(settings: ServeSettings) -> Starlette:
+    """Load the model named by ``settings`` and build its app (one call per serving process)."""
+    predictor = Predictor.load(settings.model_dir, device=settings.device or None,
+                               preferred_mode=settings.preferred_mode or None)
+    inference_threads(settings.workers)
+    return create_app(predictor, settings)
+
+
+def app_from_env() -> Starlette:
+    """uvicorn's app factory for ``--workers N``: each worker process loads the model itself."""
+    return load_app(ServeSettings.from_env())
+
+
+def serve(model_dir: str | os.PathLike | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          workers: int = 1, max_payload_mb: float = 6.0, batch_wait_ms: float = 2.0, device: str | None = None,
+          preferred_mode: str | None = None, access_log: bool = False, log_level: str = "info") -> None:
+    """Serve a model directory (or model.tar.gz; default: ``default_model_dir()``) until stopped."""
+    import uvicorn
+
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    root = resolve_model_dir(model_dir if model_dir is not None else default_model_dir())
+    settings = ServeSettings(str(root), workers, max_payload_mb, batch_wait_ms, device=device or "",
+                             preferred_mode=preferred_mode or os.environ.get("INFERENCE_PREFERRED_MODE", ""))
+    options = dict(host=host, port=port, access_log=access_log, log_level=log_level, timeout_graceful_shutdown=10)
+    if workers == 1:  # load here, so a broken model is a clean error before anything listens
+        uvicorn.run(load_app(settings), **options)
+        return
+    os.environ.update(settings.to_env())
+    uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, **options)
+
+
+@contextlib.contextmanager
+def running(app: Starlette, host: str = DEFAULT_HOST, port: int = 0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a background thread (``port=0``: a free port); yields the
+    base URL and stops the server on exit. The quickstart, tests and benchmarks use it."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the server thread stopped before it started")
+            time.sleep(0.01)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

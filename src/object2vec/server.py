@@ -206,7 +206,7 @@ def json_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with a 413 as soon as it is known to exceed ``limit`` bytes."""
-    too_large = f"the request body is larger than the payload limit of {limit / MB:g} MB"
+    too_large = f"the request body is larger than the payload limit of {limit / MB:.3g} MB"
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise codecs.RequestError(too_large, status=413)

@@ -1,0 +1,126 @@
+"""HTTP bodies <-> instances: content types, Accept, infer_max_seqlens, modes, errors, encoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from object2vec import codecs
+from object2vec.codecs import JSON, JSONLINES, BodyFormat, RequestError
+
+VOCAB = (1100, 1100)
+#: The reference's example payloads (pair scoring and encoder embeddings).
+SCORES_EXAMPLE = {"instances": [{"in0": [6, 17, 606], "in1": [16, 21, 13]},
+                                {"in0": [774, 14, 21, 206], "in1": [21, 366, 125]}]}
+EMBEDDING_EXAMPLE = {"instances": [{"in0": [6, 17, 606, 19]}, {"in0": [22, 1016, 32]}, {"in0": [774, 14, 21, 206]}]}
+
+
+def as_jsonlines(document: dict) -> bytes:
+    return b"".join(orjson.dumps(instance) + b"\n" for instance in document["instances"])
+
+
+@pytest.mark.parametrize("header, expected", [
+    (None, BodyFormat(False)),
+    ("application/json", BodyFormat(False)),
+    ("Application/JSON; charset=UTF-8", BodyFormat(False)),
+    ("application/jsonlines", BodyFormat(True)),
+    ("application/jsonlines;charset=utf-8", BodyFormat(True)),
+    ("application/json; infer_max_seqlens=20,30", BodyFormat(False, 20, 30)),
+    ('application/jsonlines; charset=utf-8; infer_max_seqlens="1, 5000"', BodyFormat(True, 1, 5000)),
+])
+def test_content_types_and_infer_max_seqlens_are_read(header, expected):
+    assert codecs.parse_content_type(header) == expected
+
+
+@pytest.mark.parametrize("value", ["0,5", "5,0", "5001,1", "1,5001", "-1,3", "3", "3,4,5", "a,b", "2.5,3", ""])
+def test_infer_max_seqlens_out_of_range_or_malformed_is_400(value):
+    with pytest.raises(RequestError, match="infer_max_seqlens") as info:
+        codecs.parse_content_type(f"application/json; infer_max_seqlens={value}")
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("header", ["text/csv", "application/x-recordio-protobuf", "text/plain; charset=utf-8"])
+def test_unsupported_content_type_is_415(header):
+    with pytest.raises(RequestError) as info:
+        codecs.parse_content_type(header)
+    assert info.value.status == 415 and "application/jsonlines" in str(info.value)
+
+
+@pytest.mark.parametrize("header, expected", [
+    (None, JSON), ("", JSON), ("*/*", JSON), ("application/*", JSON), ("application/json", JSON),
+    ("application/jsonlines", JSONLINES), ("application/jsonlines; charset=utf-8", JSONLINES),
+    ("text/html, application/jsonlines;q=0.9, */*;q=0.1", JSONLINES),
+    ("application/json;q=0.2, application/jsonlines", JSONLINES),
+    ("application/jsonlines;q=0, application/json", JSON),
+])
+def test_accept_negotiation(header, expected):
+    assert codecs.parse_accept(header) == expected
+
+
+@pytest.mark.parametrize("header", ["text/csv", "application/xml, text/html", "application/json;q=0"])
+def test_unsupported_accept_is_406(header):
+    with pytest.raises(RequestError) as info:
+        codecs.parse_accept(header)
+    assert info.value.status == 406
+
+
+@pytest.mark.parametrize("lines", [False, True])
+def test_reference_examples_decode_to_their_mode(lines):
+    encode = as_jsonlines if lines else orjson.dumps
+    scores = codecs.decode_request(encode(SCORES_EXAMPLE), BodyFormat(lines), VOCAB)
+    assert scores.mode == codecs.SCORES and scores.in0 == [[6, 17, 606], [774, 14, 21, 206]]
+    assert scores.in1 == [[16, 21, 13], [21, 366, 125]]
+    embeds = codecs.decode_request(encode(EMBEDDING_EXAMPLE), BodyFormat(lines, 2, 5000), VOCAB)
+    assert embeds.mode == codecs.EMBEDDINGS and embeds.in1 == [None] * 3
+    assert embeds.in0 == [[6, 17], [22, 1016], [774, 14]]  # capped at FWD=2
+
+
+def test_embedding_request_may_mix_encoders_and_keeps_order():
+    body = orjson.dumps({"instances": [{"in1": [3]}, {"in0": [4, 5]}, {"in1": [6], "label": 1}]})
+    request = codecs.decode_request(body, BodyFormat(False, None, None), VOCAB)
+    assert request.mode == codecs.EMBEDDINGS
+    assert request.in0 == [None, [4, 5], None] and request.in1 == [[3], None, [6]]
+
+
+def test_mixing_pairs_and_single_inputs_is_400_naming_both_instances():
+    body = orjson.dumps({"instances": [{"in0": [1], "in1": [2]}, {"in0": [3]}]})
+    with pytest.raises(RequestError, match="instance 0 has both in0 and in1.*instance 1 has only one") as info:
+        codecs.decode_request(body, BodyFormat(), VOCAB)
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("body, lines, message, index, field", [
+    (b'{"instances": [', False, "invalid JSON", None, None),
+    (b'{"in0": [1]}\n{"in0": [2', True, "line 2: invalid JSON", None, None),
+    (b'{"predictions": []}', False, '"instances" is missing', None, None),
+    (b'[{"in0": [1]}]', False, '"instances" is missing', None, None),
+    (b'{"instances": {"in0": [1]}}', False, '"instances" must be a list', None, None),
+    (b'{"instances": []}', False, "no instances", None, None),
+    (b"\n\n", True, "no instances", None, None),
+    (b'{"instances": [{"in0": [1]}, 7]}', False, "instance 1 must be an object", 1, None),
+    (b'{"instances": [{"in0": [1]}, {"x": [1]}]}', False, "instance 1 has neither", 1, None),
+    (b'{"instances": [{"in0": [1.5]}]}', False, "instance 0: 'in0' holds 1.5, not an integer", 0, "in0"),
+    (b'{"instances": [{"in0": ["7"]}]}', False, "not an integer token ID", 0, "in0"),
+    (b'{"instances": [{"in0": [true]}]}', False, "not an integer token ID", 0, "in0"),
+    (b'{"instances": [{"in0": [1], "in1": [-4]}]}', False, "instance 0: 'in1' token ID -4 is outside", 0, "in1"),
+    (b'{"instances": [{"in0": [1]}, {"in0": [1100]}]}', False, "token ID 1100 is outside [0, 1100)", 1, "in0"),
+    (b'{"instances": [{"in0": []}]}', False, "'in0' is empty", 0, "in0"),
+    (b'{"instances": [{"in0": 5}]}', False, "'in0' must be a list", 0, "in0"),
+    (b'{"in0": [1]}\n\n{"in1": [[2]]}\n', True, "instance 1 (line 3): 'in1'", 1, "in1"),
+])
+def test_client_mistakes_are_400_naming_instance_and_field(body, lines, message, index, field):
+    with pytest.raises(RequestError) as info:
+        codecs.decode_request(body, BodyFormat(lines), VOCAB)
+    assert info.value.status == 400
+    assert message in str(info.value)
+    assert (info.value.index, info.value.field) == (index, field)
+
+
+def test_predictions_are_float32_in_both_accepts():
+    rows = [np.array([0.6533, 0.0758, 1 / 3], dtype=np.float32), np.array([0.25, 0.5, 0.25], dtype=np.float32)]
+    document = codecs.encode_predictions(rows, codecs.SCORES, JSON)
+    assert document == b'{"predictions":[{"scores":[0.6533,0.0758,0.33333334]},{"scores":[0.25,0.5,0.25]}]}'
+    lines = codecs.encode_predictions(rows, codecs.SCORES, JSONLINES)
+    assert lines == b'{"scores":[0.6533,0.0758,0.33333334]}\n{"scores":[0.25,0.5,0.25]}\n'
+    assert orjson.loads(codecs.error_body('bad "x"')) == {"error": 'bad "x"'}

@@ -1,0 +1,390 @@
+"""The inference service: reference payloads in every format, every client mistake as a 4xx
+JSON error, fuzzing, micro-batching, and boto3's sagemaker-runtime client against a real
+``object2vec serve`` process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import object2vec
+from object2vec import Object2Vec
+from object2vec.predictor import Predictor, placement
+from object2vec.server import ServeSettings, create_app
+from object2vec.synthetic import latent_pairs, write_jsonl
+
+JSON, JSONLINES = "application/json", "application/jsonlines"
+VOCAB = 1100  # the reference examples use token IDs up to 1016
+SCORES_EXAMPLE = {"instances": [{"in0": [6, 17, 606], "in1": [16, 21, 13]},
+                                {"in0": [774, 14, 21, 206], "in1": [21, 366, 125]}]}
+EMBEDDING_EXAMPLE = {"instances": [{"in0": [6, 17, 606, 19]}, {"in0": [22, 1016, 32]}, {"in0": [774, 14, 21, 206]}]}
+
+
+def tiny_model(directory, task: str = "multiclass", **overrides) -> Object2Vec:
+    """A quickly trained 3-class (or regression) model over token sequences of up to 5 IDs."""
+    hp = {"enc0_network": "pooled_embedding", "enc0_max_seq_len": "5", "enc1_max_seq_len": "5",
+          "enc0_vocab_size": str(VOCAB), "enc1_vocab_size": str(VOCAB), "enc0_token_embedding_dim": "8",
+          "enc_dim": "8", "mlp_layers": "1", "mlp_dim": "8", "num_classes": "3", "epochs": "1",
+          "mini_batch_size": "64", **overrides}
+    if task == "regression":
+        hp["output_layer"] = "mean_squared_error"
+    data = write_jsonl(latent_pairs(300, VOCAB, VOCAB, max_len0=5, max_len1=5, task=task, num_classes=3),
+                       directory / "train.jsonl")
+    model = Object2Vec(hp).fit(data, seed=0, log=lambda *_: None, progress=False)
+    model.save(directory / "model")
+    return object2vec.load(directory / "model", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Object2Vec:
+    return tiny_model(tmp_path_factory.mktemp("classifier"))
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    tasks = asyncio.all_tasks(loop)  # the apps' batching workers
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.close()
+
+
+class Client:
+    """Calls an ASGI app in-process on one event loop (so the app's batcher lives across calls)."""
+
+    alive: list["Client"] = []  # apps stay referenced until the loop closes (their workers with them)
+
+    def __init__(self, app, loop):
+        Client.alive.append(self)
+        self.loop = loop
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server")
+
+    def post(self, body, content_type: str | None = JSON, accept: str | None = None,
+             path: str = "/invocations") -> httpx.Response:
+        return self.loop.run_until_complete(self._post(body, content_type, accept, path))
+
+    async def _post(self, body, content_type, accept, path) -> httpx.Response:
+        content = orjson.dumps(body) if isinstance(body, dict) else body
+        headers = {k: v for k, v in (("content-type", content_type), ("accept", accept)) if v is not None}
+        return await self.http.post(path, content=content, headers=headers)
+
+    def post_all(self, bodies) -> list[httpx.Response]:
+        """Send every body at the same time."""
+        async def send():
+            return await asyncio.gather(*(self._post(b, JSON, None, "/invocations") for b in bodies))
+        return self.loop.run_until_complete(send())
+
+    def get(self, path: str) -> httpx.Response:
+        return self.loop.run_until_complete(self.http.get(path))
+
+
+@pytest.fixture(scope="module")
+def client(model, loop) -> Client:
+    return Client(create_app(model.predictor, ServeSettings("unused", max_payload_mb=0.05)), loop)
+
+
+def as_jsonlines(document: dict) -> bytes:
+    return b"".join(orjson.dumps(instance) + b"\n" for instance in document["instances"])
+
+
+def results(response: httpx.Response, accept: str | None) -> list[dict]:
+    assert response.status_code == 200, response.text
+    if accept == JSONLINES:
+        assert response.headers["content-type"].startswith(JSONLINES)
+        return [orjson.loads(line) for line in response.content.splitlines()]
+    assert response.headers["content-type"].startswith(JSON)
+    return orjson.loads(response.content)["predictions"]
+
+
+FORMATS = [(content, accept) for content in (JSON, JSONLINES) for accept in (None, JSON, JSONLINES)]
+
+
+@pytest.mark.parametrize("content_type, accept", FORMATS)
+def test_reference_scoring_example_round_trips(client, model, content_type, accept):
+    body = orjson.dumps(SCORES_EXAMPLE) if content_type == JSON else as_jsonlines(SCORES_EXAMPLE)
+    answers = results(client.post(body, content_type, accept), accept)
+    scores = np.array([answer["scores"] for answer in answers], dtype=np.float32)
+    assert scores.shape == (2, 3)
+    np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)
+    expected = model.predict([i["in0"] for i in SCORES_EXAMPLE["instances"]],
+                             [i["in1"] for i in SCORES_EXAMPLE["instances"]])
+    np.testing.assert_array_equal(scores, expected)  # float32 values survive the JSON exactly
+
+
+@pytest.mark.parametrize("content_type, accept", FORMATS)
+def test_reference_embedding_example_with_infer_max_seqlens(client, model, content_type, accept):
+    body = orjson.dumps(EMBEDDING_EXAMPLE) if content_type == JSON else as_jsonlines(EMBEDDING_EXAMPLE)
+    answers = results(client.post(body, f"{content_type}; infer_max_seqlens=2,5", accept), accept)
+    vectors = np.array([answer["embeddings"] for answer in answers], dtype=np.float32)
+    sequences = [i["in0"] for i in EMBEDDING_EXAMPLE["instances"]]
+    np.testing.assert_array_equal(vectors, model.embed(in0=[s[:2] for s in sequences]))
+    assert vectors.shape == (3, model.predictor.embedding_dim)
+    uncapped = results(client.post(body, content_type, accept), accept)
+    np.testing.assert_array_equal(np.array([a["embeddings"] for a in uncapped], dtype=np.float32),
+                                  model.embed(in0=sequences))
+    assert not np.array_equal(vectors, model.embed(in0=sequences))  # the cap changed the input
+
+
+def test_embedding_request_mixing_encoders_keeps_order(client, model):
+    body = {"instances": [{"in1": [5, 6]}, {"in0": [7]}, {"in1": [8]}]}
+    vectors = np.array([a["embeddings"] for a in results(client.post(body), None)], dtype=np.float32)
+    np.testing.assert_array_equal(vectors[[0, 2]], model.embed(in1=[[5, 6], [8]]))
+    np.testing.assert_array_equal(vectors[1], model.embed(in0=[[7]])[0])
+
+
+def test_regression_scores_are_one_value(tmp_path, loop):
+    regressor = tiny_model(tmp_path, task="regression")
+    client = Client(create_app(regressor.predictor, ServeSettings("unused")), loop)
+    answers = results(client.post(SCORES_EXAMPLE, accept=JSONLINES), JSONLINES)
+    assert [len(a["scores"]) for a in answers] == [1, 1]
+    expected = regressor.predict([[6, 17, 606], [774, 14, 21, 206]], [[16, 21, 13], [21, 366, 125]])
+    np.testing.assert_array_equal(np.float32([a["scores"][0] for a in answers]), expected)
+
+
+BAD_REQUESTS = [
+    # (body, content type, accept, status, text the error must contain)
+    (b'{"instances": [{"in0": [1]', JSON, None, 400, "invalid JSON"),
+    (b'\xff\xfe{"instances": []}', JSON, None, 400, "invalid JSON"),
+    (b'{"in0": [1]}\nnot json\n', JSONLINES, None, 400, "line 2: invalid JSON"),
+    (b'{"requests": [{"in0": [1]}]}', JSON, None, 400, '"instances" is missing'),
+    (b'{"instances": []}', JSON, None, 400, "no instances"),
+    (b"", JSON, None, 400, "invalid JSON"),
+    (b"", JSONLINES, None, 400, "no instances"),
+    (b'{"instances": [{"in0": [3]}, {"in0": [2.0]}]}', JSON, None, 400, "instance 1: 'in0' holds 2.0"),
+    (b'{"instances": [{"in0": [3, "x"]}]}', JSON, None, 400, "instance 0: 'in0' holds 'x'"),
+    (b'{"instances": [{"in0": [1], "in1": [2, -1]}]}', JSON, None, 400, "instance 0: 'in1' token ID -1"),
+    (b'{"instances": [{"in0": [123456789012345678901234567890]}]}', JSON, None, 400, "not an integer token ID"),
+    (b'{"instances": [{"in0": [1100]}]}', JSON, None, 400, "instance 0: 'in0' token ID 1100 is outside [0, 1100)"),
+    (b'{"in1": [3]}\n{"in1": []}\n', JSONLINES, None, 400, "instance 1 (line 2): 'in1' is empty"),
+    (b'{"instances": [{"in0": [1], "in1": [2]}, {"in1": [3]}]}', JSON, None, 400, "instance 0 has both"),
+    (b'{"instances": [{"in0": [1]}]}', "application/json; infer_max_seqlens=0,10", None, 400, "infer_max_seqlens"),
+    (b'{"instances": [{"in0": [1]}]}', "application/json; infer_max_seqlens=10,5001", None, 400, "[1, 5000]"),
+    (b'{"instances": [{"in0": [1]}]}', "application/json; infer_max_seqlens=ten", None, 400, "infer_max_seqlens"),
+    (b'{"instances": [{"in0": [1]}]}', JSON, "text/csv", 406, "Accept 'text/csv' is not supported"),
+    (b'{"instances": [{"in0": [1]}]}', "text/csv", None, 415, "Content-Type 'text/csv' is not supported"),
+    (b'{"instances": [{"in0": [1]}]}' + b" " * 60_000, JSON, None, 413, "payload limit of 0.05 MB"),
+]
+
+
+@pytest.mark.parametrize("body, content_type, accept, status, text", BAD_REQUESTS,
+                         ids=[f"{case[3]}-{case[4][:30]}" for case in BAD_REQUESTS])
+def test_client_mistakes_get_4xx_json_errors(client, body, content_type, accept, status, text):
+    response = client.post(body, content_type, accept, path="/endpoints/my-endpoint/invocations")
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith(JSON)
+    assert text in orjson.loads(response.content)["error"]
+
+
+def test_payload_limit_defaults_to_6_mb(model, loop):
+    client = Client(create_app(model.predictor, ServeSettings("unused")), loop)
+    def body(megabytes: float) -> bytes:  # one long sequence (cut to enc0_max_seq_len by the model)
+        return b'{"instances": [{"in0": [' + b"7, " * int(megabytes * 1024 * 1024 / 3) + b'7]}]}'
+
+    assert client.post(body(5.9)).status_code == 200
+    too_large = client.post(body(6.1))
+    assert too_large.status_code == 413 and "6 MB" in too_large.json()["error"]
+
+
+def test_routes_and_unknown_paths(client):
+    assert client.get("/ping").status_code == 200
+    assert client.get("/execution-parameters").json() == {
+        "MaxConcurrentTransforms": 1, "BatchStrategy": "MultiRecord", "MaxPayloadInMB": 1}
+    missing = client.get("/nowhere")
+    assert missing.status_code == 404 and "error" in missing.json()
+    wrong_method = client.get("/invocations")
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+
+
+def test_concurrent_small_requests_share_forward_passes(model, loop, monkeypatch):
+    passes = []
+    infer = model.predictor.infer
+
+    def counting_infer(in0, in1, **kwargs):
+        passes.append(len(in0))
+        return infer(in0, in1, **kwargs)
+
+    monkeypatch.setattr(model.predictor, "infer", counting_infer)
+    client = Client(create_app(model.predictor, ServeSettings("unused", batch_wait_ms=50)), loop)
+    bodies = [{"instances": [{"in0": [i + 1], "in1": [i + 2]}]} for i in range(16)]
+    responses = client.post_all(bodies)
+    assert sum(passes) == 16 and len(passes) < 16  # gathered, not one pass per request
+    for i, response in enumerate(responses):  # and each request got its own answer
+        np.testing.assert_allclose(np.float32(response.json()["predictions"][0]["scores"]),
+                                   model.predict([[i + 1]], [[i + 2]])[0], rtol=1e-6)
+
+
+def test_an_internal_failure_is_a_500_for_that_request_only(model, loop, monkeypatch):
+    calls = []
+    infer = model.predictor.infer
+
+    def failing_once(in0, in1, **kwargs):
+        calls.append(len(in0))
+        return 1 / 0 if len(calls) == 1 else infer(in0, in1, **kwargs)
+
+    monkeypatch.setattr(model.predictor, "infer", failing_once)
+    client = Client(create_app(model.predictor, ServeSettings("unused")), loop)
+    failed = client.post(EMBEDDING_EXAMPLE)
+    assert failed.status_code == 500 and failed.json() == {"error": "internal error: ZeroDivisionError"}
+    assert client.post(EMBEDDING_EXAMPLE).status_code == 200 and len(calls) == 2
+
+
+# --- fuzzing: every malformed body is a 4xx with a JSON error --------------------------------
+
+int64 = st.integers(-(2**63), 2**63 - 1)
+json_values = st.recursive(
+    st.none() | st.booleans() | int64 | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12)
+bad_sequences = st.one_of(
+    st.just([]), st.lists(st.integers(-(2**63), -1), min_size=1, max_size=3),
+    st.lists(st.integers(VOCAB, 2**63 - 1), min_size=1, max_size=3),
+    st.lists(st.floats() | st.text(max_size=3) | st.booleans() | st.none(), min_size=1, max_size=3),
+    int64, st.text(max_size=5), st.dictionaries(st.text(max_size=3), int64, max_size=2))
+good_sequences = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=4)
+bad_instances = st.one_of(
+    st.fixed_dictionaries({"in0": bad_sequences}),
+    st.fixed_dictionaries({"in0": good_sequences, "in1": bad_sequences}),
+    st.dictionaries(st.sampled_from(["label", "x", "in2"]), json_values, max_size=2),
+    int64 | st.text(max_size=4) | st.lists(int64, max_size=3))
+instance_lists = st.builds(lambda good, bad, at: good[:at] + [bad] + good[at:],
+                           st.lists(st.fixed_dictionaries({"in0": good_sequences}), max_size=3), bad_instances,
+                           st.integers(0, 3))
+malformed_bodies = st.one_of(
+    st.binary(max_size=64),
+    json_values.filter(lambda v: not (isinstance(v, dict) and "instances" in v)).map(orjson.dumps),
+    instance_lists.map(lambda instances: orjson.dumps({"instances": instances})),
+    st.lists(st.fixed_dictionaries({"in0": good_sequences, "in1": good_sequences}), min_size=1, max_size=3).map(
+        lambda pairs: orjson.dumps({"instances": pairs + [{"in1": [1]}]})),  # mixed modes
+    st.just(orjson.dumps({"instances": [{"in0": [1]}]}) + b" " * 60_000))  # over the limit
+headers = st.one_of(
+    st.tuples(st.sampled_from([JSON, f"{JSON}; charset=utf-8", None]), st.sampled_from([None, JSON, JSONLINES])),
+    st.tuples(st.sampled_from(["text/csv", "application/json; infer_max_seqlens=0,0", "application/octet-stream",
+                               "application/json; infer_max_seqlens=3"]), st.just(None)),
+    st.tuples(st.just(JSON), st.sampled_from(["text/csv", "image/png", "application/json;q=0"])))
+
+
+def test_fuzz_malformed_bodies_get_4xx_and_the_server_stays_up(client):
+    sent = []
+
+    @settings(max_examples=1200, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(body=malformed_bodies, header=headers)
+    def send(body, header):
+        response = client.post(body, *header)
+        sent.append(response.status_code)
+        assert 400 <= response.status_code < 500, (body, header, response.text)
+        assert isinstance(orjson.loads(response.content)["error"], str)
+
+    send()
+    assert len(sent) >= 1000
+    assert client.get("/ping").status_code == 200
+    assert client.post(EMBEDDING_EXAMPLE).status_code == 200
+
+
+# --- device placement ---------------------------------------------------------------------------
+
+def test_preferred_mode_placement(model):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert placement(cpu, "embedding") == (cpu, cpu) and placement(cpu, "classification") == (cpu, cpu)
+    assert placement(gpu, "embedding") == (gpu, cpu)  # only the encoders take GPU memory
+    assert placement(gpu, "classification") == (gpu, gpu) and placement(gpu, None) == (gpu, gpu)
+    with pytest.raises(ValueError, match="INFERENCE_PREFERRED_MODE"):
+        Predictor(model.predictor.hp, model.predictor.net, preferred_mode="both")
+
+
+def test_split_scoring_path_matches_the_network(model):
+    predictor = model.predictor
+    in0, in1 = [[6, 17, 606], [774, 14]], [[16, 21], [21, 366, 125]]
+    with torch.inference_mode():
+        ids0 = torch.tensor([[6, 17, 606], [774, 14, 0]])
+        ids1 = torch.tensor([[16, 21, 0], [21, 366, 125]])
+        expected = predictor.net.scores(ids0, torch.tensor([3, 2]), ids1, torch.tensor([2, 3])).numpy()
+    np.testing.assert_allclose(predictor.predict(in0, in1), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["embedding", "classification"])
+def test_preferred_mode_on_a_gpu(model, tmp_path, mode):
+    model.save(tmp_path / "m")
+    gpu_model = object2vec.load(tmp_path / "m", device="cuda", preferred_mode=mode)
+    net = gpu_model.predictor.net
+    assert next(net.encoders.parameters()).is_cuda
+    assert next(net.head.parameters()).is_cuda == (mode == "classification")
+    in0, in1 = [[6, 17, 606], [774, 14]], [[16, 21], [21, 366, 125]]
+    np.testing.assert_allclose(gpu_model.predict(in0, in1), model.predict(in0, in1), atol=1e-5)
+    np.testing.assert_allclose(gpu_model.embed(in1=in1), model.embed(in1=in1), atol=1e-5)
+
+
+# --- a real server process, called with boto3 ------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(model, tmp_path_factory):
+    """``object2vec serve`` in its own process, with two workers, on a free loopback port."""
+    model_dir = model.save(tmp_path_factory.mktemp("served") / "model")
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "object2vec", "serve", "--model-dir", str(model_dir),
+                                "--port", str(port), "--workers", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"object2vec serve did not start: {process.stdout.read().decode()}")
+        time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def test_boto3_invoke_endpoint_against_object2vec_serve(served, model, monkeypatch):
+    import boto3
+    from botocore.exceptions import ClientError
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    runtime = boto3.client("sagemaker-runtime", endpoint_url=served)
+    answer = runtime.invoke_endpoint(EndpointName="object2vec-test", Body=orjson.dumps(EMBEDDING_EXAMPLE),
+                                     ContentType="application/json; infer_max_seqlens=3,3", Accept=JSONLINES)
+    assert answer["ContentType"] == JSONLINES
+    vectors = [orjson.loads(line)["embeddings"] for line in answer["Body"].read().splitlines()]
+    expected = model.embed(in0=[i["in0"][:3] for i in EMBEDDING_EXAMPLE["instances"]])
+    np.testing.assert_array_equal(np.array(vectors, dtype=np.float32), expected)
+
+    answer = runtime.invoke_endpoint(EndpointName="object2vec-test", Body=as_jsonlines(SCORES_EXAMPLE),
+                                     ContentType=JSONLINES, Accept=JSON)
+    scores = np.array([p["scores"] for p in orjson.loads(answer["Body"].read())["predictions"]], dtype=np.float32)
+    np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)
+
+    with pytest.raises(ClientError) as info:
+        runtime.invoke_endpoint(EndpointName="object2vec-test", Body=b'{"instances": [{"in0": [-3]}]}',
+                                ContentType=JSON)
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert httpx.get(f"{served}/ping").status_code == 200

@@ -113,7 +113,7 @@ def _decode_line(line: bytes, number: int, job: Job) -> tuple[list[codecs.Instan
     JSON Lines instance, whose mode is its own)."""
     if len(line) + 1 > job.max_payload_bytes:
         raise codecs.RequestError(f"the record is {len(line)} bytes, over the payload limit of "
-                                  f"{job.max_payload_bytes / MB:g} MB")
+                                  f"{job.max_payload_bytes} bytes")
     if not line.strip():
         raise codecs.RequestError("empty line; expected a JSON object")
     if job.body.lines:
@@ -207,7 +207,6 @@ def transform(predictor: Predictor, input_path: str | os.PathLike, output_dir: s
             summary.skipped.append(target)
         else:
             todo.append((source, target))
-    inference_threads(concurrency)
     total = sum(count_lines(source) for source, _ in todo)
     with ThreadPoolExecutor(concurrency) as executor, tqdm(total=total, unit="line", desc="transform",
                                                           disable=None if progress is None else not progress) as bar:
@@ -223,6 +222,8 @@ def transform(predictor: Predictor, input_path: str | os.PathLike, output_dir: s
 
 def run_transform(model_dir: str | os.PathLike, input_path: str | os.PathLike, output_dir: str | os.PathLike,
                   device: str | None = None, **options) -> TransformSummary:
-    """Load a model directory (or model.tar.gz) and :func:`transform` with it."""
+    """Load a model directory (or model.tar.gz) and :func:`transform` with it, sharing this
+    process's CPU cores among the ``concurrency`` batches in flight."""
     predictor = Predictor.load(model_dir, device=device)
+    inference_threads(options.get("concurrency", 1))
     return transform(predictor, input_path, output_dir, **options)

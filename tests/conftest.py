@@ -8,6 +8,7 @@ from typing import Callable
 
 import orjson
 import pytest
+import torch
 
 #: The smallest valid set of hyperparameters for a fast model on single-token inputs
 #: (vocabularies of object2vec.synthetic.latent_pairs' defaults, 50 and 60).
@@ -46,3 +47,13 @@ def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train fastest on one intra-op thread, and CI shares two cores between
+    processes; use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -39,14 +39,7 @@ COMPARATORS = ["hadamard", "concat", "abs_diff", "abs_diff, hadamard, concat"]
 #: Learning rates that make each optimizer learn in 15-20 epochs; sgd and adadelta need large ones.
 OPTIMIZER_RATES = {"adam": 0.01, "adagrad": 0.1, "sgd": 0.5, "rmsprop": 0.003, "adadelta": 1.0}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the suite shares two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def dataset(records: list[dict], regression: bool = False) -> PairDataset:

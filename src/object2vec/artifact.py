@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from .hyperparameters import Hyperparameters, parse_hyperparameters
@@ -52,8 +53,12 @@ def resolve_model_dir(path: str | Path) -> Path:
         return root
     if archive.is_file() and tarfile.is_tarfile(archive):
         target = Path(tempfile.mkdtemp(prefix="object2vec-model-"))
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(target, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as exc:  # the filter refuses paths leaving target
+            shutil.rmtree(target, ignore_errors=True)
+            raise ArtifactError(f"{archive}: cannot unpack ({exc})") from None
         found = sorted(p.parent for p in target.rglob(HYPERPARAMETERS_FILE))
         if found:
             return found[0]
@@ -77,11 +82,25 @@ def load(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Hyp
     weights = root / WEIGHTS_FILE
     if not weights.is_file():
         raise ArtifactError(f"{root}: {WEIGHTS_FILE} is missing")
-    hp = parse_hyperparameters(json.loads((root / HYPERPARAMETERS_FILE).read_text(encoding="utf-8")))
+    hp = parse_hyperparameters(_read_json(root / HYPERPARAMETERS_FILE))
     net = Object2VecNet(hp)
-    missing, unexpected = load_model(net, str(weights), strict=False)
+    try:
+        missing, unexpected = load_model(net, str(weights), strict=False)
+    except (SafetensorError, RuntimeError) as exc:  # not safetensors, truncated, or other shapes
+        detail = " ".join(str(exc).split())  # one line, for the CLI
+        raise ArtifactError(f"{weights}: unreadable or does not match the hyperparameters ({detail})") from None
     if missing or unexpected:
         raise ArtifactError(f"{weights}: weights do not match the hyperparameters (missing {missing}, unexpected {unexpected})")
     metrics_file = root / METRICS_FILE
-    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
+    metrics = _read_json(metrics_file) if metrics_file.is_file() else {}
     return hp, net.to(device).eval(), metrics
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: expected a JSON object")
+    return data

@@ -95,6 +95,8 @@ def _serve_parser(sub) -> None:
     p.add_argument("--max-payload-mb", type=float, default=6.0, help="larger request bodies get 413")
     p.add_argument("--batch-wait-ms", type=float, default=2.0,
                    help="longest wait to gather concurrent requests into one forward pass")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads per worker (default: $OMP_NUM_THREADS, else CPU cores / workers)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(run=_run_serve)
@@ -104,7 +106,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
     serve(args.model_dir, host=args.host, port=args.port, workers=args.workers, max_payload_mb=args.max_payload_mb,
-          batch_wait_ms=args.batch_wait_ms, device=args.device, access_log=args.access_log)
+          batch_wait_ms=args.batch_wait_ms, threads=args.threads, device=args.device, access_log=args.access_log)
     return 0
 
 

@@ -73,11 +73,16 @@ def placement(device: torch.device, preferred_mode: str | None) -> tuple[torch.d
     return device, torch.device("cpu")
 
 
-def inference_threads(workers: int = 1) -> int:
-    """Give each of ``workers`` serving processes an equal share of this machine's CPU cores
-    as torch intra-op threads (oversubscribed cores make every request slower)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // max(1, workers))
+def inference_threads(workers: int = 1, threads: int | None = None) -> int:
+    """Set torch's intra-op threads for one of ``workers`` serving processes: ``threads`` when
+    given, else ``OMP_NUM_THREADS`` when set, else an equal share of this machine's CPU cores.
+    Oversubscribed cores make every request slower: OpenMP threads wait on each other."""
+    if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = int(os.environ["OMP_NUM_THREADS"])
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = cores // max(1, workers)
+    threads = max(1, threads)
     torch.set_num_threads(threads)
     return threads
 

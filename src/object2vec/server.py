@@ -61,6 +61,7 @@ class ServeSettings:
     max_payload_mb: float = 6.0
     batch_wait_ms: float = 2.0
     max_batch_instances: int = 1024
+    threads: int = 0  # torch threads per worker; 0: OMP_NUM_THREADS, else cores / workers
     device: str = ""
     preferred_mode: str = ""
 
@@ -260,7 +261,7 @@ def load_app(settings: ServeSettings) -> Starlette:
     """Load the model named by ``settings`` and build its app (one call per serving process)."""
     predictor = Predictor.load(settings.model_dir, device=settings.device or None,
                                preferred_mode=settings.preferred_mode or None)
-    inference_threads(settings.workers)
+    inference_threads(settings.workers, settings.threads or None)
     return create_app(predictor, settings)
 
 
@@ -270,15 +271,17 @@ def app_from_env() -> Starlette:
 
 
 def serve(model_dir: str | os.PathLike | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          workers: int = 1, max_payload_mb: float = 6.0, batch_wait_ms: float = 2.0, device: str | None = None,
-          preferred_mode: str | None = None, access_log: bool = False, log_level: str = "info") -> None:
+          workers: int = 1, max_payload_mb: float = 6.0, batch_wait_ms: float = 2.0, threads: int | None = None,
+          device: str | None = None, preferred_mode: str | None = None, access_log: bool = False,
+          log_level: str = "info") -> None:
     """Serve a model directory (or model.tar.gz; default: ``default_model_dir()``) until stopped."""
     import uvicorn
 
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     root = resolve_model_dir(model_dir if model_dir is not None else default_model_dir())
-    settings = ServeSettings(str(root), workers, max_payload_mb, batch_wait_ms, device=device or "",
+    settings = ServeSettings(str(root), workers, max_payload_mb, batch_wait_ms, threads=threads or 0,
+                             device=device or "",
                              preferred_mode=preferred_mode or os.environ.get("INFERENCE_PREFERRED_MODE", ""))
     options = dict(host=host, port=port, access_log=access_log, log_level=log_level, timeout_graceful_shutdown=10)
     if workers == 1:  # load here, so a broken model is a clean error before anything listens

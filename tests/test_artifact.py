@@ -38,6 +38,7 @@ VARIANTS = {
     "row_sparse": {"token_embedding_storage_type": "row_sparse"},
     "tied_row_sparse": {"tied_token_embedding_weight": True, "enc1_vocab_size": 50,
                         "token_embedding_storage_type": "row_sparse", "optimizer": "adagrad"},
+    "no_mlp_dropout_buckets": {"mlp_layers": 0, "dropout": 0.2, "bucket_width": 2, "mlp_activation": "tanh"},
 }
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -53,7 +54,7 @@ def train(name: str, tmp_path: Path) -> Object2Vec:
                            num_classes=hp.get("num_classes", 2), seed=1)
     train_path = tmp_path / "train.jsonl"
     train_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return Object2Vec(hp).fit(str(train_path), validation=str(train_path), seed=0, log=lambda line: None,
+    return Object2Vec(**hp).fit(str(train_path), validation=str(train_path), seed=0, log=lambda line: None,
                               progress=False)
 
 

@@ -76,7 +76,7 @@ def test_train_in_process(channels, tmp_path, capsys):
     assert err == ""  # --no-progress: plain lines only, on stdout
     assert re.search(r"^epoch 1/10 ", out, re.M)
     assert_trained_model_dir(model_dir, printed_metrics(out), 16)
-    assert str(model_dir) in out.splitlines()[-1]
+    assert any(line.startswith("model saved to") and str(model_dir) in line for line in out.splitlines())
 
 
 def test_train_same_seed_same_metrics(channels, tmp_path, capsys):

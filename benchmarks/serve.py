@@ -5,9 +5,11 @@ model of a fixed size is written (random weights: speed does not depend on what 
 ``object2vec serve`` is started on a free loopback port, and this script measures:
 
 - embeddings/s and scores/s with requests of ``--batch`` (1,000) instances, one at a time;
-- p50/p99 latency of single-instance requests at concurrency 1 and 16 (and requests/s).
+- p50/p99 latency of single-instance requests at concurrency 1 and 16, requests/s, and the
+  server process's CPU time per request (micro-batching lowers it under concurrency).
 
-The client runs on the same machine, so on a small CPU it competes with the server.
+The client runs on the same machine, so on a small CPU it competes with the server: the
+server's CPU time per request says what the server alone could sustain.
 
     python benchmarks/serve.py [--encoders pooled_embedding,hcnn] [--url http://127.0.0.1:8080]
 """
@@ -111,7 +113,18 @@ async def latencies(url: str, bodies: list[bytes], concurrency: int) -> tuple[np
         return np.array(times), len(bodies) / (time.perf_counter() - start)
 
 
-def measure(url: str, batch: int, batch_requests: int, single_requests: int, seed: int) -> dict:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a local process (Linux), to tell the server's cost per request
+    from the client's on a machine they share; NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, TypeError, ValueError, IndexError):
+        return float("nan")
+
+
+def measure(url: str, batch: int, batch_requests: int, single_requests: int, seed: int,
+            server_pid: int | None = None) -> dict:
     rng = np.random.default_rng(seed)
     doc = lambda items: orjson.dumps({"instances": items})  # noqa: E731
     row = {"embeddings/s": asyncio.run(batch_rate(url, [doc(instances(rng, batch, False))
@@ -120,7 +133,9 @@ def measure(url: str, batch: int, batch_requests: int, single_requests: int, see
                                                      for _ in range(batch_requests)], batch))}
     singles = [doc(instances(rng, 1, True)) for _ in range(single_requests)]
     for concurrency in (1, 16):
+        cpu_before = cpu_seconds(server_pid)
         times, rate = asyncio.run(latencies(url, singles, concurrency))
+        row[f"c{concurrency} server CPU ms/req"] = 1000 * (cpu_seconds(server_pid) - cpu_before) / len(singles)
         row[f"c{concurrency} p50 ms"] = 1000 * float(np.percentile(times, 50))
         row[f"c{concurrency} p99 ms"] = 1000 * float(np.percentile(times, 99))
         row[f"c{concurrency} req/s"] = rate
@@ -132,8 +147,8 @@ def print_table(rows: dict[str, dict]) -> None:
     print("| encoder | " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * len(columns))
     for name, row in rows.items():
-        print(f"| {name} | " + " | ".join(f"{row[c]:,.0f}" if row[c] >= 100 else f"{row[c]:.1f}" for c in columns)
-              + " |")
+        print(f"| {name} | " + " | ".join(f"{row[c]:,.0f}" if row[c] >= 100 else f"{row[c]:.2g}" if row[c] < 1
+                                         else f"{row[c]:.1f}" for c in columns) + " |")
 
 
 def main() -> None:
@@ -157,7 +172,8 @@ def main() -> None:
             for encoder in args.encoders.split(","):
                 process, url = start_server(write_model(encoder, Path(tmp)), args.workers, args.threads)
                 try:
-                    rows[encoder] = measure(url, args.batch, args.batch_requests, args.single_requests, args.seed)
+                    rows[encoder] = measure(url, args.batch, args.batch_requests, args.single_requests, args.seed,
+                                            process.pid if args.workers == 1 else None)
                 finally:
                     process.terminate()
                     process.wait()

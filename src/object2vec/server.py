@@ -161,10 +161,11 @@ class MicroBatcher:
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # TimeoutError from 3.11 on
                 break
-            if self._jobs and len(self._jobs[0].in0) <= room:
-                batch += self._take(room)
+            if self._jobs and len(self._jobs[0].in0) > room:
+                break  # the next request does not fit: it starts the next pass
+            batch += self._take(room)
         return batch
 
     async def _answer(self, batch: list[_Job]) -> None:

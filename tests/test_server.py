@@ -388,3 +388,15 @@ def test_boto3_invoke_endpoint_against_object2vec_serve(served, model, monkeypat
                                 ContentType=JSON)
     assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     assert httpx.get(f"{served}/ping").status_code == 200
+
+
+def test_serve_refuses_a_missing_model_before_listening(tmp_path, monkeypatch, capsys):
+    from object2vec import cli
+    from object2vec.server import default_model_dir
+
+    assert cli.main(["serve", "--model-dir", str(tmp_path), "--port", str(free_port())]) == 2
+    assert "not a model directory" in capsys.readouterr().err
+    monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path / "sm"))
+    assert default_model_dir() == str(tmp_path / "sm")
+    monkeypatch.delenv("SM_MODEL_DIR")
+    assert default_model_dir() == "/opt/ml/model"

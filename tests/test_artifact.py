@@ -288,3 +288,20 @@ def test_inference_truncates_to_max_seq_len(saved):
     long = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     np.testing.assert_array_equal(loaded.embed(in0=[long]), loaded.embed(in0=[long[:6]]))
     assert not np.array_equal(loaded.embed(in0=[long[:6]]), loaded.embed(in0=[long[:5]]))
+
+
+def test_inference_argument_errors(saved):
+    loaded = object2vec.load(saved[1])
+    with pytest.raises(InputError):
+        loaded.embed(in0=[[1]], in1=[[1]])
+    with pytest.raises(InputError):
+        loaded.embed()
+    with pytest.raises(InputError, match="in0 has 2 sequences but in1 has 1"):
+        loaded.predict(in0=[[1], [2]], in1=[[3]])
+
+
+def test_numpy_inputs_and_per_call_length_cap(saved):
+    loaded = object2vec.load(saved[1])
+    as_arrays = loaded.predict(in0=np.array([[1, 2, 3], [4, 5, 6]]), in1=[np.array([7]), np.array([8, 9])])
+    np.testing.assert_array_equal(as_arrays, loaded.predict(in0=[[1, 2, 3], [4, 5, 6]], in1=[[7], [8, 9]]))
+    np.testing.assert_array_equal(loaded.embed(in0=[[1, 2, 3, 4]], max_len=2), loaded.embed(in0=[[1, 2]]))

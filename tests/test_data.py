@@ -14,7 +14,7 @@ from object2vec.data import (
     PairDataset,
     SequenceColumn,
     batch_order,
-    count_batches,
+    epoch_size,
     epoch_pairs,
     iter_json_lines,
     iterate_batches,
@@ -212,7 +212,7 @@ def test_batches_cover_each_record_once_with_correct_padding(write_jsonl):
             assert batch.in0[row, n0:].eq(0).all() and batch.in1[row, n1:].eq(0).all()
             seen.append((batch.labels[row].item(), batch.in0[row, :n0].tolist(), batch.in1[row, :n1].tolist()))
     assert Counter(map(repr, seen)) == Counter(map(repr, as_tuples(data)))
-    assert count_batches(data, 4, 0) == 4
+    assert epoch_size(data, 0) == len(data)
 
 
 # --- shuffling -----------------------------------------------------------------------------
@@ -272,7 +272,16 @@ def test_negative_sampling_in_batches_and_fresh_each_epoch():
         assert len(negatives) == n * rate and all(b != 100 + a for a, b, _ in negatives)
         epochs.append(sorted(negatives))
     assert epochs[0] != epochs[1]
-    assert count_batches(data, 7, rate) == -(-n * 3 // 7)
+    assert epoch_size(data, rate) == n * (1 + rate)
+
+
+def test_negatives_are_made_only_for_positive_records():
+    data = positives(10)
+    data.labels[:4] = 0  # four records are already negatives
+    idx0, idx1, labels = epoch_pairs(data, 3, np.random.default_rng(0))
+    assert len(labels) == 10 + 6 * 3 and (labels[10:] == 0).all()
+    assert sorted(set(idx0[10:].tolist())) == list(range(4, 10))
+    assert epoch_size(data, 3) == len(labels)
 
 
 def test_negative_labels_are_zero_for_regression():

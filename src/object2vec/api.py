@@ -60,10 +60,11 @@ class Object2Vec:
             auxiliary: str | os.PathLike | None = None, *, seed: int | None = None, device: str | None = None,
             log: Logger = print, progress: bool | None = None) -> "Object2Vec":
         """Train on JSON Lines channels (paths or loaded datasets); keeps the best epoch."""
+        seed_everything(seed)  # the initial weights depend on the seed too
+        # The network first: a configuration error surfaces before any data is read.
+        self.net, self._files = build_network(self.hp, auxiliary, log)
         train_data = _as_dataset(train, self.hp)
         validation_data, test_data = _as_dataset(validation, self.hp), _as_dataset(test, self.hp)
-        seed_everything(seed)  # the initial weights depend on the seed too
-        self.net, self._files = build_network(self.hp, auxiliary, log)
         self.result = fit(self.net, self.hp, train_data, validation_data, test_data, seed=seed, device=device,
                           log=log, progress=progress)
         self.metrics = dict(self.result.metrics)

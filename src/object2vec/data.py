@@ -174,15 +174,16 @@ class Batch:
 def epoch_pairs(data: PairDataset, negative_rate: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The (in0 index, in1 index, label) triples of one epoch.
 
-    With ``negative_rate = k`` each record also yields k negatives: its in0 paired with the in1
-    of another record drawn at random, labelled 0, as the reference's negative sampling does.
+    With ``negative_rate = k`` each positive record (label != 0) also yields k negatives: its in0
+    paired with the in1 of another record drawn at random, labelled 0, as the reference's
+    negative sampling does ("r negative pairs per positive"). Records already labelled 0 get none.
     """
     n = len(data)
     idx0 = np.arange(n)
     idx1 = np.arange(n)
     labels = data.labels
     if negative_rate > 0 and n > 1:
-        neg0 = np.repeat(idx0, negative_rate)
+        neg0 = np.repeat(idx0[labels != 0], negative_rate)
         offset = rng.integers(1, n, size=len(neg0))  # never 0, so never the record itself
         neg1 = (neg0 + offset) % n
         idx0 = np.concatenate([idx0, neg0])
@@ -226,6 +227,6 @@ def iterate_batches(data: PairDataset, batch_size: int, *, shuffle: bool = False
         yield Batch(in0, len0, in1, len1, torch.from_numpy(labels[positions]))
 
 
-def count_batches(data: PairDataset, batch_size: int, negative_rate: int) -> int:
-    """Batches per epoch without bucketing (used for progress bars)."""
-    return math.ceil(len(data) * (1 + negative_rate) / batch_size)
+def epoch_size(data: PairDataset, negative_rate: int) -> int:
+    """Training samples per epoch: the records plus their negatives (for progress bars)."""
+    return len(data) + negative_rate * int(np.count_nonzero(data.labels != 0))

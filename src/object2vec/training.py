@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import Batch, PairDataset, count_batches, iterate_batches
+from .data import Batch, PairDataset, epoch_size, iterate_batches
 from .hyperparameters import HyperparameterError, Hyperparameters
 from .nn import Object2VecNet
 
@@ -166,7 +166,7 @@ def _progress(total: int, desc: str, enabled: bool):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="sample", unit_scale=True, leave=False, dynamic_ncols=True)
 
 
 def train_epoch(net, optimizers, train: PairDataset, hp: Hyperparameters, rng, device, bar=None) -> tuple[float, int]:
@@ -185,7 +185,7 @@ def train_epoch(net, optimizers, train: PairDataset, hp: Hyperparameters, rng, d
         total += loss.item() * len(batch)
         seen += len(batch)
         if bar is not None:
-            bar.update(1)
+            bar.update(len(batch))
             bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
     return total / max(seen, 1), seen
 
@@ -204,7 +204,7 @@ def fit(net: Object2VecNet, hp: Hyperparameters, train: PairDataset, validation:
     history: list[dict[str, float]] = []
     started, samples = time.perf_counter(), 0
     for epoch in range(1, hp.epochs + 1):
-        bar = _progress(count_batches(train, hp.mini_batch_size, hp.negative_sampling_rate), f"epoch {epoch}/{hp.epochs}", progress)
+        bar = _progress(epoch_size(train, hp.negative_sampling_rate), f"epoch {epoch}/{hp.epochs}", progress)
         epoch_start = time.perf_counter()
         train_loss, seen = train_epoch(net, optimizers, train, hp, rng, device, bar)
         if bar is not None:

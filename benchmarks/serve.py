@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -79,38 +81,68 @@ def instances(rng: np.random.Generator, n: int, pairs: bool) -> list[dict]:
     return [{"in0": seq(), "in1": seq()} if pairs else {"in0": seq()} for _ in range(n)]
 
 
-async def post(client: httpx.AsyncClient, url: str, body: bytes) -> float:
-    start = time.perf_counter()
-    response = await client.post(f"{url}/invocations", content=body, headers={"content-type": "application/json"})
-    response.raise_for_status()
-    return time.perf_counter() - start
+class Connection:
+    """One keep-alive HTTP/1.1 connection with a minimal client. The load generator shares the
+    CPU with the server, so it must cost as little as possible (a general client such as httpx
+    spends about a millisecond of CPU per request, which would be measured as server latency)."""
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> "Connection":
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+    async def post(self, body: bytes) -> float:
+        """Seconds from sending the request to having read the whole answer."""
+        start = time.perf_counter()
+        self.writer.write(b"POST /invocations HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (self.host.encode(), len(body), body))
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        answer = await self.reader.readexactly(int(length.group(1)))
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"{head.splitlines()[0].decode()}: {answer[:200].decode()}")
+        return time.perf_counter() - start
 
 
 async def batch_rate(url: str, bodies: list[bytes], per_request: int) -> float:
     """Instances per second, requests sent one after another."""
-    async with httpx.AsyncClient(timeout=120) as client:
-        await post(client, url, bodies[0])  # warm-up
+    async with Connection(url) as connection:
+        await connection.post(bodies[0])  # warm-up
         start = time.perf_counter()
         for body in bodies:
-            await post(client, url, body)
+            await connection.post(body)
         return len(bodies) * per_request / (time.perf_counter() - start)
 
 
 async def latencies(url: str, bodies: list[bytes], concurrency: int) -> tuple[np.ndarray, float]:
-    """Per-request seconds and requests/s with ``concurrency`` clients sending single instances."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        await asyncio.gather(*(post(client, url, body) for body in bodies[:concurrency]))  # warm-up
-        queue = list(reversed(bodies))
-        times: list[float] = []
+    """Per-request seconds and requests/s with ``concurrency`` clients sending single instances,
+    each on its own connection."""
+    queue = list(reversed(bodies))
+    times: list[float] = []
 
-        async def worker():
+    async def client(ready: asyncio.Event) -> None:
+        async with Connection(url) as connection:
+            await connection.post(bodies[0])  # warm-up
+            await ready.wait()
             while queue:
-                times.append(await post(client, url, queue.pop()))
+                times.append(await connection.post(queue.pop()))
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return np.array(times), len(bodies) / (time.perf_counter() - start)
+    ready = asyncio.Event()
+    clients = [asyncio.create_task(client(ready)) for _ in range(concurrency)]
+    await asyncio.sleep(0.5)  # connections open and warm
+    start = time.perf_counter()
+    ready.set()
+    await asyncio.gather(*clients)
+    return np.array(times), len(bodies) / (time.perf_counter() - start)
 
 
 def cpu_seconds(pid: int | None) -> float:

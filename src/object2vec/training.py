@@ -120,24 +120,34 @@ def validation_loss(metrics: dict[str, float]) -> float:
     return metrics.get("mean_squared_error", metrics.get("cross_entropy", math.nan))
 
 
+def objective(metrics: dict[str, float]) -> tuple[float, ...]:
+    """How epochs are ranked when choosing the one to keep (lower is better): the reference's
+    tuning objective, ``validation:accuracy`` for softmax (ties broken by cross-entropy) and
+    ``validation:mean_squared_error`` for regression."""
+    if "accuracy" in metrics:
+        return (-metrics["accuracy"], metrics["cross_entropy"])
+    return (metrics["mean_squared_error"],)
+
+
 @dataclass
 class EarlyStopping:
-    """Stop when the loss has not improved by ``tolerance`` for ``patience`` epochs; remember
-    the weights of the lowest loss seen."""
+    """Stop when the validation loss has not improved by ``tolerance`` for ``patience`` epochs;
+    remember the weights of the best epoch by the objective metric."""
 
     patience: int
     tolerance: float
-    best_loss: float = math.inf
+    best_objective: tuple[float, ...] = (math.inf,)
     best_epoch: int = 0
     best_state: dict | None = None
     _reference: float = math.inf
     _stale: int = 0
 
-    def update(self, epoch: int, loss: float, net: nn.Module) -> bool:
-        """Record this epoch's loss; return True when training should stop."""
-        if loss < self.best_loss:
-            self.best_loss, self.best_epoch = loss, epoch
+    def update(self, epoch: int, metrics: dict[str, float], net: nn.Module) -> bool:
+        """Record this epoch's validation metrics; return True when training should stop."""
+        if objective(metrics) < self.best_objective:
+            self.best_objective, self.best_epoch = objective(metrics), epoch
             self.best_state = copy.deepcopy(net.state_dict())
+        loss = validation_loss(metrics)
         if loss < self._reference - self.tolerance:
             self._reference, self._stale = loss, 0
         else:
@@ -215,14 +225,14 @@ def fit(net: Object2VecNet, hp: Hyperparameters, train: PairDataset, validation:
             record.update({f"validation:{k}": v for k, v in evaluate(net, validation, device).items()})
         history.append(record)
         log(_format_epoch(record, hp.epochs))
-        if validation is not None and stopper.update(epoch, validation_loss(_strip(record, "validation:")), net):
+        if validation is not None and stopper.update(epoch, _strip(record, "validation:"), net):
             log(f"early stopping after epoch {epoch}: no improvement of {hp.early_stopping_tolerance} "
                 f"in {hp.early_stopping_patience} epochs")
             break
     seconds = time.perf_counter() - started
     if stopper.best_state is not None:
         net.load_state_dict(stopper.best_state)
-        log(f"restored the best epoch ({stopper.best_epoch}, validation loss {stopper.best_loss:.6g})")
+        log(f"restored the best epoch ({stopper.best_epoch})")
     metrics = final_metrics(net, validation, test, device)
     for name, value in metrics.items():
         log(f"{name}={value:.6g}")

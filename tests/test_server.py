@@ -5,7 +5,6 @@ JSON error, fuzzing, micro-batching, and boto3's sagemaker-runtime client agains
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import artifact
+from . import artifact, distributed
 from .data import PairDataset, load_pairs
 from .hyperparameters import HyperparameterError, Hyperparameters, parse_hyperparameters
 from .nn import Object2VecNet
@@ -68,7 +68,8 @@ class Object2Vec:
         self.result = fit(self.net, self.hp, train_data, validation_data, test_data, seed=seed, device=device,
                           log=log, progress=progress)
         self.metrics = dict(self.result.metrics)
-        self._predictor = Predictor(self.hp, self.net, device=device, metrics=self.metrics)
+        trained_on = next(self.net.parameters()).device  # under torchrun: this rank's cuda:LOCAL_RANK
+        self._predictor = Predictor(self.hp, self.net, device=trained_on, metrics=self.metrics)
         return self
 
     @property
@@ -86,9 +87,14 @@ class Object2Vec:
         return self.predictor.predict(in0, in1, **kwargs)
 
     def save(self, model_dir: str | os.PathLike) -> Path:
-        """Write the model directory (hyperparameters.json, model.safetensors, metrics.json)."""
+        """Write the model directory (hyperparameters.json, model.safetensors, metrics.json).
+
+        Under torchrun only rank 0 writes (every rank holds the same weights); the others
+        return the path without touching it."""
         if self.net is None:
             raise RuntimeError("nothing to save: call fit() first")
+        if not distributed.is_main_process():
+            return Path(model_dir)
         return artifact.save(model_dir, self.hp, self.net, self.metrics, self._files)
 
     @classmethod

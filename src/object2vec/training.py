@@ -8,6 +8,7 @@ weights of the best epoch (lowest validation loss) are restored at the end eithe
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import sys
 import time
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import distributed
 from .data import Batch, PairDataset, epoch_size, iterate_batches
 from .hyperparameters import HyperparameterError, Hyperparameters
 from .nn import Object2VecNet
@@ -97,7 +99,9 @@ def batch_loss(net: nn.Module, batch: Batch, regression: bool) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate(net: Object2VecNet, data: PairDataset, device: torch.device) -> dict[str, float]:
-    """``{mean_squared_error}`` for regression, ``{accuracy, cross_entropy}`` for softmax."""
+    """``{mean_squared_error}`` for regression, ``{accuracy, cross_entropy}`` for softmax.
+
+    Under torch.distributed every rank calls it on its shard; the sums are added over ranks."""
     was_training = net.training
     net.eval()
     total_loss, correct = 0.0, 0
@@ -110,7 +114,7 @@ def evaluate(net: Object2VecNet, data: PairDataset, device: torch.device) -> dic
             total_loss += F.cross_entropy(out.float(), batch.labels, reduction="sum").item()
             correct += (out.argmax(-1) == batch.labels).sum().item()
     net.train(was_training)
-    n = len(data)
+    total_loss, correct, n = distributed.sum_across_ranks(total_loss, correct, len(data))
     if net.regression:
         return {"mean_squared_error": total_loss / n}
     return {"accuracy": correct / n, "cross_entropy": total_loss / n}
@@ -179,16 +183,21 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="sample", unit_scale=True, leave=False, dynamic_ncols=True)
 
 
-def train_epoch(net, optimizers, train: PairDataset, hp: Hyperparameters, rng, device, bar=None) -> tuple[float, int]:
-    """One pass over ``train``; returns (mean training loss, samples seen)."""
+def train_epoch(net, optimizers, train: PairDataset, hp: Hyperparameters, rng, device, bar=None, *,
+                model: nn.Module | None = None, max_batches: int | None = None) -> tuple[float, int]:
+    """One pass over ``train``; returns (mean training loss, samples seen). ``model`` runs the
+    forward pass (default ``net``; its DistributedDataParallel wrapper under torchrun), and
+    ``max_batches`` caps the pass so every rank takes the same number of steps."""
     net.train()
+    model = net if model is None else model
     total, seen = 0.0, 0
-    for batch in iterate_batches(train, hp.mini_batch_size, shuffle=True, rng=rng,
-                                 negative_rate=hp.negative_sampling_rate, bucket_width=hp.bucket_width):
+    batches = iterate_batches(train, hp.mini_batch_size, shuffle=True, rng=rng,
+                              negative_rate=hp.negative_sampling_rate, bucket_width=hp.bucket_width)
+    for batch in itertools.islice(batches, max_batches):
         batch = batch.to(device)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
-        loss = batch_loss(net, batch, net.regression)
+        loss = batch_loss(model, batch, net.regression)
         loss.backward()
         for opt in optimizers:
             opt.step()
@@ -204,21 +213,28 @@ def fit(net: Object2VecNet, hp: Hyperparameters, train: PairDataset, validation:
         test: PairDataset | None = None, *, seed: int | None = None, device: torch.device | str | None = None,
         log: Logger = print, progress: bool | None = None) -> TrainResult:
     """Train ``net`` in place and return the final metrics (``validation:*``, ``test:*``)."""
-    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    run = distributed.setup(device)  # under torchrun: join the process group, take this rank's shards
+    run.check(hp)
+    device, log = run.device, run.main_only(log)
+    train = run.shard(train, name="train")
+    validation, test = run.shard(validation, equal=False), run.shard(test, equal=False)
     rng = seed_everything(seed)
     net.to(device)
     _init_output_bias(net, train)
+    model = run.wrap(net)
+    steps = run.steps_per_epoch(epoch_size(train, hp.negative_sampling_rate), hp.mini_batch_size)
     optimizers = make_optimizers(net, hp)
     stopper = EarlyStopping(hp.early_stopping_patience, hp.early_stopping_tolerance)
-    progress = sys.stderr.isatty() if progress is None else progress
+    progress = (sys.stderr.isatty() if progress is None else progress) and run.is_main
     history: list[dict[str, float]] = []
     started, samples = time.perf_counter(), 0
     for epoch in range(1, hp.epochs + 1):
         bar = _progress(epoch_size(train, hp.negative_sampling_rate), f"epoch {epoch}/{hp.epochs}", progress)
         epoch_start = time.perf_counter()
-        train_loss, seen = train_epoch(net, optimizers, train, hp, rng, device, bar)
+        train_loss, seen = train_epoch(net, optimizers, train, hp, rng, device, bar, model=model, max_batches=steps)
         if bar is not None:
             bar.close()
+        train_loss, seen = run.mean_loss(train_loss, seen)
         samples += seen
         record = {"epoch": epoch, "train:loss": train_loss, "samples_per_second": seen / (time.perf_counter() - epoch_start)}
         if validation is not None:

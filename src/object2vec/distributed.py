@@ -1,0 +1,194 @@
+"""Data-parallel training with ``torch.distributed``: torchrun's environment -> a process group.
+
+``torchrun --nproc_per_node=N -m object2vec train ...`` (or several nodes with torchrun's
+``--nnodes/--node_rank/--rdzv_endpoint``) starts one process per device and sets ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``. :func:`setup` turns that
+into a :class:`Context`: the process group (``nccl`` on CUDA, ``gloo`` on CPU), this rank's
+device (``cuda:LOCAL_RANK``), its disjoint shard of every channel, the
+``DistributedDataParallel`` wrapper (gradients averaged over ranks) and the reductions that make
+every metric, and so every early-stopping decision, identical on every rank. Without torchrun
+(``WORLD_SIZE`` unset or 1) the same calls are no-ops, so the fit loop has one code path.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .data import PairDataset
+from .hyperparameters import HyperparameterError, Hyperparameters
+
+#: When set, every rank writes ``rank<r>.json`` there: the record indices of its training shard
+#: (an audit of the sharding; the tests use it to show the shards are disjoint).
+SHARD_LOG_ENV = "OBJECT2VEC_SHARD_LOG_DIR"
+
+
+def world_size() -> int:
+    """Processes in this run: torchrun's ``WORLD_SIZE`` (1 without torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def rank() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and without torchrun): the one process that writes files and prints."""
+    return rank() == 0
+
+
+def local_device(device: str | torch.device | None) -> torch.device:
+    """This process's device. Without torchrun: ``device`` (``None``/"auto": CUDA when present).
+    Under torchrun on CUDA each process takes ``cuda:LOCAL_RANK``; naming another index is refused
+    when several processes share the node, since they would all land on one GPU."""
+    name = str(device) if device is not None else "auto"
+    if name in ("", "auto"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = torch.device(name)
+    if chosen.type != "cuda" or world_size() == 1:
+        return chosen
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if chosen.index is not None and chosen.index != local_rank and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        raise HyperparameterError(f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda")
+    return torch.device("cuda", local_rank)
+
+
+def backend_for(device: torch.device) -> str:
+    """``nccl`` for CUDA devices, ``gloo`` for CPU."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def shard_indices(n: int, rank: int, world_size: int, *, equal: bool) -> np.ndarray:
+    """The record indices rank ``rank`` of ``world_size`` owns: every ``world_size``-th record,
+    so shards are disjoint and each is spread over the whole file. ``equal=True`` trims every
+    shard to ``n // world_size`` records (training: the ranks then step in lock-step; at most
+    ``world_size - 1`` records are left out); ``equal=False`` keeps every record (evaluation,
+    whose sums are added up across ranks)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside [0, {world_size})")
+    indices = np.arange(rank, n, world_size, dtype=np.int64)
+    return indices[: n // world_size] if equal else indices
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process's place in the run; ``world_size == 1`` means a plain single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def backend(self) -> str:
+        return backend_for(self.device)
+
+    def check(self, hp: Hyperparameters) -> None:
+        """Refuse what the backend cannot do: NCCL has no all-reduce for sparse gradients."""
+        if self.enabled and self.backend == "nccl" and hp.token_embedding_storage_type == "row_sparse":
+            raise HyperparameterError(
+                "token_embedding_storage_type=row_sparse cannot train on several GPUs: NCCL cannot all-reduce "
+                "sparse gradients; use token_embedding_storage_type=dense, or train on CPUs (--device cpu, gloo)")
+
+    def shard(self, data: PairDataset | None, *, equal: bool = True, name: str = "") -> PairDataset | None:
+        """This rank's records of ``data`` (see :func:`shard_indices`); ``data`` itself when alone."""
+        if data is None or not self.enabled:
+            return data
+        indices = shard_indices(len(data), self.rank, self.world_size, equal=equal)
+        if name and os.environ.get(SHARD_LOG_ENV):
+            _log_shard(Path(os.environ[SHARD_LOG_ENV]), self.rank, name, data.source, indices)
+        return data.subset(indices)
+
+    def wrap(self, net: nn.Module) -> nn.Module:
+        """``net`` in ``DistributedDataParallel`` (which starts every rank from rank 0's weights
+        and averages the gradients after each backward pass); ``net`` itself when alone."""
+        if not self.enabled:
+            return net
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(net, device_ids=device_ids)
+
+    def steps_per_epoch(self, samples: int, batch_size: int) -> int | None:
+        """How many mini-batches every rank takes per epoch: the fewest any rank has (a rank's
+        ``samples`` may differ with negative sampling; bucketing only adds batches), so all ranks
+        make the same number of gradient all-reduces. ``None`` (no limit) when alone."""
+        if not self.enabled:
+            return None
+        return int(_all_reduce([math.ceil(samples / batch_size)], dist.ReduceOp.MIN)[0])
+
+    def mean_loss(self, loss: float, seen: int) -> tuple[float, int]:
+        """The sample-weighted mean of the ranks' mean losses, and the samples of all ranks."""
+        total, count = sum_across_ranks(loss * seen, seen)
+        return total / max(count, 1), int(count)
+
+    def main_only(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """``log`` on rank 0, a no-op elsewhere: metrics are printed once."""
+        return log if self.is_main else (lambda _line: None)
+
+
+
+def sum_across_ranks(*values: float) -> tuple[float, ...]:
+    """Sums over all ranks, bit-identical on every rank (rank 0's result is broadcast); the
+    values themselves without a process group. Every rank must call it."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    return tuple(_all_reduce(list(values), dist.ReduceOp.SUM))
+
+
+def _all_reduce(values: list[float], op) -> list[float]:
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.tensor(values, dtype=torch.float64, device=on)
+    dist.all_reduce(tensor, op=op)
+    dist.broadcast(tensor, src=0)
+    return tensor.cpu().tolist()
+
+
+def setup(device: str | torch.device | None = None) -> Context:
+    """The :class:`Context` of this process; joins the process group on first use under torchrun
+    (and leaves it at exit). Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and torchrun's
+    rendezvous variables (``MASTER_ADDR``/``MASTER_PORT``) through ``init_method="env://"``."""
+    chosen = local_device(device)
+    if world_size() == 1:
+        return Context(device=chosen)
+    if not dist.is_initialized():
+        if chosen.type == "cuda":
+            torch.cuda.set_device(chosen)
+        dist.init_process_group(backend_for(chosen), init_method="env://")
+        atexit.register(teardown)
+    return Context(dist.get_rank(), dist.get_world_size(), chosen)
+
+
+def teardown() -> None:
+    """Leave the process group (safe to call twice, or without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _log_shard(directory: Path, rank: int, name: str, source: str, indices: np.ndarray) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"rank{rank}.json"
+    logged = json.loads(path.read_text()) if path.is_file() else {}
+    logged[name] = {"source": source, "indices": indices.tolist()}
+    path.write_text(json.dumps(logged))

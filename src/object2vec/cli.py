@@ -10,13 +10,15 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from . import container, distributed
 from .artifact import ArtifactError
+from .container import ContainerError, Layout, serve_target
 from .data import DataError
 from .hyperparameters import HyperparameterError, describe_schema, load_hyperparameters_file
 from .transform import TransformError
 
 USER_ERRORS: tuple[type[Exception], ...] = (HyperparameterError, DataError, ArtifactError, FileNotFoundError,
-                                            TransformError)
+                                            TransformError, ContainerError)
 
 
 def parse_key_values(pairs: Sequence[str]) -> dict[str, str]:
@@ -42,6 +44,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
+    p.add_argument("--ml-root", default=None,
+                   help="without --train/--model-dir: the SageMaker layout to run (default: $OBJECT2VEC_ML_ROOT, "
+                        "else /opt/ml)")
     p.add_argument("params", nargs="*", metavar="key=value", help="hyperparameters, overriding the file")
     p.set_defaults(run=_run_train)
 
@@ -49,13 +54,23 @@ def _train_parser(sub) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from .api import Object2Vec
 
+    layout = Layout.find(args.ml_root)
+    if not args.train and not args.model_dir and layout.is_training_job():  # as a SageMaker training container
+        saved = container.train(layout, parse_key_values(args.params), seed=args.seed, device=args.device,
+                                progress=args.progress)
+        if distributed.is_main_process():
+            print(f"model saved to {saved}")
+        return 0
     if not args.train or not args.model_dir:
-        raise HyperparameterError("train needs --train PATH and --model-dir DIR")
+        raise HyperparameterError(f"train needs --train PATH and --model-dir DIR (or a SageMaker layout: "
+                                  f"{layout.hyperparameters_file} or {layout.root}/input/data/train)")
     hyperparameters = load_hyperparameters_file(args.hyperparameters) if args.hyperparameters else {}
     hyperparameters.update(parse_key_values(args.params))
     model = Object2Vec(hyperparameters).fit(args.train, args.validation, args.test, args.auxiliary,
                                             seed=args.seed, device=args.device, progress=args.progress)
-    print(f"model saved to {model.save(args.model_dir)}")
+    saved = model.save(args.model_dir)
+    if distributed.is_main_process():  # under torchrun the other ranks hold the same model
+        print(f"model saved to {saved}")
     return 0
 
 
@@ -88,8 +103,12 @@ def _positive_int(text: str) -> int:
 def _serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP (the SageMaker inference contract)")
     p.add_argument("--model-dir", default=None,
-                   help="model directory or model.tar.gz (default: $SM_MODEL_DIR, else /opt/ml/model)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+                   help="model directory or model.tar.gz (default, as a SageMaker container: $SM_MODEL_DIR, else "
+                        "<ml-root>/model, served on 0.0.0.0)")
+    p.add_argument("--host", default=None,
+                   help="address to bind (default: loopback with --model-dir, else 0.0.0.0 as a container)")
+    p.add_argument("--ml-root", default=None, help="without --model-dir: the SageMaker layout (default: "
+                                                   "$OBJECT2VEC_ML_ROOT, else /opt/ml)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--workers", type=_positive_int, default=1, help="server processes, each with the model")
     p.add_argument("--max-payload-mb", type=float, default=6.0, help="larger request bodies get 413")
@@ -105,7 +124,8 @@ def _serve_parser(sub) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
-    serve(args.model_dir, host=args.host, port=args.port, workers=args.workers, max_payload_mb=args.max_payload_mb,
+    model_dir, host = serve_target(args.model_dir, args.host, args.ml_root)
+    serve(model_dir, host=host, port=args.port, workers=args.workers, max_payload_mb=args.max_payload_mb,
           batch_wait_ms=args.batch_wait_ms, threads=args.threads, device=args.device, access_log=args.access_log)
     return 0
 

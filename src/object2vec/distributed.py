@@ -16,6 +16,7 @@ import atexit
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -176,14 +177,35 @@ def setup(device: str | torch.device | None = None) -> Context:
         if chosen.type == "cuda":
             torch.cuda.set_device(chosen)
         dist.init_process_group(backend_for(chosen), init_method="env://")
-        atexit.register(teardown)
+        _watch_for_crashes()
+        atexit.register(lambda: teardown(wait=not _crashed))
     return Context(dist.get_rank(), dist.get_world_size(), chosen)
 
 
-def teardown() -> None:
-    """Leave the process group (safe to call twice, or without one)."""
+def teardown(*, wait: bool = True) -> None:
+    """Leave the process group (safe to call twice, or without one). ``wait``: first wait for
+    every rank to get here, so no rank closes its connections while another still uses them
+    (gloo aborts a process whose peer vanished mid-call)."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+_crashed = False
+
+
+def _watch_for_crashes() -> None:
+    """Note an uncaught exception, so the exit does not wait at a barrier the other ranks may
+    never reach (torchrun stops them once this process has exited)."""
+    previous = sys.excepthook
+
+    def hook(*exc_info):
+        global _crashed
+        _crashed = True
+        previous(*exc_info)
+
+    sys.excepthook = hook
 
 
 def _log_shard(directory: Path, rank: int, name: str, source: str, indices: np.ndarray) -> None:

@@ -1,0 +1,180 @@
+"""Data-parallel training: sharding, device and backend choice, and real two-process gloo runs
+through ``torchrun -m object2vec train`` compared with one process on the same data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from object2vec import distributed
+from object2vec.cli import main
+from object2vec.distributed import Context, backend_for, local_device, shard_indices
+from object2vec.hyperparameters import HyperparameterError, parse_hyperparameters
+from object2vec.synthetic import latent_pairs
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+HYPERPARAMETERS = [
+    "enc0_network=pooled_embedding", "enc0_max_seq_len=1", "enc0_vocab_size=50", "enc1_vocab_size=60",
+    "enc0_token_embedding_dim=16", "enc_dim=16", "mlp_layers=1", "mlp_dim=64", "mlp_activation=relu",
+    "learning_rate=0.01", "epochs=10", "early_stopping_patience=5", "early_stopping_tolerance=0.001",
+]
+METRIC_LINE = re.compile(r"^(validation|test):(accuracy|cross_entropy|mean_squared_error)=(\S+)$", re.M)
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def printed_metrics(text: str) -> dict[str, float]:
+    return {f"{channel}:{name}": float(value) for channel, name, value in METRIC_LINE.findall(text)}
+
+
+@pytest.fixture
+def no_torchrun(monkeypatch):
+    for variable in TORCHRUN_ENV:
+        monkeypatch.delenv(variable, raising=False)
+
+
+# --- pieces --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, world", [(10, 2), (11, 2), (7, 3), (2, 4)])
+def test_training_shards_are_disjoint_equal_and_leave_out_fewer_than_world_size(n, world):
+    shards = [shard_indices(n, rank, world, equal=True) for rank in range(world)]
+    everything = np.concatenate(shards)
+    assert len(set(everything.tolist())) == len(everything)  # disjoint
+    assert {len(s) for s in shards} == {n // world}  # equal: the ranks step in lock-step
+    assert n - len(everything) < world
+
+
+def test_evaluation_shards_cover_every_record_once():
+    shards = [shard_indices(11, rank, 3, equal=False) for rank in range(3)]
+    assert sorted(np.concatenate(shards).tolist()) == list(range(11))
+    with pytest.raises(ValueError, match="rank 3"):
+        shard_indices(11, 3, 3, equal=False)
+
+
+def test_device_and_backend_follow_torchrun_local_rank(monkeypatch, no_torchrun):
+    assert local_device("cpu") == torch.device("cpu") and backend_for(torch.device("cpu")) == "gloo"
+    assert backend_for(torch.device("cuda", 1)) == "nccl"
+    assert local_device("cuda:1") == torch.device("cuda", 1)  # one process: as given
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert local_device("cuda") == torch.device("cuda", 1)  # each process its own GPU
+    assert local_device("cpu") == torch.device("cpu")
+    with pytest.raises(HyperparameterError, match="cuda:LOCAL_RANK"):
+        local_device("cuda:0")
+
+
+def test_sparse_tables_are_refused_on_nccl_only(tiny_hp):
+    sparse = parse_hyperparameters({**tiny_hp, "token_embedding_storage_type": "row_sparse"})
+    with pytest.raises(HyperparameterError, match="NCCL cannot all-reduce sparse"):
+        Context(0, 2, torch.device("cuda", 0)).check(sparse)
+    Context(0, 2, torch.device("cpu")).check(sparse)  # gloo all-reduces sparse gradients
+    Context(0, 2, torch.device("cuda", 0)).check(parse_hyperparameters(tiny_hp))
+
+
+def test_a_single_process_is_left_alone(no_torchrun):
+    run = distributed.setup("cpu")
+    assert (run.enabled, run.is_main, run.steps_per_epoch(100, 32)) == (False, True, None)
+    assert distributed.sum_across_ranks(1.5, 3) == (1.5, 3)
+    assert run.shard(None) is None
+
+
+# --- two processes -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def channels(tmp_path_factory) -> dict[str, Path]:
+    from object2vec.synthetic import write_jsonl
+
+    root = tmp_path_factory.mktemp("channels")
+    records = latent_pairs(2400, latent_dim=2, seed=5)
+    return {"train": write_jsonl(records[:2001], root / "train.jsonl"),  # odd: one record left out
+            "validation": write_jsonl(records[2001:2200], root / "validation.jsonl"),
+            "test": write_jsonl(records[2200:], root / "test.jsonl")}
+
+
+def torchrun(channels: dict[str, Path], model_dir: Path, *params: str, shard_log: Path | None = None,
+             nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 -m object2vec train ... --device cpu`` (gloo)."""
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env.update(OMP_NUM_THREADS="1")
+    if shard_log is not None:
+        env[distributed.SHARD_LOG_ENV] = str(shard_log)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "object2vec", "train", "--device", "cpu", "--seed", "0", "--no-progress",
+               "--train", str(channels["train"]), "--validation", str(channels["validation"]),
+               "--test", str(channels["test"]), "--model-dir", str(model_dir), *params]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def single_process(channels, tmp_path_factory) -> dict[str, float]:
+    model_dir = tmp_path_factory.mktemp("one") / "model"
+    args = ["train", "--device", "cpu", "--seed", "0", "--no-progress", "--train", str(channels["train"]),
+            "--validation", str(channels["validation"]), "--test", str(channels["test"]),
+            "--model-dir", str(model_dir), *HYPERPARAMETERS]
+    assert main(args) == 0
+    return json.loads((model_dir / "metrics.json").read_text())
+
+
+def test_two_gloo_processes_train_as_well_as_one_on_disjoint_shards(channels, single_process, tmp_path):
+    model_dir, shard_log = tmp_path / "model", tmp_path / "shards"
+    done = torchrun(channels, model_dir, *HYPERPARAMETERS, shard_log=shard_log)
+
+    # Only rank 0 prints metrics and writes the model; what it printed is what it saved.
+    printed = printed_metrics(done.stdout)
+    assert len(METRIC_LINE.findall(done.stdout)) == 4
+    assert done.stdout.count("model saved to") == 1 and len(re.findall(r"^epoch 1/10 ", done.stdout, re.M)) == 1
+    saved = json.loads((model_dir / "metrics.json").read_text())
+    assert printed == pytest.approx(saved, rel=1e-5)
+
+    # As good as one process on the same data.
+    assert saved["test:accuracy"] >= 0.85 and single_process["test:accuracy"] >= 0.85
+    assert abs(saved["test:accuracy"] - single_process["test:accuracy"]) <= 0.05
+
+    # Each rank trained on its own half: disjoint, equal, all but the odd record.
+    shards = [json.loads((shard_log / f"rank{r}.json").read_text())["train"] for r in (0, 1)]
+    first, second = (set(s["indices"]) for s in shards)
+    assert not first & second and len(first) == len(second) == 1000
+    assert all(s["source"] == str(channels["train"]) for s in shards)
+
+
+def test_two_processes_with_tied_sparse_tables_negatives_and_buckets(tmp_path):
+    """The rarer paths under DDP: one token table reached by both encoders, row-sparse gradients
+    (all-reduced by gloo), and per-rank batch counts that differ (negatives, buckets)."""
+    from object2vec.synthetic import write_jsonl
+
+    records = latent_pairs(1600, vocab0=40, vocab1=40, max_len0=4, max_len1=4, latent_dim=2, seed=9)
+    channels = {"train": write_jsonl(records[:1200], tmp_path / "train.jsonl"),
+                "validation": write_jsonl(records[1200:1400], tmp_path / "validation.jsonl"),
+                "test": write_jsonl(records[1400:], tmp_path / "test.jsonl")}
+    params = ["enc0_network=pooled_embedding", "enc0_max_seq_len=4", "enc1_max_seq_len=4", "enc0_vocab_size=40",
+              "enc1_vocab_size=40", "enc0_token_embedding_dim=16", "enc_dim=16", "mlp_layers=1", "mlp_dim=32",
+              "mlp_activation=relu", "learning_rate=0.02", "epochs=15", "tied_token_embedding_weight=True",
+              "token_embedding_storage_type=row_sparse", "negative_sampling_rate=1", "bucket_width=1",
+              "early_stopping_patience=5", "early_stopping_tolerance=0.001"]
+    torchrun(channels, tmp_path / "model", *params)
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["test:accuracy"] >= 0.7  # chance is 0.5; one process reaches about 0.8 here
+
+
+def test_early_stopping_stops_every_rank_at_the_same_epoch(channels, tmp_path):
+    """A rank that stopped alone would leave the other waiting in an all-reduce: the run would
+    hang (and time out) instead of finishing."""
+    params = [p for p in HYPERPARAMETERS if not p.startswith(("epochs", "early_stopping"))]
+    done = torchrun(channels, tmp_path / "model", *params, "epochs=8", "early_stopping_patience=1",
+                    "early_stopping_tolerance=0.1")
+    stopped = re.search(r"^early stopping after epoch (\d+)", done.stdout, re.M)
+    assert stopped and int(stopped.group(1)) < 8
+    assert (tmp_path / "model" / "model.safetensors").is_file()

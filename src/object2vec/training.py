@@ -7,6 +7,7 @@ weights of the best epoch (lowest validation loss) are restored at the end eithe
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
@@ -159,6 +160,54 @@ class EarlyStopping:
         return self._stale >= self.patience
 
 
+class WeightAverage:
+    """An exponential moving average of the weights (Polyak averaging), used for every
+    evaluation and for the saved model.
+
+    Mini-batch training ends each epoch at a noisy point; on small, sparse data (ID pairs such as
+    MovieLens) the validation loss of consecutive epochs jumps by several percent for that
+    reason alone. The average over the last ``HORIZON`` of an epoch's steps sits nearer the
+    bottom of the valley and generalises better; training itself still steps the raw weights.
+    With ``row_sparse`` storage the token tables are left out, since averaging every row each
+    step would make their update dense again.
+    """
+
+    HORIZON = 0.25  # of an epoch's steps
+
+    def __init__(self, net: "Object2VecNet", hp: Hyperparameters, steps_per_epoch: int):
+        skip = {id(t.weight) for t in net.token_tables} if hp.token_embedding_storage_type == "row_sparse" else set()
+        self.params = [p for p in net.parameters() if p.requires_grad and id(p) not in skip]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay = min(0.9999, max(0.5, 1.0 - 1.0 / max(1.0, self.HORIZON * steps_per_epoch)))
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))  # warm-up: follow early steps closely
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - decay)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Temporarily put the averaged weights into the network."""
+        self._swap()
+        try:
+            yield
+        finally:
+            self._swap()
+
+    @torch.no_grad()
+    def _swap(self) -> None:
+        for param, shadow in zip(self.params, self.shadow):
+            current = param.detach().clone()
+            param.copy_(shadow)
+            shadow.copy_(current)
+
+    def commit(self) -> None:
+        """Keep the averaged weights in the network for good."""
+        self._swap()
+
+
 @dataclass
 class TrainResult:
     metrics: dict[str, float]
@@ -184,7 +233,8 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def train_epoch(net, optimizers, train: PairDataset, hp: Hyperparameters, rng, device, bar=None, *,
-                model: nn.Module | None = None, max_batches: int | None = None) -> tuple[float, int]:
+                model: nn.Module | None = None, max_batches: int | None = None,
+                average: "WeightAverage | None" = None) -> tuple[float, int]:
     """One pass over ``train``; returns (mean training loss, samples seen). ``model`` runs the
     forward pass (default ``net``; its DistributedDataParallel wrapper under torchrun), and
     ``max_batches`` caps the pass so every rank takes the same number of steps."""
@@ -201,6 +251,8 @@ def train_epoch(net, optimizers, train: PairDataset, hp: Hyperparameters, rng, d
         loss.backward()
         for opt in optimizers:
             opt.step()
+        if average is not None:
+            average.update()
         total += loss.item() * len(batch)
         seen += len(batch)
         if bar is not None:
@@ -224,6 +276,7 @@ def fit(net: Object2VecNet, hp: Hyperparameters, train: PairDataset, validation:
     model = run.wrap(net)
     steps = run.steps_per_epoch(epoch_size(train, hp.negative_sampling_rate), hp.mini_batch_size)
     optimizers = make_optimizers(net, hp)
+    average = WeightAverage(net, hp, steps or math.ceil(epoch_size(train, hp.negative_sampling_rate) / hp.mini_batch_size))
     stopper = EarlyStopping(hp.early_stopping_patience, hp.early_stopping_tolerance)
     progress = (sys.stderr.isatty() if progress is None else progress) and run.is_main
     history: list[dict[str, float]] = []
@@ -231,21 +284,25 @@ def fit(net: Object2VecNet, hp: Hyperparameters, train: PairDataset, validation:
     for epoch in range(1, hp.epochs + 1):
         bar = _progress(epoch_size(train, hp.negative_sampling_rate), f"epoch {epoch}/{hp.epochs}", progress)
         epoch_start = time.perf_counter()
-        train_loss, seen = train_epoch(net, optimizers, train, hp, rng, device, bar, model=model, max_batches=steps)
+        train_loss, seen = train_epoch(net, optimizers, train, hp, rng, device, bar, model=model, max_batches=steps,
+                                        average=average)
         if bar is not None:
             bar.close()
         train_loss, seen = run.mean_loss(train_loss, seen)
         samples += seen
         record = {"epoch": epoch, "train:loss": train_loss, "samples_per_second": seen / (time.perf_counter() - epoch_start)}
-        if validation is not None:
-            record.update({f"validation:{k}": v for k, v in evaluate(net, validation, device).items()})
+        with average.applied():
+            if validation is not None:
+                record.update({f"validation:{k}": v for k, v in evaluate(net, validation, device).items()})
+            stop = validation is not None and stopper.update(epoch, _strip(record, "validation:"), net)
         history.append(record)
         log(_format_epoch(record, hp.epochs))
-        if validation is not None and stopper.update(epoch, _strip(record, "validation:"), net):
+        if stop:
             log(f"early stopping after epoch {epoch}: no improvement of {hp.early_stopping_tolerance} "
                 f"in {hp.early_stopping_patience} epochs")
             break
     seconds = time.perf_counter() - started
+    average.commit()
     if stopper.best_state is not None:
         net.load_state_dict(stopper.best_state)
         log(f"restored the best epoch ({stopper.best_epoch})")

@@ -90,6 +90,14 @@ def test_serve_binds_every_interface_only_in_container_mode(tmp_path):
     assert serve_target(None, "127.0.0.1", str(tmp_path))[1] == "127.0.0.1"
 
 
+def test_the_image_runs_the_entrypoint_these_tests_run():
+    dockerfile = (ENTRYPOINT.parent / "Dockerfile").read_text()
+    assert "COPY docker/entrypoint /usr/local/bin/object2vec-entrypoint" in dockerfile
+    assert 'ENTRYPOINT ["object2vec-entrypoint"]' in dockerfile and "EXPOSE 8080" in dockerfile
+    script = ENTRYPOINT.read_text()
+    assert "exec object2vec train" in script and "exec object2vec serve" in script
+
+
 # --- train ---------------------------------------------------------------------------------
 
 

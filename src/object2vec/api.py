@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from . import artifact, distributed
+from . import artifact, distributed, text
 from .data import PairDataset, load_pairs
 from .hyperparameters import HyperparameterError, Hyperparameters, parse_hyperparameters
 from .nn import Object2VecNet
+from .nn.encoders import load_rows
 from .predictor import Predictor
 from .training import Logger, TrainResult, fit, seed_everything
 
@@ -23,12 +25,39 @@ DataArg = str | os.PathLike | PairDataset | None
 
 def build_network(hp: Hyperparameters, auxiliary: str | os.PathLike | None = None,
                   log: Logger = print) -> tuple[Object2VecNet, list[Path]]:
-    """The untrained network, and the auxiliary files a saved model must carry along."""
+    """The untrained network, and the auxiliary files a saved model must carry along.
+
+    ``encX_pretrained_embedding_file`` rows are loaded through ``encX_vocab_file`` (token -> ID)
+    into encoder X's token table, and kept fixed when ``encX_freeze_pretrained_embedding``."""
+    net = Object2VecNet(hp)
+    files: list[Path] = []
     for side in (0, 1):
-        if hp[f"enc{side}_pretrained_embedding_file"] or hp[f"enc{side}_vocab_file"]:
-            raise HyperparameterError(
-                f"enc{side}_pretrained_embedding_file / enc{side}_vocab_file are not supported in this version")
-    return Object2VecNet(hp), []
+        vocab_name, vectors_name = hp[f"enc{side}_vocab_file"], hp[f"enc{side}_pretrained_embedding_file"]
+        if not vocab_name and not vectors_name:
+            continue
+        if vectors_name and not vocab_name:
+            raise HyperparameterError(f"enc{side}_pretrained_embedding_file={vectors_name} needs enc{side}_vocab_file "
+                                      "to map its tokens to IDs")
+        vocab_file = _auxiliary_file(auxiliary, vocab_name, f"enc{side}_vocab_file")
+        vocab = text.read_vocab(vocab_file, hp[f"enc{side}_vocab_size"])
+        files.append(vocab_file)
+        if vectors_name:
+            vectors_file = _auxiliary_file(auxiliary, vectors_name, f"enc{side}_pretrained_embedding_file")
+            rows = text.pretrained_rows(vocab, vectors_file, hp[f"enc{side}_token_embedding_dim"])
+            freeze = hp[f"enc{side}_freeze_pretrained_embedding"]
+            load_rows(net.encoder(side).embedding, torch.from_numpy(rows.ids), torch.from_numpy(rows.vectors), freeze)
+            log(f"enc{side}: {rows.found} of {len(vocab)} vocabulary tokens found in {vectors_name}"
+                f"{' (frozen)' if freeze else ''}")
+    return net, list(dict.fromkeys(files))
+
+
+def _auxiliary_file(auxiliary: str | os.PathLike | None, name: str, key: str) -> Path:
+    if auxiliary is None:
+        raise HyperparameterError(f"{key}={name} needs the auxiliary channel (--auxiliary DIR) holding that file")
+    path = Path(auxiliary) / name
+    if not path.is_file():
+        raise HyperparameterError(f"{key}={name}: no such file in the auxiliary channel {auxiliary}")
+    return path
 
 
 def _as_dataset(data: DataArg, hp: Hyperparameters) -> PairDataset | None:

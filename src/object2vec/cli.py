@@ -15,10 +15,11 @@ from .artifact import ArtifactError
 from .container import ContainerError, Layout, serve_target
 from .data import DataError
 from .hyperparameters import HyperparameterError, describe_schema, load_hyperparameters_file
+from .text import TextError
 from .transform import TransformError
 
 USER_ERRORS: tuple[type[Exception], ...] = (HyperparameterError, DataError, ArtifactError, FileNotFoundError,
-                                            TransformError, ContainerError)
+                                            TransformError, ContainerError, TextError)
 
 
 def parse_key_values(pairs: Sequence[str]) -> dict[str, str]:
@@ -158,9 +159,55 @@ def _run_transform(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+def _vocab_parser(sub) -> None:
+    p = sub.add_parser("vocab", help="build a vocabulary JSON ({token: id}, <pad>=0, <unk>=1) from raw text")
+    p.add_argument("inputs", nargs="+", help="TSV files (with a header row) or JSON Lines files of texts")
+    p.add_argument("--fields", required=True, help="comma-separated text columns/fields, e.g. sentence_A,sentence_B")
+    p.add_argument("--output", required=True, help="the vocabulary JSON file to write")
+    p.add_argument("--min-count", type=_positive_int, default=1, help="keep words seen at least this often")
+    p.add_argument("--max-size", type=_positive_int, default=None, help="most entries, reserved tokens included")
+    p.set_defaults(run=_run_vocab)
+
+
+def _run_vocab(args: argparse.Namespace) -> int:
+    from . import text
+
+    fields = [f.strip() for f in args.fields.split(",") if f.strip()]
+    texts = (t for path in args.inputs for t in text.texts_of(path, fields))
+    vocab = text.build_vocab(texts, args.min_count, args.max_size)
+    print(f"vocabulary of {len(vocab)} tokens (use encX_vocab_size={len(vocab)}) written to "
+          f"{text.write_vocab(vocab, args.output)}")
+    return 0
+
+
+def _tokenize_parser(sub) -> None:
+    p = sub.add_parser("tokenize", help="TSV/JSON Lines of texts -> token-ID JSON Lines (training or inference)")
+    p.add_argument("input", help="a TSV file with a header row, or a .jsonl file")
+    p.add_argument("--vocab", required=True, help="vocabulary JSON (object2vec vocab)")
+    p.add_argument("--output", required=True, help="JSON Lines file to write")
+    p.add_argument("--text0", required=True, help="column/field giving in0")
+    p.add_argument("--text1", default=None, help="column/field giving in1 (pairs)")
+    p.add_argument("--label", default=None, help="column/field of the label: makes training records")
+    p.add_argument("--classes", default=None, help="comma-separated label names, mapped to 0, 1, ... in order")
+    p.add_argument("--max-len", type=_positive_int, default=None, help="truncate sequences to this many tokens")
+    p.add_argument("--boundaries", action="store_true", help="wrap each text in <s> ... </s>")
+    p.set_defaults(run=_run_tokenize)
+
+
+def _run_tokenize(args: argparse.Namespace) -> int:
+    from . import text
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    count = text.tokenize_file(args.input, args.output, text.read_vocab(args.vocab), text0=args.text0,
+                               text1=args.text1, label=args.label, classes=classes, max_len=args.max_len,
+                               add_boundaries=args.boundaries)
+    print(f"{count} records written to {args.output}")
+    return 0
+
+
 #: Each command registers itself here: a function adding its sub-parser.
 COMMANDS: list[Callable] = [_train_parser, _quickstart_parser, _hyperparameters_parser, _serve_parser,
-                            _transform_parser]
+                            _transform_parser, _vocab_parser, _tokenize_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..hyperparameters import HyperparameterError
 
@@ -25,6 +27,45 @@ def make_token_table(vocab_size: int, dim: int, sparse: bool) -> nn.Embedding:
     table = nn.Embedding(vocab_size, dim, sparse=sparse)
     nn.init.normal_(table.weight, std=TOKEN_INIT_STD)
     return table
+
+
+@torch.no_grad()
+def load_rows(table: nn.Embedding, ids: torch.Tensor, vectors: torch.Tensor, freeze: bool) -> None:
+    """Initialise ``table``'s rows ``ids`` with ``vectors``; ``freeze=True`` keeps exactly those
+    rows fixed during training while the others still train.
+
+    Freezing is done by the table itself, so it holds whatever optimizer trains it: the rows'
+    gradients are zeroed (dense or row-sparse), and since weight decay or momentum could still
+    move them, the rows are written back before every forward pass and whenever the weights
+    are read (``state_dict``, so checkpoints and saved models hold the pretrained values).
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long, device=table.weight.device)
+    vectors = torch.as_tensor(vectors, dtype=table.weight.dtype, device=table.weight.device)
+    table.weight[ids] = vectors
+    if not freeze or len(ids) == 0:
+        return
+    frozen = torch.zeros(table.num_embeddings, dtype=torch.bool, device=table.weight.device)
+    frozen[ids] = True
+    table.register_buffer("frozen_rows", frozen, persistent=False)
+    table.register_buffer("frozen_ids", ids, persistent=False)
+    table.register_buffer("frozen_vectors", vectors.clone(), persistent=False)
+    table.weight.register_hook(lambda grad: _zero_frozen_grad(grad, table.frozen_rows))
+    table.register_forward_pre_hook(lambda module, args: _restore_frozen(module))
+    table.register_state_dict_pre_hook(lambda module, prefix, keep_vars: _restore_frozen(module))
+
+
+def _zero_frozen_grad(grad: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
+    if grad.is_sparse:
+        grad = grad.coalesce()
+        rows = grad.indices()[0]
+        values = grad.values() * (~frozen[rows]).unsqueeze(-1).to(grad.dtype)
+        return torch.sparse_coo_tensor(grad.indices(), values, grad.shape)
+    return grad * (~frozen).unsqueeze(-1).to(grad.dtype)
+
+
+@torch.no_grad()
+def _restore_frozen(table: nn.Embedding) -> None:
+    table.weight[table.frozen_ids] = table.frozen_vectors
 
 
 def padding_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -61,8 +102,111 @@ class PooledEmbeddingEncoder(Encoder):
         return self.project(pooled)
 
 
+MAX_LAYERS = 4  # the reference's range for encX_layers
+
+
+def receptive_field(layers: int, filter_width: int) -> int:
+    """Tokens one output position of an hcnn stack sees: layer i has dilation 2**i."""
+    return 1 + (filter_width - 1) * (2**layers - 1)
+
+
+def auto_layers(network: str, max_seq_len: int, filter_width: int = 3) -> int:
+    """Depth for ``encX_layers=auto``.
+
+    hcnn: the fewest layers (1..4) whose receptive field covers ``max_seq_len`` (width 3: 3, 7,
+    15, 31 tokens for 1..4 layers), so the top layer sees the whole input. bilstm: one layer up
+    to 64 tokens, two beyond (each direction already sees the whole sequence).
+    """
+    if network == "bilstm":
+        return 1 if max_seq_len <= 64 else 2
+    layers = 1
+    while layers < MAX_LAYERS and filter_width > 1 and receptive_field(layers, filter_width) < max_seq_len:
+        layers += 1
+    return layers
+
+
+def _depth(network: str, layers: int | str, max_seq_len: int, filter_width: int) -> int:
+    return auto_layers(network, max_seq_len, filter_width) if layers in (None, "auto") else int(layers)
+
+
+def masked_mean_max(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T, C]`` states -> ``[B, 2C]``: mean and max over the real positions only."""
+    real = mask.unsqueeze(-1)
+    count = real.sum(1).clamp(min=1).to(states.dtype)
+    mean = (states * real).sum(1) / count
+    peak = states.masked_fill(~real, torch.finfo(states.dtype).min).amax(1)
+    return torch.cat([mean, peak], dim=-1)
+
+
+class HcnnEncoder(Encoder):
+    """Hierarchical CNN: ``layers`` residual 1-D convolutions of width ``filter_width`` over the
+    token embeddings, layer i dilated by 2**i so each layer sees a wider span (3, 7, 15, 31
+    tokens with width 3). Every layer's output is pooled over time (masked mean and max), so
+    the encoding holds short- and long-span features; a linear map gives ``enc_dim``.
+
+    Padded positions are zeroed before every convolution, which is exactly what the
+    convolution's own zero padding does at the end of an unpadded sequence: a sequence's
+    encoding is the same whatever it is batched with.
+    """
+
+    def __init__(self, embedding: nn.Embedding, enc_dim: int, *, layers: int | str = "auto", filter_width: int = 3,
+                 max_seq_len: int = 1, dropout: float = 0.0, **_: object):
+        super().__init__(embedding, enc_dim)
+        channels = embedding.embedding_dim
+        self.depth = _depth("hcnn", layers, max_seq_len, filter_width)
+        self.filter_width = filter_width
+        self.convs = nn.ModuleList(
+            nn.Conv1d(channels, channels, filter_width, dilation=2**i) for i in range(self.depth))
+        self.dropout = nn.Dropout(dropout)
+        self.project = nn.Linear(2 * channels * (self.depth + 1), enc_dim)
+
+    def _same_pad(self, x: torch.Tensor, dilation: int) -> torch.Tensor:
+        total = dilation * (self.filter_width - 1)
+        return F.pad(x, (total // 2, total - total // 2))
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = padding_mask(lengths, ids.shape[1])
+        keep = mask.unsqueeze(1).to(self.embedding.weight.dtype)  # [B, 1, T]
+        x = self.embedding(ids).transpose(1, 2) * keep  # [B, C, T]
+        pooled = [masked_mean_max(x.transpose(1, 2), mask)]
+        for conv in self.convs:
+            h = F.relu(conv(self._same_pad(self.dropout(x), conv.dilation[0])))
+            x = (x + h) * keep  # residual; padding back to zero before the next layer
+            pooled.append(masked_mean_max(x.transpose(1, 2), mask))
+        return self.project(torch.cat(pooled, dim=-1))
+
+
+class BiLstmEncoder(Encoder):
+    """``layers`` stacked bidirectional LSTMs (hidden size = the token dimension per direction)
+    over the token embeddings. Sequences are packed, so padding never enters a recurrence; the
+    outputs are pooled over the real positions (mean and max) and mapped linearly to ``enc_dim``.
+    """
+
+    def __init__(self, embedding: nn.Embedding, enc_dim: int, *, layers: int | str = "auto", max_seq_len: int = 1,
+                 dropout: float = 0.0, **_: object):
+        super().__init__(embedding, enc_dim)
+        hidden = embedding.embedding_dim
+        self.depth = _depth("bilstm", layers, max_seq_len, 3)
+        self.lstm = nn.LSTM(hidden, hidden, num_layers=self.depth, bidirectional=True, batch_first=True,
+                            dropout=dropout if self.depth > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.project = nn.Linear(4 * hidden, enc_dim)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        width = ids.shape[1]
+        vectors = self.dropout(self.embedding(ids))
+        packed = pack_padded_sequence(vectors, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        states, _ = self.lstm(packed)
+        states, _ = pad_packed_sequence(states, batch_first=True, total_length=width)
+        return self.project(masked_mean_max(states, padding_mask(lengths, width)))
+
+
 EncoderBuilder = Callable[..., Encoder]
-ENCODERS: dict[str, EncoderBuilder] = {"pooled_embedding": PooledEmbeddingEncoder}
+ENCODERS: dict[str, EncoderBuilder] = {
+    "pooled_embedding": PooledEmbeddingEncoder,
+    "hcnn": HcnnEncoder,
+    "bilstm": BiLstmEncoder,
+}
 
 
 def build_encoder(network: str, embedding: nn.Embedding, enc_dim: int, settings: dict) -> Encoder:

@@ -161,8 +161,10 @@ def _run_transform(args: argparse.Namespace) -> int:
 
 def _vocab_parser(sub) -> None:
     p = sub.add_parser("vocab", help="build a vocabulary JSON ({token: id}, <pad>=0, <unk>=1) from raw text")
-    p.add_argument("inputs", nargs="+", help="TSV files (with a header row) or JSON Lines files of texts")
-    p.add_argument("--fields", required=True, help="comma-separated text columns/fields, e.g. sentence_A,sentence_B")
+    p.add_argument("inputs", nargs="+", help="TSV files (with a header row), .jsonl files, or .txt files "
+                                             "(one text per line, field 'text')")
+    p.add_argument("--fields", default="text", help="comma-separated text columns/fields, e.g. "
+                                                    "sentence_A,sentence_B (default: text)")
     p.add_argument("--output", required=True, help="the vocabulary JSON file to write")
     p.add_argument("--min-count", type=_positive_int, default=1, help="keep words seen at least this often")
     p.add_argument("--max-size", type=_positive_int, default=None, help="most entries, reserved tokens included")

@@ -166,19 +166,21 @@ class WeightAverage:
 
     Mini-batch training ends each epoch at a noisy point; on small, sparse data (ID pairs such as
     MovieLens) the validation loss of consecutive epochs jumps by several percent for that
-    reason alone. The average over the last ``HORIZON`` of an epoch's steps sits nearer the
+    reason alone. The average over the last ``HORIZON`` of an epoch's steps (at least
+    ``MIN_HORIZON_STEPS``) sits nearer the
     bottom of the valley and generalises better; training itself still steps the raw weights.
     With ``row_sparse`` storage the token tables are left out, since averaging every row each
     step would make their update dense again.
     """
 
-    HORIZON = 0.25  # of an epoch's steps
+    HORIZON = 0.25  # of an epoch's steps ...
+    MIN_HORIZON_STEPS = 100  # ... but at least this many (large batches make short epochs)
 
     def __init__(self, net: "Object2VecNet", hp: Hyperparameters, steps_per_epoch: int):
         skip = {id(t.weight) for t in net.token_tables} if hp.token_embedding_storage_type == "row_sparse" else set()
         self.params = [p for p in net.parameters() if p.requires_grad and id(p) not in skip]
         self.shadow = [p.detach().clone() for p in self.params]
-        self.decay = min(0.9999, max(0.5, 1.0 - 1.0 / max(1.0, self.HORIZON * steps_per_epoch)))
+        self.decay = min(0.9999, 1.0 - 1.0 / max(self.MIN_HORIZON_STEPS, self.HORIZON * steps_per_epoch))
         self.steps = 0
 
     @torch.no_grad()

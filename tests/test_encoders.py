@@ -8,7 +8,9 @@ import torch
 
 import object2vec
 from object2vec import Object2Vec, cli
-from object2vec.data import PairDataset, SequenceColumn
+from object2vec.data import PairDataset, SequenceColumn, batch_order
+from object2vec.hyperparameters import parse_hyperparameters
+from object2vec.nn import Object2VecNet
 from object2vec.nn.encoders import (ENCODERS, BiLstmEncoder, HcnnEncoder, PooledEmbeddingEncoder, auto_layers,
                                     make_token_table, receptive_field)
 from object2vec.synthetic import write_jsonl
@@ -114,3 +116,43 @@ def test_cli_trains_sequence_model_that_embeds_and_scores(tmp_path, network, cap
     assert np.allclose(model.embed(in0=[[1, 2, 3]])[0], embeddings[0], atol=1e-5)
     scores = model.predict([[1, 2, 3], [4]], [[5, 6], [7, 8, 9, 10]])
     assert scores.shape == (2, 2) and np.allclose(scores.sum(1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("network", SEQUENCE_ENCODERS)
+def test_bucketing_does_not_change_predictions(network):
+    """The same trained model scores every record identically whether the batches are
+    bucketed by length (little padding) or not (much padding, other neighbours)."""
+    records = object2vec.synthetic.latent_pairs(160, vocab0=30, vocab1=30, max_len0=25, max_len1=25, seed=5)
+    data = PairDataset(SequenceColumn.from_lists([r["in0"] for r in records]),
+                       SequenceColumn.from_lists([r["in1"] for r in records]),
+                       np.array([r["label"] for r in records], dtype=np.int64))
+    model = Object2Vec(enc0_network=network, enc1_network="enc0", enc0_max_seq_len=25, enc0_vocab_size=30,
+                       enc0_token_embedding_dim=8, enc_dim=8, mlp_layers=1, mlp_dim=8, epochs=1, bucket_width=5)
+    model.fit(data, seed=0, log=lambda _: None)
+    net = model.net.eval()
+    lengths0, lengths1 = data.in0.lengths, data.in1.lengths
+
+    def scores(bucket_width: int) -> torch.Tensor:
+        out = torch.empty(len(data), 2)
+        batches = batch_order(lengths0, lengths1, 16, bucket_width, np.random.default_rng(bucket_width))
+        with torch.inference_mode():
+            for positions in batches:
+                out[positions] = net.scores(*data.in0.padded(positions), *data.in1.padded(positions))
+        return out
+
+    unbucketed = scores(0)
+    for width in (3, 10):
+        assert torch.allclose(scores(width), unbucketed, atol=1e-5)
+
+
+def test_enc1_enc0_copies_architecture_with_own_weights():
+    net = Object2VecNet(parse_hyperparameters(
+        {"enc0_network": "hcnn", "enc1_network": "enc0", "enc0_max_seq_len": "20", "enc0_vocab_size": "30",
+         "enc0_layers": "2", "enc0_cnn_filter_width": "5", "enc0_token_embedding_dim": "8", "enc_dim": "8"}))
+    enc0, enc1 = net.encoders
+    assert type(enc1) is HcnnEncoder and (enc1.depth, enc1.filter_width) == (2, 5) == (enc0.depth, enc0.filter_width)
+    assert enc0.embedding is not enc1.embedding
+    params0, params1 = dict(enc0.named_parameters()), dict(enc1.named_parameters())
+    assert params0.keys() == params1.keys()
+    assert all(params0[k].data_ptr() != params1[k].data_ptr() for k in params0)
+    assert not torch.equal(params0["convs.0.weight"], params1["convs.0.weight"])  # own initialisation

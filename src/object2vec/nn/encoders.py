@@ -59,7 +59,7 @@ def _zero_frozen_grad(grad: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
         grad = grad.coalesce()
         rows = grad.indices()[0]
         values = grad.values() * (~frozen[rows]).unsqueeze(-1).to(grad.dtype)
-        return torch.sparse_coo_tensor(grad.indices(), values, grad.shape)
+        return torch.sparse_coo_tensor(grad.indices(), values, grad.shape, is_coalesced=True, check_invariants=False)
     return grad * (~frozen).unsqueeze(-1).to(grad.dtype)
 
 

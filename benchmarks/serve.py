@@ -11,7 +11,7 @@ model of a fixed size is written (random weights: speed does not depend on what 
 The client runs on the same machine, so on a small CPU it competes with the server: the
 server's CPU time per request says what the server alone could sustain.
 
-    python benchmarks/serve.py [--encoders pooled_embedding,hcnn] [--url http://127.0.0.1:8080]
+    python benchmarks/serve.py [--encoders pooled_embedding,hcnn,bilstm] [--threads 1] [--url http://127.0.0.1:8080]
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def print_table(rows: dict[str, dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sequence = [name for name in ("hcnn", "bilstm") if name in ENCODERS]
-    parser.add_argument("--encoders", default=",".join(["pooled_embedding"] + sequence[:1]))
+    parser.add_argument("--encoders", default=",".join(["pooled_embedding"] + sequence))
     parser.add_argument("--url", help="measure this running server instead of starting one")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per server worker")

@@ -149,7 +149,6 @@ class Context:
         return log if self.is_main else (lambda _line: None)
 
 
-
 def sum_across_ranks(*values: float) -> tuple[float, ...]:
     """Sums over all ranks, bit-identical on every rank (rank 0's result is broadcast); the
     values themselves without a process group. Every rank must call it."""

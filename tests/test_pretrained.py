@@ -127,3 +127,18 @@ def test_cli_reports_bad_pretrained_file_in_one_line(tmp_path, capsys):
     code = cli.main(["train", "--train", str(data), "--auxiliary", str(aux), "--model-dir", str(tmp_path / "m"), *params])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "glove.txt:1:" in err and "expected 8" in err
+
+
+def test_tied_tables_take_enc0s_files_and_refuse_different_enc1_files(tmp_path):
+    aux, vectors = write_aux(tmp_path)
+    (aux / "other.txt").write_text("w20 " + " ".join(["1"] * DIM) + "\n")
+    lines: list[str] = []
+    same = hyperparameters(enc1_vocab_file="vocab.json", enc1_pretrained_embedding_file="glove.txt")
+    net, files = build_network(parse_hyperparameters(same), aux, lines.append)
+    ids, expected = loaded_rows(vectors)
+    assert net.encoder(1).embedding is net.encoder(0).embedding
+    assert torch.equal(net.encoder(1).embedding.weight[ids], expected)
+    assert lines == [f"enc0: 10 of {len(VOCAB)} vocabulary tokens found in glove.txt (frozen)"]
+    assert [f.name for f in files] == ["vocab.json"]
+    message = error_of(tmp_path, aux, enc1_vocab_file="vocab.json", enc1_pretrained_embedding_file="other.txt")
+    assert "tied_token_embedding_weight=True" in message and "enc1_pretrained_embedding_file=other.txt" in message

@@ -94,3 +94,10 @@ def test_tokenize_errors_name_file_and_line(tmp_path, capsys):
     assert "pairs.tsv:2: label 'YES' is not a number" in capsys.readouterr().err
     with pytest.raises(TextError, match="pairs.tsv:2: missing field 'C'"):
         tokenize_file(tsv, tmp_path / "o.jsonl", build_vocab(["a"]), text0="C")
+
+
+def test_vocab_command_reads_plain_text_one_text_per_line(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Hello world.\n\nhello again\n")
+    assert cli.main(["vocab", str(corpus), "--output", str(tmp_path / "v.json")]) == 0
+    assert list(read_vocab(tmp_path / "v.json"))[4:] == ["hello", ".", "again", "world"]

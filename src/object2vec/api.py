@@ -41,7 +41,9 @@ def build_network(hp: Hyperparameters, auxiliary: str | os.PathLike | None = Non
         vocab_file = _auxiliary_file(auxiliary, vocab_name, f"enc{side}_vocab_file")
         vocab = text.read_vocab(vocab_file, hp[f"enc{side}_vocab_size"])
         files.append(vocab_file)
-        if vectors_name:
+        if vectors_name and side == 1 and hp.tied_token_embedding_weight:
+            _check_tied_pretrained(hp)  # enc0's files already set the shared table
+        elif vectors_name:
             vectors_file = _auxiliary_file(auxiliary, vectors_name, f"enc{side}_pretrained_embedding_file")
             rows = text.pretrained_rows(vocab, vectors_file, hp[f"enc{side}_token_embedding_dim"])
             freeze = hp[f"enc{side}_freeze_pretrained_embedding"]
@@ -49,6 +51,15 @@ def build_network(hp: Hyperparameters, auxiliary: str | os.PathLike | None = Non
             log(f"enc{side}: {rows.found} of {len(vocab)} vocabulary tokens found in {vectors_name}"
                 f"{' (frozen)' if freeze else ''}")
     return net, list(dict.fromkeys(files))
+
+
+def _check_tied_pretrained(hp: Hyperparameters) -> None:
+    """With tied tables enc1 reads enc0's table, so enc1 may name the same files or none."""
+    for suffix in ("vocab_file", "pretrained_embedding_file", "freeze_pretrained_embedding"):
+        if hp[f"enc1_{suffix}"] != hp[f"enc0_{suffix}"]:
+            raise HyperparameterError(
+                f"tied_token_embedding_weight=True shares one token table, so enc1_{suffix}={hp[f'enc1_{suffix}']} "
+                f"must equal enc0_{suffix}={hp[f'enc0_{suffix}']} (or leave enc1_pretrained_embedding_file unset)")
 
 
 def _auxiliary_file(auxiliary: str | os.PathLike | None, name: str, key: str) -> Path:

@@ -212,5 +212,4 @@ class Predictor:
     def _head_scores(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The network's ``scores`` from the two encodings, on the head's device (which may differ
         from the encoders' under INFERENCE_PREFERRED_MODE=embedding)."""
-        out = self.net.head(self.net.mlp(self.net.compare(a, b)))
-        return out.squeeze(-1) if self.net.regression else out.softmax(-1)
+        return self.net.score_encodings(a, b)

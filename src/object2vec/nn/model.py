@@ -78,13 +78,20 @@ class Object2VecNet(nn.Module):
     def compare(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.cat([COMPARATOR_OPS[name](a, b) for name in self.comparators], dim=-1)
 
+    def outputs(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Class logits or regression values from two encodings (comparator, MLP, head)."""
+        out = self.head(self.mlp(self.compare(a, b)))
+        return out.squeeze(-1) if self.regression else out
+
+    def score_encodings(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """What inference answers from two encodings: probabilities ``[B, C]`` or values ``[B]``."""
+        out = self.outputs(a, b)
+        return out if self.regression else out.softmax(-1)
+
     def forward(self, in0: torch.Tensor, len0: torch.Tensor, in1: torch.Tensor, len1: torch.Tensor) -> torch.Tensor:
         """Class logits ``[B, num_classes]`` or regression values ``[B]``."""
-        joined = self.compare(self.encode(0, in0, len0), self.encode(1, in1, len1))
-        out = self.head(self.mlp(joined))
-        return out.squeeze(-1) if self.regression else out
+        return self.outputs(self.encode(0, in0, len0), self.encode(1, in1, len1))
 
     def scores(self, in0, len0, in1, len1) -> torch.Tensor:
         """What inference answers: probabilities ``[B, C]`` or values ``[B]``."""
-        out = self(in0, len0, in1, len1)
-        return out if self.regression else out.softmax(-1)
+        return self.score_encodings(self.encode(0, in0, len0), self.encode(1, in1, len1))

@@ -32,15 +32,15 @@ from object2vec.text import build_vocab, encode
 CLASSES = ("NEUTRAL", "ENTAILMENT", "CONTRADICTION")
 COMMON = {
     "enc1_network": "enc0", "tied_token_embedding_weight": "True", "enc0_max_seq_len": "40",
-    "enc_dim": "256", "enc0_token_embedding_dim": "128", "mlp_layers": "1", "mlp_dim": "256",
-    "mlp_activation": "relu", "optimizer": "adam", "learning_rate": "0.001", "mini_batch_size": "32",
-    "dropout": "0.2", "epochs": "12", "early_stopping_patience": "3", "early_stopping_tolerance": "0.001",
-    "bucket_width": "5",
+    "enc_dim": "256", "enc0_token_embedding_dim": "300", "comparator_list": "hadamard, abs_diff",
+    "mlp_layers": "1", "mlp_dim": "256", "mlp_activation": "tanh", "optimizer": "adam", "learning_rate": "0.003",
+    "mini_batch_size": "64", "dropout": "0.3", "epochs": "15", "early_stopping_patience": "5",
+    "early_stopping_tolerance": "0.001", "bucket_width": "5",
 }
 PER_ENCODER = {
     "pooled_embedding": {},
     "hcnn": {"enc0_layers": "auto", "enc0_cnn_filter_width": "3"},
-    "bilstm": {"enc0_layers": "1"},
+    "bilstm": {"enc0_layers": "1", "enc0_token_embedding_dim": "128"},
 }
 
 

@@ -73,11 +73,13 @@ def test_device_and_backend_follow_torchrun_local_rank(monkeypatch, no_torchrun)
         local_device("cuda:0")
 
 
-def test_sparse_tables_are_refused_on_nccl_only(tiny_hp):
+def test_sparse_tables_are_refused_with_several_processes(tiny_hp):
     sparse = parse_hyperparameters({**tiny_hp, "token_embedding_storage_type": "row_sparse"})
-    with pytest.raises(HyperparameterError, match="NCCL cannot all-reduce sparse"):
-        Context(0, 2, torch.device("cuda", 0)).check(sparse)
-    Context(0, 2, torch.device("cpu")).check(sparse)  # gloo all-reduces sparse gradients
+    for device in (torch.device("cuda", 0), torch.device("cpu")):
+        with pytest.raises(HyperparameterError, match="row_sparse cannot train with several processes"):
+            Context(0, 2, device).check(sparse)
+    Context(0, 1, torch.device("cpu")).check(sparse)  # one process: no all-reduce, row_sparse works
+    Context(0, 2, torch.device("cpu")).check(parse_hyperparameters(tiny_hp))  # dense tables are fine
     Context(0, 2, torch.device("cuda", 0)).check(parse_hyperparameters(tiny_hp))
 
 
@@ -150,9 +152,9 @@ def test_two_gloo_processes_train_as_well_as_one_on_disjoint_shards(channels, si
     assert all(s["source"] == str(channels["train"]) for s in shards)
 
 
-def test_two_processes_with_tied_sparse_tables_negatives_and_buckets(tmp_path):
-    """The rarer paths under DDP: one token table reached by both encoders, row-sparse gradients
-    (all-reduced by gloo), and per-rank batch counts that differ (negatives, buckets)."""
+def test_two_processes_with_tied_tables_negatives_and_buckets(tmp_path):
+    """The rarer paths under DDP: one token table reached by both encoders, and per-rank batch
+    counts that differ (negatives, buckets). (row_sparse is refused with several processes.)"""
     from object2vec.synthetic import write_jsonl
 
     records = latent_pairs(1600, vocab0=40, vocab1=40, max_len0=4, max_len1=4, latent_dim=2, seed=9)
@@ -162,7 +164,7 @@ def test_two_processes_with_tied_sparse_tables_negatives_and_buckets(tmp_path):
     params = ["enc0_network=pooled_embedding", "enc0_max_seq_len=4", "enc1_max_seq_len=4", "enc0_vocab_size=40",
               "enc1_vocab_size=40", "enc0_token_embedding_dim=16", "enc_dim=16", "mlp_layers=1", "mlp_dim=32",
               "mlp_activation=relu", "learning_rate=0.02", "epochs=15", "tied_token_embedding_weight=True",
-              "token_embedding_storage_type=row_sparse", "negative_sampling_rate=1", "bucket_width=1",
+              "negative_sampling_rate=1", "bucket_width=1",
               "early_stopping_patience=5", "early_stopping_tolerance=0.001"]
     torchrun(channels, tmp_path / "model", *params)
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())

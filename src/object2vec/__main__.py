@@ -1,3 +1,6 @@
+from . import distributed
 from .cli import main
 
-raise SystemExit(main())
+code = main()
+distributed.exit_worker(code)  # under torchrun: leave the process group cleanly (returns when alone)
+raise SystemExit(code)

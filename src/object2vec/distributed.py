@@ -13,6 +13,7 @@ every metric, and so every early-stopping decision, identical on every rank. Wit
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import math
 import os
@@ -106,11 +107,14 @@ class Context:
         return backend_for(self.device)
 
     def check(self, hp: Hyperparameters) -> None:
-        """Refuse what the backend cannot do: NCCL has no all-reduce for sparse gradients."""
-        if self.enabled and self.backend == "nccl" and hp.token_embedding_storage_type == "row_sparse":
+        """Refuse row-sparse token tables with several processes: NCCL has no all-reduce for
+        sparse gradients, and gloo's sparse all-reduce crashed a rank now and then in our tests
+        (ranks' sparse gradients differ in size every step; see pytorch issue 87497)."""
+        if self.enabled and hp.token_embedding_storage_type == "row_sparse":
             raise HyperparameterError(
-                "token_embedding_storage_type=row_sparse cannot train on several GPUs: NCCL cannot all-reduce "
-                "sparse gradients; use token_embedding_storage_type=dense, or train on CPUs (--device cpu, gloo)")
+                "token_embedding_storage_type=row_sparse cannot train with several processes: sparse "
+                "gradients cannot be all-reduced reliably (NCCL has no sparse all-reduce; gloo's is unreliable); "
+                "use token_embedding_storage_type=dense, or train in one process")
 
     def shard(self, data: PairDataset | None, *, equal: bool = True, name: str = "") -> PairDataset | None:
         """This rank's records of ``data`` (see :func:`shard_indices`); ``data`` itself when alone."""
@@ -186,9 +190,24 @@ def teardown(*, wait: bool = True) -> None:
     every rank to get here, so no rank closes its connections while another still uses them
     (gloo aborts a process whose peer vanished mid-call)."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # free DistributedDataParallel's reducer (kept in reference cycles) while the group lives
         if wait:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_worker(code: int) -> None:
+    """End a torchrun worker process: leave the process group, flush, and exit at once.
+
+    Exiting through the interpreter's normal shutdown lets C++ objects of the distributed
+    runtime be destroyed after the group they belong to, which now and then aborted a rank
+    ("terminate called without an active exception") after a successful run."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    teardown(wait=not _crashed)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 _crashed = False

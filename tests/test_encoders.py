@@ -146,6 +146,7 @@ def test_bucketing_does_not_change_predictions(network):
 
 
 def test_enc1_enc0_copies_architecture_with_own_weights():
+    """Untied tables: own weights from their own initialisation (tied tables start mirrored, below)."""
     net = Object2VecNet(parse_hyperparameters(
         {"enc0_network": "hcnn", "enc1_network": "enc0", "enc0_max_seq_len": "20", "enc0_vocab_size": "30",
          "enc0_layers": "2", "enc0_cnn_filter_width": "5", "enc0_token_embedding_dim": "8", "enc_dim": "8"}))
@@ -156,3 +157,40 @@ def test_enc1_enc0_copies_architecture_with_own_weights():
     assert params0.keys() == params1.keys()
     assert all(params0[k].data_ptr() != params1[k].data_ptr() for k in params0)
     assert not torch.equal(params0["convs.0.weight"], params1["convs.0.weight"])  # own initialisation
+
+
+def net_for(**hp) -> Object2VecNet:
+    torch.manual_seed(0)
+    return Object2VecNet(parse_hyperparameters({"enc0_vocab_size": "500", "enc0_token_embedding_dim": "64",
+                                                "enc_dim": "16", **hp}))
+
+
+def test_id_tables_start_small_and_word_tables_at_unit_scale():
+    ids = net_for(enc0_network="pooled_embedding", enc0_max_seq_len="1")
+    words = net_for(enc0_network="pooled_embedding", enc0_max_seq_len="20", tied_token_embedding_weight="True")
+    mixed = net_for(enc0_network="bilstm", enc0_max_seq_len="20", enc1_network="pooled_embedding",
+                    enc1_max_seq_len="1", enc1_vocab_size="50")
+    assert ids.token_tables[0].weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert words.token_tables[0].weight.std().item() == pytest.approx(1.0, rel=0.05)
+    assert [round(t.weight.std().item(), 2) for t in mixed.token_tables] == [1.0, 0.01]
+
+
+@pytest.mark.parametrize("network", ["pooled_embedding", "hcnn", "bilstm"])
+def test_tied_like_encoders_start_as_mirror_images_then_train_apart(network):
+    """With tied tables and enc1_network=enc0 the same input gives the same vector on both sides
+    at step 0 (abs_diff is zero for identical inputs), yet the weights are separate tensors."""
+    net = net_for(enc0_network=network, enc0_max_seq_len="12", tied_token_embedding_weight="True").eval()
+    ids, lengths = torch.randint(4, 500, (5, 12)), torch.tensor([12, 3, 7, 1, 9])
+    assert torch.equal(net.encode(0, ids, lengths), net.encode(1, ids, lengths))
+    enc0, enc1 = net.encoders
+    with torch.no_grad():
+        next(p for name, p in enc1.named_parameters() if not name.startswith("embedding.")).add_(1.0)
+    assert not torch.equal(net.encode(0, ids, lengths), net.encode(1, ids, lengths))
+
+
+def test_untied_or_different_encoders_keep_their_own_start():
+    untied = net_for(enc0_network="pooled_embedding", enc0_max_seq_len="12")
+    assert not torch.equal(untied.encoders[0].project.weight, untied.encoders[1].project.weight)
+    mixed = net_for(enc0_network="hcnn", enc0_max_seq_len="12", enc1_network="pooled_embedding",
+                    enc1_token_embedding_dim="64", tied_token_embedding_weight="True")
+    assert type(mixed.encoders[1]) is PooledEmbeddingEncoder

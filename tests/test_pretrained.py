@@ -142,3 +142,13 @@ def test_tied_tables_take_enc0s_files_and_refuse_different_enc1_files(tmp_path):
     assert [f.name for f in files] == ["vocab.json"]
     message = error_of(tmp_path, aux, enc1_vocab_file="vocab.json", enc1_pretrained_embedding_file="other.txt")
     assert "tied_token_embedding_weight=True" in message and "enc1_pretrained_embedding_file=other.txt" in message
+
+
+def test_words_missing_from_the_file_start_at_the_scale_of_the_loaded_vectors(tmp_path):
+    aux, vectors = write_aux(tmp_path)
+    net, _ = build_network(parse_hyperparameters(hyperparameters()), aux, lambda _: None)
+    ids, loaded = loaded_rows(vectors)
+    missing = torch.ones(len(VOCAB), dtype=torch.bool)
+    missing[ids] = False
+    drawn = net.encoder(0).embedding.weight[missing]
+    assert drawn.std().item() == pytest.approx(loaded.std().item(), rel=0.2)

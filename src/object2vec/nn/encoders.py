@@ -16,16 +16,28 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..hyperparameters import HyperparameterError
 
-#: Standard deviation of the token-table initialisation. Small rows keep the first epochs
-#: close to a bias-only model, which is what stops ID-embedding models (MovieLens) from
-#: memorising the training pairs in one epoch.
-TOKEN_INIT_STD = 0.01
+#: Standard deviation of an ID table's initial rows (inputs of one token: users, items, labels).
+#: Small rows keep the first epochs close to a bias-only model, which is what stops
+#: ID-embedding models (MovieLens) from memorising the training pairs in one epoch.
+ID_INIT_STD = 0.01
+#: Standard deviation of a word table's initial rows (inputs that are sequences). At unit scale
+#: distinct words are nearly orthogonal random features from step 0, so a pooled sentence is a
+#: random projection of its bag of words and the comparator already sees which words two inputs
+#: share; rows near zero would make every word look alike until training separates them, and
+#: on SICK that costs about 4 points of entailment accuracy (benchmarks/sick.py).
+WORD_INIT_STD = 1.0
 
 
-def make_token_table(vocab_size: int, dim: int, sparse: bool) -> nn.Embedding:
-    """A token embedding table; ``sparse=True`` gives row-sparse gradients (row_sparse storage)."""
+def token_init_std(max_seq_len: int) -> float:
+    """The initial scale of a token table whose inputs are at most ``max_seq_len`` tokens long."""
+    return ID_INIT_STD if max_seq_len <= 1 else WORD_INIT_STD
+
+
+def make_token_table(vocab_size: int, dim: int, sparse: bool, std: float = ID_INIT_STD) -> nn.Embedding:
+    """A token embedding table with N(0, std²) rows; ``sparse=True`` gives row-sparse gradients
+    (row_sparse storage)."""
     table = nn.Embedding(vocab_size, dim, sparse=sparse)
-    nn.init.normal_(table.weight, std=TOKEN_INIT_STD)
+    nn.init.normal_(table.weight, std=std)
     return table
 
 
@@ -34,6 +46,9 @@ def load_rows(table: nn.Embedding, ids: torch.Tensor, vectors: torch.Tensor, fre
     """Initialise ``table``'s rows ``ids`` with ``vectors``; ``freeze=True`` keeps exactly those
     rows fixed during training while the others still train.
 
+    The other rows (words the file lacks) are redrawn at the scale of the loaded vectors, so a
+    missing word is neither louder nor quieter than a known one in a pooled sentence.
+
     Freezing is done by the table itself, so it holds whatever optimizer trains it: the rows'
     gradients are zeroed (dense or row-sparse), and since weight decay or momentum could still
     move them, the rows are written back before every forward pass and whenever the weights
@@ -41,6 +56,8 @@ def load_rows(table: nn.Embedding, ids: torch.Tensor, vectors: torch.Tensor, fre
     """
     ids = torch.as_tensor(ids, dtype=torch.long, device=table.weight.device)
     vectors = torch.as_tensor(vectors, dtype=table.weight.dtype, device=table.weight.device)
+    if len(ids) > 1:
+        nn.init.normal_(table.weight, std=float(vectors.std()))
     table.weight[ids] = vectors
     if not freeze or len(ids) == 0:
         return
@@ -144,6 +161,12 @@ class HcnnEncoder(Encoder):
     tokens with width 3). Every layer's output is pooled over time (masked mean and max), so
     the encoding holds short- and long-span features; a linear map gives ``enc_dim``.
 
+    Each convolution reads a layer-normalised copy of the residual stream (per position, over
+    channels), and the pooled features are layer-normalised before the final map. The residual
+    stream grows with depth and with training; unnormalised, the encodings reach ten times their
+    initial scale within a few dozen Adam steps, the comparator's products saturate the MLP and
+    training stalls at the majority class (seen on SICK).
+
     Padded positions are zeroed before every convolution, which is exactly what the
     convolution's own zero padding does at the end of an unpadded sequence: a sequence's
     encoding is the same whatever it is batched with.
@@ -157,7 +180,9 @@ class HcnnEncoder(Encoder):
         self.filter_width = filter_width
         self.convs = nn.ModuleList(
             nn.Conv1d(channels, channels, filter_width, dilation=2**i) for i in range(self.depth))
+        self.norms = nn.ModuleList(nn.LayerNorm(channels) for _ in range(self.depth))
         self.dropout = nn.Dropout(dropout)
+        self.pooled_norm = nn.LayerNorm(2 * channels * (self.depth + 1))
         self.project = nn.Linear(2 * channels * (self.depth + 1), enc_dim)
 
     def _same_pad(self, x: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -169,11 +194,12 @@ class HcnnEncoder(Encoder):
         keep = mask.unsqueeze(1).to(self.embedding.weight.dtype)  # [B, 1, T]
         x = self.embedding(ids).transpose(1, 2) * keep  # [B, C, T]
         pooled = [masked_mean_max(x.transpose(1, 2), mask)]
-        for conv in self.convs:
-            h = F.relu(conv(self._same_pad(self.dropout(x), conv.dilation[0])))
+        for conv, norm in zip(self.convs, self.norms):
+            h = norm(x.transpose(1, 2)).transpose(1, 2) * keep  # normalised per position, padding stays zero
+            h = F.relu(conv(self._same_pad(self.dropout(h), conv.dilation[0])))
             x = (x + h) * keep  # residual; padding back to zero before the next layer
             pooled.append(masked_mean_max(x.transpose(1, 2), mask))
-        return self.project(torch.cat(pooled, dim=-1))
+        return self.project(self.pooled_norm(torch.cat(pooled, dim=-1)))
 
 
 class BiLstmEncoder(Encoder):

@@ -24,7 +24,7 @@ ID_INIT_STD = 0.01
 #: distinct words are nearly orthogonal random features from step 0, so a pooled sentence is a
 #: random projection of its bag of words and the comparator already sees which words two inputs
 #: share; rows near zero would make every word look alike until training separates them, and
-#: on SICK that costs about 4 points of entailment accuracy (benchmarks/sick.py).
+#: on SICK that costs about 4 points of entailment accuracy (README, SICK benchmark).
 WORD_INIT_STD = 1.0
 
 

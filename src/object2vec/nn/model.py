@@ -46,13 +46,13 @@ class Object2VecNet(nn.Module):
 
     def _mirror_start(self) -> None:
         """With tied token tables, start enc1 from a copy of enc0's weights when both encoders
-        have the same architecture (``enc1_network=enc0``).
+        have the same architecture (as ``enc1_network=enc0`` gives).
 
         Tied tables mean both inputs are objects of one kind (sentence/sentence). The weights
         stay separate and train on their own, but at step 0 the same input gives the same vector
         on both sides, so ``abs_diff`` is zero for identical inputs: the comparison starts
-        symmetric instead of having to learn that two random projections should agree. On SICK
-        this is worth 2-4 points of entailment accuracy (benchmarks/sick.py).
+        symmetric instead of having to learn that two random projections should agree. On SICK,
+        with unit-scale word rows, this is worth 3 points of entailment accuracy (README).
         """
         enc0, enc1 = self.encoders
         own0 = {k: v for k, v in enc0.state_dict().items() if not k.startswith("embedding.")}

@@ -45,7 +45,7 @@ COMMON = {
 }
 PER_ENCODER = {
     "pooled_embedding": {},
-    "hcnn": {"enc0_layers": "auto", "enc0_cnn_filter_width": "3", "enc0_token_embedding_dim": "128",
+    "hcnn": {"enc0_layers": "1", "enc0_cnn_filter_width": "3", "enc0_token_embedding_dim": "128",
              "learning_rate": "0.0003"},
     "bilstm": {"enc0_layers": "1", "enc0_token_embedding_dim": "128"},
 }

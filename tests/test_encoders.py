@@ -191,6 +191,9 @@ def test_tied_like_encoders_start_as_mirror_images_then_train_apart(network):
 def test_untied_or_different_encoders_keep_their_own_start():
     untied = net_for(enc0_network="pooled_embedding", enc0_max_seq_len="12")
     assert not torch.equal(untied.encoders[0].project.weight, untied.encoders[1].project.weight)
+    deeper = net_for(enc0_network="hcnn", enc0_max_seq_len="12", enc0_layers="1", enc1_network="hcnn",
+                     enc1_layers="2", enc1_token_embedding_dim="64", tied_token_embedding_weight="True")
+    assert not torch.equal(deeper.encoders[0].convs[0].weight, deeper.encoders[1].convs[0].weight)
     mixed = net_for(enc0_network="hcnn", enc0_max_seq_len="12", enc1_network="pooled_embedding",
                     enc1_token_embedding_dim="64", tied_token_embedding_weight="True")
     assert type(mixed.encoders[1]) is PooledEmbeddingEncoder

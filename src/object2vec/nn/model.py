@@ -54,13 +54,13 @@ class Object2VecNet(nn.Module):
         symmetric instead of having to learn that two random projections should agree. On SICK,
         with unit-scale word rows, this is worth 3 points of entailment accuracy (README).
         """
-        enc0, enc1 = self.encoders
-        own0 = {k: v for k, v in enc0.state_dict().items() if not k.startswith("embedding.")}
-        own1 = {k: v for k, v in enc1.state_dict().items() if not k.startswith("embedding.")}
-        if type(enc0) is type(enc1) and {k: v.shape for k, v in own0.items()} == {k: v.shape for k, v in own1.items()}:
-            with torch.no_grad():
-                for name, value in own0.items():
-                    own1[name].copy_(value)
+        params0, params1 = (dict(e.named_parameters()) for e in self.encoders)  # the shared table included
+        if type(self.encoders[0]) is not type(self.encoders[1]) or \
+                {k: v.shape for k, v in params0.items()} != {k: v.shape for k, v in params1.items()}:
+            return
+        with torch.no_grad():
+            for name, value in params0.items():
+                params1[name].copy_(value)  # a no-op for the shared table itself
 
     @staticmethod
     def _token_tables(hp: Hyperparameters) -> list[nn.Embedding]:

@@ -38,6 +38,7 @@ VARIANTS = {
     "row_sparse": {"token_embedding_storage_type": "row_sparse"},
     "tied_row_sparse": {"tied_token_embedding_weight": True, "enc1_vocab_size": 50,
                         "token_embedding_storage_type": "row_sparse", "optimizer": "adagrad"},
+    "tied_encoder": {"tied_encoder_weight": True, "enc1_vocab_size": 50},
     "no_mlp_dropout_buckets": {"mlp_layers": 0, "dropout": 0.2, "bucket_width": 2, "mlp_activation": "tanh"},
 }
 
@@ -93,6 +94,12 @@ def test_save_load_round_trip_gives_identical_outputs(variant, tmp_path):
     assert loaded.hp == model.hp and loaded.metrics == pytest.approx(model.metrics)
     if "tied" in variant:
         assert loaded.net.encoder(0).embedding.weight is loaded.net.encoder(1).embedding.weight
+    if variant == "tied_encoder":  # one encoder, saved once, answering for both inputs
+        assert loaded.net.encoder(0) is loaded.net.encoder(1)
+        with safe_open(str(tmp_path / "model" / artifact.WEIGHTS_FILE), "pt") as weights:
+            assert not any(key.startswith("encoders.1.") for key in weights.keys())
+        short = [0, 1, 3]  # QUERY1[2] is longer than enc1_max_seq_len (4), so in1 truncates it
+        np.testing.assert_array_equal(loaded.embed(in0=QUERY1)[short], embed1[short])
 
 
 def test_loaded_model_can_be_saved_again_unchanged(saved, tmp_path):

@@ -152,19 +152,21 @@ def test_two_gloo_processes_train_as_well_as_one_on_disjoint_shards(channels, si
     assert all(s["source"] == str(channels["train"]) for s in shards)
 
 
-def test_two_processes_with_tied_tables_negatives_and_buckets(tmp_path):
-    """The rarer paths under DDP: one token table reached by both encoders, and per-rank batch
-    counts that differ (negatives, buckets). (row_sparse is refused with several processes.)"""
+@pytest.mark.parametrize("tied", ["tied_token_embedding_weight=True", "tied_encoder_weight=True"])
+def test_two_processes_with_tied_tables_negatives_and_buckets(tied, tmp_path):
+    """The rarer paths under DDP: one token table, or one whole encoder, reached from both
+    inputs, and per-rank batch counts that differ (negatives, buckets). (row_sparse is refused
+    with several processes.)"""
     from object2vec.synthetic import write_jsonl
 
-    records = latent_pairs(1600, vocab0=40, vocab1=40, max_len0=4, max_len1=4, latent_dim=2, seed=9)
+    records = latent_pairs(1600, vocab0=40, vocab1=40, max_len0=4, max_len1=4, latent_dim=2, seed=9,
+                           same_kind="tied_encoder" in tied)  # one encoder needs one token space
     channels = {"train": write_jsonl(records[:1200], tmp_path / "train.jsonl"),
                 "validation": write_jsonl(records[1200:1400], tmp_path / "validation.jsonl"),
                 "test": write_jsonl(records[1400:], tmp_path / "test.jsonl")}
     params = ["enc0_network=pooled_embedding", "enc0_max_seq_len=4", "enc1_max_seq_len=4", "enc0_vocab_size=40",
               "enc1_vocab_size=40", "enc0_token_embedding_dim=16", "enc_dim=16", "mlp_layers=1", "mlp_dim=32",
-              "mlp_activation=relu", "learning_rate=0.02", "epochs=15", "tied_token_embedding_weight=True",
-              "negative_sampling_rate=1", "bucket_width=1",
+              "mlp_activation=relu", "learning_rate=0.02", "epochs=15", tied, "negative_sampling_rate=1", "bucket_width=1",
               "early_stopping_patience=5", "early_stopping_tolerance=0.001"]
     torchrun(channels, tmp_path / "model", *params)
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())

@@ -197,3 +197,20 @@ def test_untied_or_different_encoders_keep_their_own_start():
     mixed = net_for(enc0_network="hcnn", enc0_max_seq_len="12", enc1_network="pooled_embedding",
                     enc1_token_embedding_dim="64", tied_token_embedding_weight="True")
     assert type(mixed.encoders[1]) is PooledEmbeddingEncoder
+
+
+@pytest.mark.parametrize("network", ["pooled_embedding", "hcnn", "bilstm"])
+def test_tied_encoder_is_one_encoder_for_both_inputs(network):
+    """tied_encoder_weight: both inputs go through the same parameters (held once), so both
+    sides' gradients reach them and the same input gives the same vector on either side."""
+    net = net_for(enc0_network=network, enc0_max_seq_len="12", tied_encoder_weight="True")
+    separate = net_for(enc0_network=network, enc0_max_seq_len="12", tied_token_embedding_weight="True")
+    encoder_params = sum(p.numel() for p in net.encoders.parameters())
+    assert len(net.encoders) == 1 and net.encoder(0) is net.encoder(1)
+    assert encoder_params == sum(p.numel() for p in separate.encoder(0).parameters())
+    assert not any(name.startswith("encoders.1.") for name in net.state_dict())
+    ids, lengths = torch.randint(4, 500, (5, 12)), torch.tensor([12, 3, 7, 1, 9])
+    net.eval()
+    assert torch.equal(net.encode(0, ids, lengths), net.encode(1, ids, lengths))
+    net.encode(1, ids, lengths).sum().backward()  # in1 alone trains the one encoder
+    assert net.encoder(0).project.weight.grad is not None

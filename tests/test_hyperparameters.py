@@ -69,6 +69,12 @@ OTHER = {
     "token_embedding_storage_type": ("dense", ("dense", "row_sparse")),
 }
 
+#: Hyperparameters beyond the reference (name -> (default, allowed values)); each defaults to
+#: the reference's behaviour, so a reference hyperparameters.json trains the reference model.
+EXTENSIONS = {
+    "tied_encoder_weight": (False, (True, False)),
+}
+
 
 def parse(**values):
     return parse_hyperparameters({**REQUIRED, **values})
@@ -96,7 +102,7 @@ def assert_names_range(message: str, low: float, high: float) -> None:
 
 
 def test_schema_declares_exactly_the_documented_names():
-    assert set(SCHEMA) == set(NUMERIC) | set(OTHER)
+    assert set(SCHEMA) == set(NUMERIC) | set(OTHER) | set(EXTENSIONS)
 
 
 @pytest.mark.parametrize("name", sorted(NUMERIC))
@@ -120,7 +126,7 @@ def test_every_default():
         if default is not None:
             assert hp[name] == default, name
             assert type(hp[name]) is type(default), name
-    for name, (default, _) in OTHER.items():
+    for name, (default, _) in {**OTHER, **EXTENSIONS}.items():
         if name == "enc1_network":
             continue  # resolved to enc0's network, tested below
         assert hp[name] == default, name
@@ -276,6 +282,26 @@ def test_enc1_network_enc0_keeps_enc1_values_given_explicitly():
 def test_enc1_network_can_differ():
     hp = parse(enc0_network="pooled_embedding", enc1_network="bilstm")
     assert (hp.enc0_network, hp.enc1_network) == ("pooled_embedding", "bilstm")
+
+
+def test_tied_encoder_weight_shares_enc0_and_implies_a_tied_table():
+    hp = parse(enc0_network="bilstm", tied_encoder_weight="True", enc1_max_seq_len="4")
+    assert hp.tied_encoder_weight is True and hp.tied_token_embedding_weight is True
+    assert (hp.enc1_network, hp.enc1_max_seq_len) == ("bilstm", 4)  # in1 may still be truncated shorter
+    assert parse().tied_encoder_weight is False
+
+
+@pytest.mark.parametrize("conflict, named", [
+    ({"enc1_network": "pooled_embedding"}, "enc1_network=pooled_embedding"),
+    ({"enc1_vocab_size": "7"}, "enc1_vocab_size=7"),
+    ({"enc1_token_embedding_dim": "8"}, "enc1_token_embedding_dim=8"),
+    ({"enc0_layers": "1", "enc1_layers": "2"}, "enc1_layers=2"),
+    ({"tied_token_embedding_weight": "False"}, "tied_token_embedding_weight=False"),
+])
+def test_tied_encoder_weight_refuses_a_different_enc1(conflict, named):
+    with pytest.raises(HyperparameterError) as err:
+        parse(tied_encoder_weight="True", **conflict)
+    assert_names(str(err.value), "tied_encoder_weight=True", named)
 
 
 # --- comparator_list and file names --------------------------------------------------------

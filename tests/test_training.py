@@ -164,6 +164,19 @@ def test_tied_gradients_from_both_sides_reach_the_one_table():
     assert touched == {3, 7}
 
 
+def test_tied_encoder_is_trained_once_and_learns_a_same_kind_relation():
+    """tied_encoder_weight: one encoder for both sides, fewer parameters than two encoders that
+    share only the table, and it learns a symmetric relation between objects of one kind."""
+    hp = {"tied_encoder_weight": True, "enc1_vocab_size": 50}
+    model, _ = train(hp, vocab0=50, vocab1=50, same_kind=True)
+    tables_only = Object2VecNet(parse_hyperparameters({**BASE, "enc1_vocab_size": 50,
+                                                       "tied_token_embedding_weight": True}))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert model.net.encoder(0) is model.net.encoder(1)
+    assert count(tables_only) - count(model.net) == sum(p.numel() for p in tables_only.encoder(1).project.parameters())
+    assert_learned(model, min_accuracy=0.75)
+
+
 @pytest.mark.parametrize("mismatch", [{"enc1_vocab_size": 60}, {"enc1_vocab_size": 50, "enc1_network": "pooled_embedding",
                                                                  "enc1_token_embedding_dim": 8}])
 def test_tied_needs_equal_vocab_and_token_dims(mismatch):

@@ -178,6 +178,9 @@ SCHEMA: dict[str, Param] = {
         Param("early_stopping_tolerance", "float", 0.01, 1e-6, 0.1),
         Param("negative_sampling_rate", "int", 0, 0, 100, help="Negatives made per positive each epoch."),
         Param("tied_token_embedding_weight", "bool", False, help="One token table for both encoders."),
+        Param("tied_encoder_weight", "bool", False,
+              help="Beyond the reference: one encoder for in0 and in1 (shared parameters, a siamese network); "
+                   "needs enc1_network=enc0 and implies tied_token_embedding_weight."),
         Param("token_embedding_storage_type", "choice", "dense", choices=("dense", "row_sparse")),
         Param("bucket_width", "int", 0, 0, 100, help="Allowed length difference within a batch; 0 = off."),
     ]
@@ -257,6 +260,7 @@ def parse_hyperparameters(raw: Mapping[str, Any] | None = None, **overrides: Any
         else:
             values[name] = param.default
     _resolve_enc1(values, given)
+    _resolve_tied_encoder(values, given)
     return Hyperparameters(values)
 
 
@@ -269,6 +273,26 @@ def _resolve_enc1(values: dict[str, Any], given: Mapping[str, Any]) -> None:
         for suffix in ("token_embedding_dim", "layers", "cnn_filter_width"):
             if f"enc1_{suffix}" not in given:
                 values[f"enc1_{suffix}"] = values[f"enc0_{suffix}"]
+
+
+#: enc1 settings that must equal enc0's when both inputs go through one encoder.
+TIED_ENCODER_SETTINGS = ("network", "vocab_size", "token_embedding_dim", "layers", "cnn_filter_width")
+
+
+def _resolve_tied_encoder(values: dict[str, Any], given: Mapping[str, Any]) -> None:
+    """``tied_encoder_weight=True``: enc1 *is* enc0, so its architecture must be enc0's and the
+    token table is shared (``tied_token_embedding_weight`` is implied; saying False is refused)."""
+    if not values["tied_encoder_weight"]:
+        return
+    if given.get("tied_token_embedding_weight") not in (None, "") and not values["tied_token_embedding_weight"]:
+        raise HyperparameterError("tied_encoder_weight=True shares the whole encoder, token table included; "
+                                  "it cannot be combined with tied_token_embedding_weight=False")
+    for suffix in TIED_ENCODER_SETTINGS:
+        if values[f"enc1_{suffix}"] != values[f"enc0_{suffix}"]:
+            raise HyperparameterError(
+                f"tied_encoder_weight=True uses enc0 for both inputs, so enc1_{suffix}={values[f'enc1_{suffix}']} "
+                f"must equal enc0_{suffix}={values[f'enc0_{suffix}']}")
+    values["tied_token_embedding_weight"] = True
 
 
 def load_hyperparameters_file(path: str) -> dict[str, Any]:

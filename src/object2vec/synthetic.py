@@ -14,8 +14,13 @@ import orjson
 
 
 def latent_pairs(n: int, vocab0: int = 50, vocab1: int = 60, *, max_len0: int = 1, max_len1: int = 1,
-                 task: str = "binary", num_classes: int = 2, latent_dim: int = 4, seed: int = 0) -> list[dict]:
+                 task: str = "binary", num_classes: int = 2, latent_dim: int = 4, seed: int = 0,
+                 same_kind: bool = False) -> list[dict]:
     """``n`` records ``{"label", "in0", "in1"}``.
+
+    ``same_kind=True`` gives both sides one token space (token i means the same in in0 and in1,
+    as words do in sentence pairs; needs ``vocab0 == vocab1``), so the relation is symmetric and
+    one shared encoder can learn it.
 
     ``task``: ``binary`` (label = dot > median), ``multiclass`` (dot split into ``num_classes``
     quantile bins) or ``regression`` (label = the dot, scaled to about unit variance).
@@ -24,6 +29,10 @@ def latent_pairs(n: int, vocab0: int = 50, vocab1: int = 60, *, max_len0: int = 
     rng = np.random.default_rng(seed)
     z0 = rng.normal(size=(vocab0, latent_dim))
     z1 = rng.normal(size=(vocab1, latent_dim))
+    if same_kind:
+        if vocab0 != vocab1:
+            raise ValueError(f"same_kind pairs need vocab0 == vocab1, got {vocab0} and {vocab1}")
+        z1 = z0
     in0 = [rng.integers(1, vocab0, size=rng.integers(1, max_len0 + 1)).tolist() for _ in range(n)]
     in1 = [rng.integers(1, vocab1, size=rng.integers(1, max_len1 + 1)).tolist() for _ in range(n)]
     dots = np.array([z0[a].mean(0) @ z1[b].mean(0) for a, b in zip(in0, in1)])

@@ -30,11 +30,12 @@ class Object2VecNet(nn.Module):
         self.comparators = tuple(hp.comparator_list)
         self.regression = hp.output_layer == "mean_squared_error"
         tables = self._token_tables(hp)
+        sides = (0,) if hp.tied_encoder_weight else (0, 1)  # tied: enc1 is enc0 itself
         self.encoders = nn.ModuleList(
             build_encoder(hp[f"enc{side}_network"], tables[side], hp.enc_dim, self._encoder_settings(hp, side))
-            for side in (0, 1)
+            for side in sides
         )
-        if hp.tied_token_embedding_weight:
+        if hp.tied_token_embedding_weight and not hp.tied_encoder_weight:
             self._mirror_start()
         layers: list[nn.Module] = [nn.Dropout(hp.dropout)]
         width = comparator_width(self.comparators, hp.enc_dim)
@@ -88,14 +89,15 @@ class Object2VecNet(nn.Module):
     @property
     def token_tables(self) -> list[nn.Embedding]:
         """The distinct token tables (one when tied)."""
-        tables = [enc.embedding for enc in self.encoders]
-        return tables[:1] if tables[0] is tables[1] else tables
+        return list({id(enc.embedding): enc.embedding for enc in self.encoders}.values())
 
     def encoder(self, side: int) -> Encoder:
-        return self.encoders[side]
+        """Encoder ``side`` (0 or 1); with ``tied_encoder_weight`` both sides are the one encoder,
+        which is held once, so its parameters are saved and trained once."""
+        return self.encoders[min(side, len(self.encoders) - 1)]
 
     def encode(self, side: int, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.encoders[side](ids, lengths)
+        return self.encoder(side)(ids, lengths)
 
     def compare(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.cat([COMPARATOR_OPS[name](a, b) for name in self.comparators], dim=-1)

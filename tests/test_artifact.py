@@ -100,6 +100,7 @@ def test_save_load_round_trip_gives_identical_outputs(variant, tmp_path):
             assert not any(key.startswith("encoders.1.") for key in weights.keys())
         short = [0, 1, 3]  # QUERY1[2] is longer than enc1_max_seq_len (4), so in1 truncates it
         np.testing.assert_array_equal(loaded.embed(in0=QUERY1)[short], embed1[short])
+        assert not np.array_equal(loaded.embed(in0=QUERY1)[2], embed1[2])
 
 
 def test_loaded_model_can_be_saved_again_unchanged(saved, tmp_path):

@@ -212,5 +212,11 @@ def test_tied_encoder_is_one_encoder_for_both_inputs(network):
     ids, lengths = torch.randint(4, 500, (5, 12)), torch.tensor([12, 3, 7, 1, 9])
     net.eval()
     assert torch.equal(net.encode(0, ids, lengths), net.encode(1, ids, lengths))
-    net.encode(1, ids, lengths).sum().backward()  # in1 alone trains the one encoder
-    assert net.encoder(0).project.weight.grad is not None
+
+
+@pytest.mark.parametrize("network, lengths, depth", [("hcnn", (3, 40), 4), ("hcnn", (40, 3), 4),
+                                                     ("bilstm", (10, 100), 2), ("hcnn", (3, 3), 1)])
+def test_tied_encoder_auto_depth_covers_the_longer_input(network, lengths, depth):
+    net = net_for(enc0_network=network, enc0_max_seq_len=str(lengths[0]), enc1_max_seq_len=str(lengths[1]),
+                  tied_encoder_weight="True")
+    assert net.encoder(1).depth == depth

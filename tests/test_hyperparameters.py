@@ -291,6 +291,14 @@ def test_tied_encoder_weight_shares_enc0_and_implies_a_tied_table():
     assert parse().tied_encoder_weight is False
 
 
+def test_tied_encoder_weight_gives_enc1_enc0s_unset_settings_whatever_enc1_network_says():
+    hp = parse(enc0_network="hcnn", enc1_network="hcnn", enc0_token_embedding_dim="64", enc0_layers="2",
+               tied_encoder_weight="True")
+    assert (hp.enc1_token_embedding_dim, hp.enc1_layers) == (64, 2)
+    assert parse(enc0_network="pooled_embedding", enc1_network="pooled_embedding", enc0_cnn_filter_width="5",
+                 tied_encoder_weight="True").enc1_cnn_filter_width == 5
+
+
 @pytest.mark.parametrize("conflict, named", [
     ({"enc1_network": "pooled_embedding"}, "enc1_network=pooled_embedding"),
     ({"enc1_vocab_size": "7"}, "enc1_vocab_size=7"),

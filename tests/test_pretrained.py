@@ -142,6 +142,25 @@ def test_tied_tables_take_enc0s_files_and_refuse_different_enc1_files(tmp_path):
     assert [f.name for f in files] == ["vocab.json"]
     message = error_of(tmp_path, aux, enc1_vocab_file="vocab.json", enc1_pretrained_embedding_file="other.txt")
     assert "tied_token_embedding_weight=True" in message and "enc1_pretrained_embedding_file=other.txt" in message
+    (aux / "vocab1.json").write_text((aux / "vocab.json").read_text())
+    message = error_of(tmp_path, aux, enc1_vocab_file="vocab1.json")  # a vocabulary alone is refused too
+    assert "enc1_vocab_file=vocab1.json" in message and "enc0_vocab_file=vocab.json" in message
+    message = error_of(tmp_path, aux, enc1_vocab_file="vocab.json", enc1_pretrained_embedding_file="glove.txt",
+                       enc1_freeze_pretrained_embedding="False")
+    assert "enc1_freeze_pretrained_embedding=False" in message
+
+
+def test_one_encoder_takes_enc0s_files_and_says_why_enc1_files_are_refused(tmp_path):
+    aux, vectors = write_aux(tmp_path)
+    net, files = build_network(parse_hyperparameters(hyperparameters(tied_encoder_weight="True")), aux,
+                               lambda _: None)
+    ids, expected = loaded_rows(vectors)
+    assert net.encoder(1) is net.encoder(0) and torch.equal(net.encoder(1).embedding.weight[ids], expected)
+    assert [f.name for f in files] == ["vocab.json"]
+    (aux / "other.txt").write_text("w20 " + " ".join(["1"] * DIM) + "\n")
+    message = error_of(tmp_path, aux, tied_encoder_weight="True", enc1_vocab_file="vocab.json",
+                       enc1_pretrained_embedding_file="other.txt")
+    assert "(implied by tied_encoder_weight=True)" in message and "enc1_pretrained_embedding_file=other.txt" in message
 
 
 def test_words_missing_from_the_file_start_at_the_scale_of_the_loaded_vectors(tmp_path):

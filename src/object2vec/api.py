@@ -35,15 +35,16 @@ def build_network(hp: Hyperparameters, auxiliary: str | os.PathLike | None = Non
         vocab_name, vectors_name = hp[f"enc{side}_vocab_file"], hp[f"enc{side}_pretrained_embedding_file"]
         if not vocab_name and not vectors_name:
             continue
+        if side == 1 and hp.tied_token_embedding_weight:
+            _check_tied_files(hp)  # enc0's files already set the one table
+            continue
         if vectors_name and not vocab_name:
             raise HyperparameterError(f"enc{side}_pretrained_embedding_file={vectors_name} needs enc{side}_vocab_file "
                                       "to map its tokens to IDs")
         vocab_file = _auxiliary_file(auxiliary, vocab_name, f"enc{side}_vocab_file")
         vocab = text.read_vocab(vocab_file, hp[f"enc{side}_vocab_size"])
         files.append(vocab_file)
-        if vectors_name and side == 1 and hp.tied_token_embedding_weight:
-            _check_tied_pretrained(hp)  # enc0's files already set the shared table
-        elif vectors_name:
+        if vectors_name:
             vectors_file = _auxiliary_file(auxiliary, vectors_name, f"enc{side}_pretrained_embedding_file")
             rows = text.pretrained_rows(vocab, vectors_file, hp[f"enc{side}_token_embedding_dim"])
             freeze = hp[f"enc{side}_freeze_pretrained_embedding"]
@@ -53,13 +54,19 @@ def build_network(hp: Hyperparameters, auxiliary: str | os.PathLike | None = Non
     return net, list(dict.fromkeys(files))
 
 
-def _check_tied_pretrained(hp: Hyperparameters) -> None:
-    """With tied tables enc1 reads enc0's table, so enc1 may name the same files or none."""
-    for suffix in ("vocab_file", "pretrained_embedding_file", "freeze_pretrained_embedding"):
+def _check_tied_files(hp: Hyperparameters) -> None:
+    """With one token table (tied tables, or one encoder) enc0's files set it, so enc1 may name
+    the same files or none; a file of its own would be a second vocabulary for the same rows."""
+    tied = "tied_token_embedding_weight=True" + (" (implied by tied_encoder_weight=True)"
+                                                 if hp.tied_encoder_weight else "")
+    named = [suffix for suffix in ("vocab_file", "pretrained_embedding_file") if hp[f"enc1_{suffix}"]]
+    if hp.enc1_pretrained_embedding_file:
+        named.append("freeze_pretrained_embedding")
+    for suffix in named:
         if hp[f"enc1_{suffix}"] != hp[f"enc0_{suffix}"]:
             raise HyperparameterError(
-                f"tied_token_embedding_weight=True shares one token table, so enc1_{suffix}={hp[f'enc1_{suffix}']} "
-                f"must equal enc0_{suffix}={hp[f'enc0_{suffix}']} (or leave enc1_pretrained_embedding_file unset)")
+                f"{tied} shares one token table, so enc1_{suffix}={hp[f'enc1_{suffix}']} "
+                f"must equal enc0_{suffix}={hp[f'enc0_{suffix}']} (or leave enc1's files unset)")
 
 
 def _auxiliary_file(auxiliary: str | os.PathLike | None, name: str, key: str) -> Path:

@@ -180,7 +180,7 @@ SCHEMA: dict[str, Param] = {
         Param("tied_token_embedding_weight", "bool", False, help="One token table for both encoders."),
         Param("tied_encoder_weight", "bool", False,
               help="Beyond the reference: one encoder for in0 and in1 (shared parameters, a siamese network); "
-                   "needs enc1_network=enc0 and implies tied_token_embedding_weight."),
+                   "enc1's architecture is enc0's; implies tied_token_embedding_weight."),
         Param("token_embedding_storage_type", "choice", "dense", choices=("dense", "row_sparse")),
         Param("bucket_width", "int", 0, 0, 100, help="Allowed length difference within a batch; 0 = off."),
     ]
@@ -280,7 +280,8 @@ TIED_ENCODER_SETTINGS = ("network", "vocab_size", "token_embedding_dim", "layers
 
 
 def _resolve_tied_encoder(values: dict[str, Any], given: Mapping[str, Any]) -> None:
-    """``tied_encoder_weight=True``: enc1 *is* enc0, so its architecture must be enc0's and the
+    """``tied_encoder_weight=True``: enc1 *is* enc0, so enc1's architecture settings left unset
+    are enc0's (whatever ``enc1_network`` names), any set to something else is refused, and the
     token table is shared (``tied_token_embedding_weight`` is implied; saying False is refused)."""
     if not values["tied_encoder_weight"]:
         return
@@ -288,10 +289,12 @@ def _resolve_tied_encoder(values: dict[str, Any], given: Mapping[str, Any]) -> N
         raise HyperparameterError("tied_encoder_weight=True shares the whole encoder, token table included; "
                                   "it cannot be combined with tied_token_embedding_weight=False")
     for suffix in TIED_ENCODER_SETTINGS:
-        if values[f"enc1_{suffix}"] != values[f"enc0_{suffix}"]:
+        if given.get(f"enc1_{suffix}") in (None, ""):
+            values[f"enc1_{suffix}"] = values[f"enc0_{suffix}"]
+        elif values[f"enc1_{suffix}"] != values[f"enc0_{suffix}"]:
             raise HyperparameterError(
                 f"tied_encoder_weight=True uses enc0 for both inputs, so enc1_{suffix}={values[f'enc1_{suffix}']} "
-                f"must equal enc0_{suffix}={values[f'enc0_{suffix}']}")
+                f"must equal enc0_{suffix}={values[f'enc0_{suffix}']} (or be left unset)")
     values["tied_token_embedding_weight"] = True
 
 

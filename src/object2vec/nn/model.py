@@ -21,8 +21,9 @@ def comparator_width(names: tuple[str, ...], enc_dim: int) -> int:
 
 
 class Object2VecNet(nn.Module):
-    """in0 -> enc0, in1 -> enc1; the comparator joins the two vectors; an MLP and the output
-    layer give class logits (softmax) or one value (mean_squared_error)."""
+    """in0 -> enc0, in1 -> enc1 (with ``tied_encoder_weight``, in1 -> enc0 too); the comparator
+    joins the two vectors; an MLP and the output layer give class logits (softmax) or one value
+    (mean_squared_error)."""
 
     def __init__(self, hp: Hyperparameters):
         super().__init__()
@@ -82,9 +83,12 @@ class Object2VecNet(nn.Module):
 
     @staticmethod
     def _encoder_settings(hp: Hyperparameters, side: int) -> dict:
+        """The builder's settings; one encoder serving both inputs is sized (``layers=auto``) for
+        the longer of the two."""
         enc = hp.encoder(side)
+        max_seq_len = max(hp.enc0_max_seq_len, hp.enc1_max_seq_len) if hp.tied_encoder_weight else enc["max_seq_len"]
         return {"layers": enc["layers"], "filter_width": enc["cnn_filter_width"],
-                "max_seq_len": enc["max_seq_len"], "dropout": hp.dropout}
+                "max_seq_len": max_seq_len, "dropout": hp.dropout}
 
     @property
     def token_tables(self) -> list[nn.Embedding]:
@@ -94,7 +98,7 @@ class Object2VecNet(nn.Module):
     def encoder(self, side: int) -> Encoder:
         """Encoder ``side`` (0 or 1); with ``tied_encoder_weight`` both sides are the one encoder,
         which is held once, so its parameters are saved and trained once."""
-        return self.encoders[min(side, len(self.encoders) - 1)]
+        return self.encoders[0 if self.hp.tied_encoder_weight else side]
 
     def encode(self, side: int, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.encoder(side)(ids, lengths)

@@ -264,15 +264,23 @@ def parse_hyperparameters(raw: Mapping[str, Any] | None = None, **overrides: Any
     return Hyperparameters(values)
 
 
-def _resolve_enc1(values: dict[str, Any], given: Mapping[str, Any]) -> None:
-    for suffix in ("max_seq_len", "vocab_size"):
-        if values[f"enc1_{suffix}"] is None:
+def _is_unset(given: Mapping[str, Any], name: str) -> bool:
+    """Not given, or given empty: what ``parse_hyperparameters`` replaces by the default."""
+    return given.get(name) in (None, "")
+
+
+def _inherit_from_enc0(values: dict[str, Any], given: Mapping[str, Any], suffixes: tuple[str, ...]) -> None:
+    """enc1 settings the user left unset take enc0's values."""
+    for suffix in suffixes:
+        if _is_unset(given, f"enc1_{suffix}"):
             values[f"enc1_{suffix}"] = values[f"enc0_{suffix}"]
+
+
+def _resolve_enc1(values: dict[str, Any], given: Mapping[str, Any]) -> None:
+    _inherit_from_enc0(values, given, ("max_seq_len", "vocab_size"))
     if values["enc1_network"] == "enc0":
         values["enc1_network"] = values["enc0_network"]
-        for suffix in ("token_embedding_dim", "layers", "cnn_filter_width"):
-            if f"enc1_{suffix}" not in given:
-                values[f"enc1_{suffix}"] = values[f"enc0_{suffix}"]
+        _inherit_from_enc0(values, given, ("token_embedding_dim", "layers", "cnn_filter_width"))
 
 
 #: enc1 settings that must equal enc0's when both inputs go through one encoder.
@@ -285,13 +293,12 @@ def _resolve_tied_encoder(values: dict[str, Any], given: Mapping[str, Any]) -> N
     token table is shared (``tied_token_embedding_weight`` is implied; saying False is refused)."""
     if not values["tied_encoder_weight"]:
         return
-    if given.get("tied_token_embedding_weight") not in (None, "") and not values["tied_token_embedding_weight"]:
+    if not _is_unset(given, "tied_token_embedding_weight") and not values["tied_token_embedding_weight"]:
         raise HyperparameterError("tied_encoder_weight=True shares the whole encoder, token table included; "
                                   "it cannot be combined with tied_token_embedding_weight=False")
+    _inherit_from_enc0(values, given, TIED_ENCODER_SETTINGS)
     for suffix in TIED_ENCODER_SETTINGS:
-        if given.get(f"enc1_{suffix}") in (None, ""):
-            values[f"enc1_{suffix}"] = values[f"enc0_{suffix}"]
-        elif values[f"enc1_{suffix}"] != values[f"enc0_{suffix}"]:
+        if values[f"enc1_{suffix}"] != values[f"enc0_{suffix}"]:
             raise HyperparameterError(
                 f"tied_encoder_weight=True uses enc0 for both inputs, so enc1_{suffix}={values[f'enc1_{suffix}']} "
                 f"must equal enc0_{suffix}={values[f'enc0_{suffix}']} (or be left unset)")

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from object2vec import Object2Vec
-from object2vec.data import PairDataset, SequenceColumn, batch_order, iterate_batches
-from object2vec.synthetic import latent_pairs
+from object2vec.columns import SequenceColumn
+from object2vec.training.data import PairDataset, batch_order, iterate_batches
+from object2vec.sample_data import latent_pairs
 
 
 def variable_length_pairs(n: int, min_len: int, max_len: int, in1_max_len: int, vocab: int,

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from object2vec import Object2Vec
-from object2vec.data import PairDataset, SequenceColumn
+from object2vec.columns import SequenceColumn
+from object2vec.training.data import PairDataset
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 

@@ -40,7 +40,8 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from object2vec import Object2Vec
-from object2vec.data import PairDataset, SequenceColumn
+from object2vec.columns import SequenceColumn
+from object2vec.training.data import PairDataset
 from object2vec.text import build_vocab, encode
 
 CLASSES = ("NEUTRAL", "ENTAILMENT", "CONTRADICTION")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 #: The smallest valid set of hyperparameters for a fast model on single-token inputs
-#: (vocabularies of object2vec.synthetic.latent_pairs' defaults, 50 and 60).
+#: (vocabularies of object2vec.sample_data.latent_pairs' defaults, 50 and 60).
 TINY_HYPERPARAMETERS = {
     "enc0_network": "pooled_embedding",
     "enc0_max_seq_len": "1",

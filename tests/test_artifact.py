@@ -21,8 +21,8 @@ import object2vec
 from object2vec import Object2Vec, artifact
 from object2vec.artifact import ArtifactError
 from object2vec.hyperparameters import parse_hyperparameters
-from object2vec.predictor import InputError
-from object2vec.synthetic import latent_pairs
+from object2vec.serving.predictor import InputError
+from object2vec.sample_data import latent_pairs
 
 BASE = {
     "enc0_network": "pooled_embedding", "enc0_max_seq_len": 6, "enc0_vocab_size": 50, "enc1_vocab_size": 60,

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from object2vec import Object2Vec
-from object2vec.data import PairDataset, SequenceColumn, batch_order, iterate_batches
-from object2vec.synthetic import latent_pairs
+from object2vec.columns import SequenceColumn
+from object2vec.training.data import PairDataset, batch_order, iterate_batches
+from object2vec.sample_data import latent_pairs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -16,7 +16,7 @@ import pytest
 import object2vec
 from object2vec.cli import main
 from object2vec.hyperparameters import SCHEMA
-from object2vec.synthetic import latent_pairs
+from object2vec.sample_data import latent_pairs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

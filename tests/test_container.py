@@ -20,7 +20,7 @@ import pytest
 from object2vec import artifact
 from object2vec.cli import main
 from object2vec.container import Layout, serve_target
-from object2vec.synthetic import latent_pairs, write_jsonl
+from object2vec.sample_data import latent_pairs, write_jsonl
 
 ENTRYPOINT = Path(__file__).resolve().parents[1] / "docker" / "entrypoint"
 #: As SageMaker writes it: every value a string, and the internal keys of the notebooks.

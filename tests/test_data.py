@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from object2vec.data import (
+from object2vec.columns import SequenceColumn
+from object2vec.training.data import (
     DataError,
     PairDataset,
-    SequenceColumn,
     batch_order,
     epoch_size,
     epoch_pairs,

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from object2vec import distributed
+from object2vec.training import distributed
 from object2vec.cli import main
-from object2vec.distributed import Context, backend_for, local_device, shard_indices
+from object2vec.training.distributed import Context, backend_for, local_device, shard_indices
+from object2vec.errors import UsageError
 from object2vec.hyperparameters import HyperparameterError, parse_hyperparameters
-from object2vec.synthetic import latent_pairs
+from object2vec.sample_data import latent_pairs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -69,7 +70,7 @@ def test_device_and_backend_follow_torchrun_local_rank(monkeypatch, no_torchrun)
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert local_device("cuda") == torch.device("cuda", 1)  # each process its own GPU
     assert local_device("cpu") == torch.device("cpu")
-    with pytest.raises(HyperparameterError, match="cuda:LOCAL_RANK"):
+    with pytest.raises(UsageError, match="cuda:LOCAL_RANK"):
         local_device("cuda:0")
 
 
@@ -95,7 +96,7 @@ def test_a_single_process_is_left_alone(no_torchrun):
 
 @pytest.fixture(scope="module")
 def channels(tmp_path_factory) -> dict[str, Path]:
-    from object2vec.synthetic import write_jsonl
+    from object2vec.sample_data import write_jsonl
 
     root = tmp_path_factory.mktemp("channels")
     records = latent_pairs(2400, latent_dim=2, seed=5)
@@ -157,7 +158,7 @@ def test_two_processes_with_tied_tables_negatives_and_buckets(tied, tmp_path):
     """The rarer paths under DDP: one token table, or one whole encoder, reached from both
     inputs, and per-rank batch counts that differ (negatives, buckets). (row_sparse is refused
     with several processes.)"""
-    from object2vec.synthetic import write_jsonl
+    from object2vec.sample_data import write_jsonl
 
     records = latent_pairs(1600, vocab0=40, vocab1=40, max_len0=4, max_len1=4, latent_dim=2, seed=9,
                            same_kind="tied_encoder" in tied)  # one encoder needs one token space

@@ -8,12 +8,13 @@ import torch
 
 import object2vec
 from object2vec import Object2Vec, cli
-from object2vec.data import PairDataset, SequenceColumn, batch_order
+from object2vec.columns import SequenceColumn
+from object2vec.training.data import PairDataset, batch_order
 from object2vec.hyperparameters import parse_hyperparameters
 from object2vec.nn import Object2VecNet
 from object2vec.nn.encoders import (ENCODERS, BiLstmEncoder, HcnnEncoder, PooledEmbeddingEncoder, auto_layers,
                                     make_token_table, receptive_field)
-from object2vec.synthetic import write_jsonl
+from object2vec.sample_data import write_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -58,14 +59,15 @@ def build(network: str, **settings) -> torch.nn.Module:
     torch.manual_seed(0)
     table = make_token_table(30, 8, sparse=False)
     torch.nn.init.normal_(table.weight)
-    defaults = {"layers": "auto", "filter_width": 3, "max_seq_len": 12, "dropout": 0.0}
-    return ENCODERS[network](table, 10, **{**defaults, **settings}).eval()
+    given = {"network": network, "max_seq_len": 12, "vocab_size": 30, "token_embedding_dim": 8, **settings}
+    config = parse_hyperparameters({f"enc0_{k}": v for k, v in given.items()}).encoder(0)
+    return ENCODERS[network](table, 10, config).eval()
 
 
 @pytest.mark.parametrize("network", ["pooled_embedding", "hcnn", "bilstm"])
 @pytest.mark.parametrize("filter_width", [2, 3])
 def test_output_does_not_depend_on_padding_or_batch(network, filter_width):
-    encoder = build(network, filter_width=filter_width)
+    encoder = build(network, cnn_filter_width=filter_width)
     rng = np.random.default_rng(0)
     sequences = [rng.integers(1, 30, size=rng.integers(1, 12)).tolist() for _ in range(9)]
     alone = torch.cat([encoder(torch.tensor([s]), torch.tensor([len(s)])) for s in sequences])
@@ -101,7 +103,7 @@ def test_encoders_registered_and_output_enc_dim():
 
 @pytest.mark.parametrize("network", SEQUENCE_ENCODERS)
 def test_cli_trains_sequence_model_that_embeds_and_scores(tmp_path, network, capsys):
-    records = object2vec.synthetic.latent_pairs(300, vocab0=40, vocab1=40, max_len0=6, max_len1=6, seed=3)
+    records = object2vec.sample_data.latent_pairs(300, vocab0=40, vocab1=40, max_len0=6, max_len1=6, seed=3)
     train, validation = write_jsonl(records[:240], tmp_path / "train.jsonl"), write_jsonl(records[240:], tmp_path / "v.jsonl")
     code = cli.main(["train", "--train", str(train), "--validation", str(validation), "--model-dir",
                      str(tmp_path / "model"), "--seed", "0", f"enc0_network={network}", "enc1_network=enc0",
@@ -122,7 +124,7 @@ def test_cli_trains_sequence_model_that_embeds_and_scores(tmp_path, network, cap
 def test_bucketing_does_not_change_predictions(network):
     """The same trained model scores every record identically whether the batches are
     bucketed by length (little padding) or not (much padding, other neighbours)."""
-    records = object2vec.synthetic.latent_pairs(160, vocab0=30, vocab1=30, max_len0=25, max_len1=25, seed=5)
+    records = object2vec.sample_data.latent_pairs(160, vocab0=30, vocab1=30, max_len0=25, max_len1=25, seed=5)
     data = PairDataset(SequenceColumn.from_lists([r["in0"] for r in records]),
                        SequenceColumn.from_lists([r["in1"] for r in records]),
                        np.array([r["label"] for r in records], dtype=np.int64))

@@ -271,7 +271,7 @@ def test_enc1_network_enc0_copies_enc0_architecture_and_settings():
     explicit = parse(enc0_network="bilstm", enc1_network="enc0", enc0_token_embedding_dim="64", enc0_layers="2",
                      enc0_cnn_filter_width="5")
     assert explicit == hp
-    assert hp.encoder(1)["network"] == "bilstm"
+    assert hp.encoder(1).network == "bilstm"
 
 
 def test_enc1_network_enc0_keeps_enc1_values_given_explicitly():
@@ -328,7 +328,9 @@ def test_comparator_list_keeps_the_given_order(raw, expected):
 
 @pytest.mark.parametrize("name", ["glove.840B.300d.txt", "vocab_0.json", "VOCAB", ""])
 def test_file_names_of_allowed_characters(name):
-    assert parse(enc0_vocab_file=name, enc1_pretrained_embedding_file=name).enc0_vocab_file == name
+    # enc1 names its vocabulary too: a pretrained file alone breaks another rule (it needs one)
+    hp = parse(enc0_vocab_file=name, enc1_vocab_file=name, enc1_pretrained_embedding_file=name)
+    assert hp.enc0_vocab_file == hp.enc1_pretrained_embedding_file == name
 
 
 @pytest.mark.parametrize("name", ["../vocab.json", "dir/vocab.json", "my vocab.json", "vocab-1.json", "/abs.txt",
@@ -343,11 +345,13 @@ def test_file_names_outside_the_character_rule_are_refused(name):
 # --- the parsed object ---------------------------------------------------------------------
 
 
+#: Non-default values of every kind that together are a valid configuration (tied token tables
+#: would need equal vocabulary sizes, so they stay untied here).
 NON_DEFAULT = {
     **REQUIRED, "enc1_max_seq_len": "3", "enc1_vocab_size": "20", "enc0_network": "pooled_embedding",
     "enc1_network": "pooled_embedding", "enc0_token_embedding_dim": "16", "enc1_token_embedding_dim": "12",
     "enc0_layers": "2", "comparator_list": "abs_diff, hadamard", "mlp_layers": "0", "learning_rate": "1e-6",
-    "dropout": "0.25", "tied_token_embedding_weight": "true", "enc1_freeze_pretrained_embedding": "False",
+    "dropout": "0.25", "bucket_width": "7", "enc1_freeze_pretrained_embedding": "False",
     "token_embedding_storage_type": "row_sparse", "optimizer": "sgd", "enc0_vocab_file": "vocab.json",
 }
 
@@ -376,8 +380,8 @@ def test_immutable_and_replace_revalidates():
 def test_encoder_view():
     hp = parse_hyperparameters(NON_DEFAULT)
     enc1 = hp.encoder(1)
-    assert enc1["max_seq_len"] == 3 and enc1["vocab_size"] == 20 and enc1["token_embedding_dim"] == 12
-    assert not any(key.startswith("enc") for key in enc1)
+    assert enc1.max_seq_len == 3 and enc1.vocab_size == 20 and enc1.token_embedding_dim == 12
+    assert enc1.side == 1 and enc1.key("vocab_size") == "enc1_vocab_size"
 
 
 def test_load_sagemaker_hyperparameters_file(tmp_path):

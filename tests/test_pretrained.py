@@ -10,9 +10,9 @@ import torch
 
 import object2vec
 from object2vec import Object2Vec, cli
-from object2vec.api import build_network
+from object2vec.training import build_network
 from object2vec.hyperparameters import HyperparameterError, parse_hyperparameters
-from object2vec.synthetic import latent_pairs, write_jsonl
+from object2vec.sample_data import latent_pairs, write_jsonl
 from object2vec.text import TextError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

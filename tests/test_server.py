@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 
 import object2vec
 from object2vec import Object2Vec
-from object2vec.predictor import Predictor, placement
-from object2vec.server import ServeSettings, create_app
-from object2vec.synthetic import latent_pairs, write_jsonl
+from object2vec.serving.predictor import Predictor, placement
+from object2vec.serving.server import create_app
+from object2vec.serving.settings import ServeSettings
+from object2vec.sample_data import latent_pairs, write_jsonl
 
 JSON, JSONLINES = "application/json", "application/jsonlines"
 VOCAB = 1100  # the reference examples use token IDs up to 1016
@@ -393,7 +394,7 @@ def test_boto3_invoke_endpoint_against_object2vec_serve(served, model, monkeypat
 
 def test_serve_refuses_a_missing_model_before_listening(tmp_path, monkeypatch, capsys):
     from object2vec import cli
-    from object2vec.server import default_model_dir
+    from object2vec.serving.settings import default_model_dir
 
     assert cli.main(["serve", "--model-dir", str(tmp_path), "--port", str(free_port())]) == 2
     assert "not a model directory" in capsys.readouterr().err

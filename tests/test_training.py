@@ -2,7 +2,7 @@
 features around the fit loop (negative sampling, tied and row-sparse token tables, early
 stopping, seeds, padding, metrics) do what the documentation says.
 
-The data is ``object2vec.synthetic.latent_pairs`` with 2-dimensional hidden token vectors:
+The data is ``object2vec.sample_data.latent_pairs`` with 2-dimensional hidden token vectors:
 single-token pairs whose label is a function of the two tokens' latent dot product. Chance is
 0.5 accuracy (binary) or an MSE equal to the label variance (regression); every learning test
 asks for far better.
@@ -18,11 +18,12 @@ import pytest
 import torch
 
 from object2vec import Object2Vec
-from object2vec.data import PairDataset, SequenceColumn, iterate_batches
+from object2vec.columns import SequenceColumn
+from object2vec.training.data import PairDataset, iterate_batches
 from object2vec.hyperparameters import HyperparameterError, parse_hyperparameters
 from object2vec.nn import Object2VecNet
-from object2vec.synthetic import latent_pairs
-from object2vec.training import batch_loss
+from object2vec.sample_data import latent_pairs
+from object2vec.training.fit import batch_loss
 
 SEED = 3
 N_TRAIN, N_VALIDATION = 3000, 500

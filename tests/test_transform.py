@@ -9,8 +9,8 @@ import pytest
 
 import object2vec
 from object2vec import Object2Vec, cli
-from object2vec.synthetic import latent_pairs, write_jsonl
-from object2vec.transform import TransformError, plan_batches, transform
+from object2vec.sample_data import latent_pairs, write_jsonl
+from object2vec.serving.transform import TransformError, plan_batches, transform
 
 VOCAB = 60
 

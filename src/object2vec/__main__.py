@@ -1,4 +1,4 @@
-from . import distributed
+from .training import distributed
 from .cli import main
 
 code = main()

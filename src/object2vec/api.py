@@ -10,72 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from . import artifact, distributed, text
-from .data import PairDataset, load_pairs
-from .hyperparameters import HyperparameterError, Hyperparameters, parse_hyperparameters
+from . import artifact
+from .hyperparameters import Hyperparameters, parse_hyperparameters
 from .nn import Object2VecNet
-from .nn.encoders import load_rows
-from .predictor import Predictor
-from .training import Logger, TrainResult, fit, seed_everything
+from .runtime import Logger
+from .serving.predictor import Predictor
+from .training import PairDataset, TrainResult, build_network, distributed, fit, load_pairs, seed_everything
 
 DataArg = str | os.PathLike | PairDataset | None
-
-
-def build_network(hp: Hyperparameters, auxiliary: str | os.PathLike | None = None,
-                  log: Logger = print) -> tuple[Object2VecNet, list[Path]]:
-    """The untrained network, and the auxiliary files a saved model must carry along.
-
-    ``encX_pretrained_embedding_file`` rows are loaded through ``encX_vocab_file`` (token -> ID)
-    into encoder X's token table, and kept fixed when ``encX_freeze_pretrained_embedding``."""
-    net = Object2VecNet(hp)
-    files: list[Path] = []
-    for side in (0, 1):
-        vocab_name, vectors_name = hp[f"enc{side}_vocab_file"], hp[f"enc{side}_pretrained_embedding_file"]
-        if not vocab_name and not vectors_name:
-            continue
-        if side == 1 and hp.tied_token_embedding_weight:
-            _check_tied_files(hp)  # enc0's files already set the one table
-            continue
-        if vectors_name and not vocab_name:
-            raise HyperparameterError(f"enc{side}_pretrained_embedding_file={vectors_name} needs enc{side}_vocab_file "
-                                      "to map its tokens to IDs")
-        vocab_file = _auxiliary_file(auxiliary, vocab_name, f"enc{side}_vocab_file")
-        vocab = text.read_vocab(vocab_file, hp[f"enc{side}_vocab_size"])
-        files.append(vocab_file)
-        if vectors_name:
-            vectors_file = _auxiliary_file(auxiliary, vectors_name, f"enc{side}_pretrained_embedding_file")
-            rows = text.pretrained_rows(vocab, vectors_file, hp[f"enc{side}_token_embedding_dim"])
-            freeze = hp[f"enc{side}_freeze_pretrained_embedding"]
-            load_rows(net.encoder(side).embedding, torch.from_numpy(rows.ids), torch.from_numpy(rows.vectors), freeze)
-            log(f"enc{side}: {rows.found} of {len(vocab)} vocabulary tokens found in {vectors_name}"
-                f"{' (frozen)' if freeze else ''}")
-    return net, list(dict.fromkeys(files))
-
-
-def _check_tied_files(hp: Hyperparameters) -> None:
-    """With one token table (tied tables, or one encoder) enc0's files set it, so enc1 may name
-    the same files or none; a file of its own would be a second vocabulary for the same rows."""
-    tied = "tied_token_embedding_weight=True" + (" (implied by tied_encoder_weight=True)"
-                                                 if hp.tied_encoder_weight else "")
-    named = [suffix for suffix in ("vocab_file", "pretrained_embedding_file") if hp[f"enc1_{suffix}"]]
-    if hp.enc1_pretrained_embedding_file:
-        named.append("freeze_pretrained_embedding")
-    for suffix in named:
-        if hp[f"enc1_{suffix}"] != hp[f"enc0_{suffix}"]:
-            raise HyperparameterError(
-                f"{tied} shares one token table, so enc1_{suffix}={hp[f'enc1_{suffix}']} "
-                f"must equal enc0_{suffix}={hp[f'enc0_{suffix}']} (or leave enc1's files unset)")
-
-
-def _auxiliary_file(auxiliary: str | os.PathLike | None, name: str, key: str) -> Path:
-    if auxiliary is None:
-        raise HyperparameterError(f"{key}={name} needs the auxiliary channel (--auxiliary DIR) holding that file")
-    path = Path(auxiliary) / name
-    if not path.is_file():
-        raise HyperparameterError(f"{key}={name}: no such file in the auxiliary channel {auxiliary}")
-    return path
 
 
 def _as_dataset(data: DataArg, hp: Hyperparameters) -> PairDataset | None:
@@ -108,7 +51,8 @@ class Object2Vec:
             log: Logger = print, progress: bool | None = None) -> "Object2Vec":
         """Train on JSON Lines channels (paths or loaded datasets); keeps the best epoch."""
         seed_everything(seed)  # the initial weights depend on the seed too
-        # The network first: a configuration error surfaces before any data is read.
+        # Configuration errors were raised when the hyperparameters were parsed; the network (and
+        # its auxiliary files) comes before any data is read.
         self.net, self._files = build_network(self.hp, auxiliary, log)
         train_data = _as_dataset(train, self.hp)
         validation_data, test_data = _as_dataset(validation, self.hp), _as_dataset(test, self.hp)

@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from .errors import Object2VecError
 from .hyperparameters import Hyperparameters, parse_hyperparameters
 from .nn import Object2VecNet
 
@@ -26,7 +27,7 @@ METRICS_FILE = "metrics.json"
 ARCHIVE_FILE = "model.tar.gz"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(Object2VecError):
     """A model directory is missing a file or holds an inconsistent one."""
 
 

@@ -1,7 +1,8 @@
-"""The ``object2vec`` command: wiring only, every command calls the Python API.
+"""Train Object2Vec pair-embedding models and serve them over the SageMaker inference contract.
 
-Errors a user can fix (bad hyperparameters, bad data, missing files) print one line and exit 2;
-anything else is a bug and keeps its traceback.
+Each command calls the Python API (everything here can be done from Python too). Errors a user
+can fix (an :class:`~object2vec.errors.Object2VecError`: bad hyperparameters, bad data, missing
+files) print one line and exit 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,16 +11,14 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from . import container, distributed
-from .artifact import ArtifactError
-from .container import ContainerError, Layout, serve_target
-from .data import DataError
-from .hyperparameters import HyperparameterError, describe_schema, load_hyperparameters_file
-from .text import TextError
-from .transform import TransformError
-
-USER_ERRORS: tuple[type[Exception], ...] = (HyperparameterError, DataError, ArtifactError, FileNotFoundError,
-                                            TransformError, ContainerError, TextError)
+from . import container, text
+from .api import Object2Vec
+from .container import Layout, serve_target
+from .errors import Object2VecError, UsageError
+from .hyperparameters import describe_schema, load_hyperparameters_file
+from .serving.settings import DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_PAYLOAD_MB, DEFAULT_PORT, STRATEGIES
+from .serving.transform import run_transform
+from .training import distributed
 
 
 def parse_key_values(pairs: Sequence[str]) -> dict[str, str]:
@@ -28,7 +27,7 @@ def parse_key_values(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise HyperparameterError(f"expected key=value, got {pair!r}")
+            raise UsageError(f"expected key=value, got {pair!r}")
         values[key.strip()] = value.strip()
     return values
 
@@ -53,8 +52,6 @@ def _train_parser(sub) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .api import Object2Vec
-
     layout = Layout.find(args.ml_root)
     if not args.train and not args.model_dir and layout.is_training_job():  # as a SageMaker training container
         saved = container.train(layout, parse_key_values(args.params), seed=args.seed, device=args.device,
@@ -63,7 +60,7 @@ def _run_train(args: argparse.Namespace) -> int:
             print(f"model saved to {saved}")
         return 0
     if not args.train or not args.model_dir:
-        raise HyperparameterError(f"train needs --train PATH and --model-dir DIR (or a SageMaker layout: "
+        raise UsageError(f"train needs --train PATH and --model-dir DIR (or a SageMaker layout: "
                                   f"{layout.hyperparameters_file} or {layout.root}/input/data/train)")
     hyperparameters = load_hyperparameters_file(args.hyperparameters) if args.hyperparameters else {}
     hyperparameters.update(parse_key_values(args.params))
@@ -83,7 +80,7 @@ def _quickstart_parser(sub) -> None:
 
 
 def _run_quickstart(args: argparse.Namespace) -> int:
-    from . import quickstart
+    from . import quickstart  # serves the model: loads the HTTP server's libraries only when asked
 
     quickstart.run(args.model_dir, seed=args.seed)
     return 0
@@ -110,10 +107,11 @@ def _serve_parser(sub) -> None:
                    help="address to bind (default: loopback with --model-dir, else 0.0.0.0 as a container)")
     p.add_argument("--ml-root", default=None, help="without --model-dir: the SageMaker layout (default: "
                                                    "$OBJECT2VEC_ML_ROOT, else /opt/ml)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--workers", type=_positive_int, default=1, help="server processes, each with the model")
-    p.add_argument("--max-payload-mb", type=float, default=6.0, help="larger request bodies get 413")
-    p.add_argument("--batch-wait-ms", type=float, default=2.0,
+    p.add_argument("--max-payload-mb", type=float, default=DEFAULT_MAX_PAYLOAD_MB,
+                   help="larger request bodies get 413")
+    p.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS,
                    help="longest wait to gather concurrent requests into one forward pass")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads per worker (default: $OMP_NUM_THREADS, else CPU cores / workers)")
@@ -123,7 +121,7 @@ def _serve_parser(sub) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .serving.server import serve  # the HTTP server's libraries only when serving
 
     model_dir, host = serve_target(args.model_dir, args.host, args.ml_root)
     serve(model_dir, host=host, port=args.port, workers=args.workers, max_payload_mb=args.max_payload_mb,
@@ -140,8 +138,9 @@ def _transform_parser(sub) -> None:
                    help="application/jsonlines (one instance per line) or application/json (one request "
                         "document per line); may carry ;infer_max_seqlens=FWD,BCK")
     p.add_argument("--accept", default="application/jsonlines")
-    p.add_argument("--max-payload-mb", type=float, default=6.0, help="the most bytes of records per model pass")
-    p.add_argument("--strategy", choices=["MultiRecord", "SingleRecord"], default="MultiRecord")
+    p.add_argument("--max-payload-mb", type=float, default=DEFAULT_MAX_PAYLOAD_MB,
+                   help="the most bytes of records per model pass")
+    p.add_argument("--strategy", choices=STRATEGIES, default=STRATEGIES[0])
     p.add_argument("--concurrency", type=_positive_int, default=1, help="batches answered at the same time")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -150,8 +149,6 @@ def _transform_parser(sub) -> None:
 
 
 def _run_transform(args: argparse.Namespace) -> int:
-    from .transform import run_transform
-
     summary = run_transform(args.model_dir, args.input, args.output, device=args.device,
                             content_type=args.content_type, accept=args.accept, max_payload_mb=args.max_payload_mb,
                             strategy=args.strategy, concurrency=args.concurrency, progress=args.progress)
@@ -172,8 +169,6 @@ def _vocab_parser(sub) -> None:
 
 
 def _run_vocab(args: argparse.Namespace) -> int:
-    from . import text
-
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
     texts = (t for path in args.inputs for t in text.texts_of(path, fields))
     vocab = text.build_vocab(texts, args.min_count, args.max_size)
@@ -197,8 +192,6 @@ def _tokenize_parser(sub) -> None:
 
 
 def _run_tokenize(args: argparse.Namespace) -> int:
-    from . import text
-
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     count = text.tokenize_file(args.input, args.output, text.read_vocab(args.vocab), text0=args.text0,
                                text1=args.text1, label=args.label, classes=classes, max_len=args.max_len,
@@ -213,7 +206,7 @@ COMMANDS: list[Callable] = [_train_parser, _quickstart_parser, _hyperparameters_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="object2vec", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="object2vec", description=__doc__.split("\n\n")[0].replace("\n", " "))
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
@@ -224,6 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except USER_ERRORS as exc:
+    except Object2VecError as exc:
         print(f"object2vec {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import distributed
+from .api import Object2Vec
+from .errors import Object2VecError
 from .hyperparameters import load_hyperparameters_file
+from .training import distributed
 
 ML_ROOT_ENV = "OBJECT2VEC_ML_ROOT"
 DEFAULT_ML_ROOT = "/opt/ml"
@@ -31,7 +33,7 @@ CHANNELS = ("train", "validation", "test", "auxiliary")
 SERVE_HOST, SERVE_PORT = "0.0.0.0", 8080
 
 
-class ContainerError(ValueError):
+class ContainerError(Object2VecError):
     """The /opt/ml layout lacks something a job needs (the message names the path)."""
 
 
@@ -94,8 +96,6 @@ def train(layout: Layout, overrides: Mapping[str, str] = (), *, seed: int | None
     layout and ``overrides`` on top of hyperparameters.json. Any failure is first written to
     ``output/failure`` (by rank 0 under torchrun), then raised.
     """
-    from .api import Object2Vec
-
     try:
         hyperparameters = {**layout.read_hyperparameters(), **dict(overrides)}
         train_channel = layout.channel("train")

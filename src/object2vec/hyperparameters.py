@@ -6,25 +6,35 @@ Every name, default and valid range is the SageMaker Object2Vec one, so a user's
 ``_num_gpus`` in published notebooks) are accepted and ignored; every other unknown key, bad type
 or out-of-range value raises :class:`HyperparameterError` naming the key, the value and the range.
 
-This module imports nothing else of the package.
+Rules that relate several hyperparameters (tied tables need equal sizes, row_sparse needs an
+optimizer with sparse updates, ...) are declared here too, in :data:`CROSS_PARAMETER_RULES`, and run
+by :func:`parse_hyperparameters`, so every configuration error surfaces before any data is read.
+What also depends on the run (the number of processes) is :func:`check_run`.
+
+This module imports only :mod:`object2vec.errors`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterator, Mapping
+
+from .errors import Object2VecError, UsageError
 
 AUTO = "auto"
 COMPARATORS = ("hadamard", "concat", "abs_diff")
 ENCODER_NETWORKS = ("hcnn", "bilstm", "pooled_embedding")
 OPTIMIZERS = ("adadelta", "adagrad", "adam", "sgd", "rmsprop")
+#: Optimizers that accept the sparse gradients of row_sparse token tables.
+SPARSE_OPTIMIZERS = ("adam", "adagrad", "sgd")
 AUX_FILE_NAME = re.compile(r"^[A-Za-z0-9._]*$")
 
 
-class HyperparameterError(ValueError):
-    """A hyperparameter is unknown, of the wrong type, or out of its valid range."""
+class HyperparameterError(Object2VecError):
+    """A hyperparameter is unknown, of the wrong type, out of its valid range, or in conflict with
+    another one."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,33 @@ SCHEMA: dict[str, Param] = {
 }
 
 
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The settings of one encoder (``enc0_*`` or ``enc1_*`` without the prefix), typed.
+
+    Encoders and token tables take this rather than the whole hyperparameter mapping, so each
+    sees exactly the settings it may use; ``key`` names a setting as the user wrote it, for errors.
+    """
+
+    side: int
+    network: str
+    max_seq_len: int
+    vocab_size: int
+    token_embedding_dim: int
+    layers: int | str
+    cnn_filter_width: int
+    pretrained_embedding_file: str
+    vocab_file: str
+    freeze_pretrained_embedding: bool
+
+    def key(self, setting: str) -> str:
+        """The hyperparameter's full name, e.g. ``enc1_vocab_file``."""
+        return f"enc{self.side}_{setting}"
+
+
+ENCODER_SETTINGS = tuple(f.name for f in fields(EncoderConfig) if f.name != "side")
+
+
 class Hyperparameters(Mapping[str, Any]):
     """A validated, immutable set of hyperparameters with attribute access (``hp.enc_dim``)."""
 
@@ -219,10 +256,23 @@ class Hyperparameters(Mapping[str, Any]):
         merged = {**self.to_strings(), **{k: v for k, v in changes.items()}}
         return parse_hyperparameters(merged)
 
-    def encoder(self, side: int) -> dict[str, Any]:
-        """The per-encoder settings of enc0 or enc1 without their prefix."""
-        prefix = f"enc{side}_"
-        return {k[len(prefix):]: v for k, v in self._values.items() if k.startswith(prefix)}
+    def encoder(self, side: int) -> EncoderConfig:
+        """The settings of enc0 or enc1."""
+        return EncoderConfig(side, **{name: self._values[f"enc{side}_{name}"] for name in ENCODER_SETTINGS})
+
+    @property
+    def encoders(self) -> tuple[EncoderConfig, EncoderConfig]:
+        return self.encoder(0), self.encoder(1)
+
+    @property
+    def regression(self) -> bool:
+        """A real-valued label (``output_layer=mean_squared_error``) rather than a class."""
+        return self._values["output_layer"] == "mean_squared_error"
+
+    @property
+    def row_sparse(self) -> bool:
+        """Token tables with sparse gradients (``token_embedding_storage_type=row_sparse``)."""
+        return self._values["token_embedding_storage_type"] == "row_sparse"
 
     def to_strings(self) -> dict[str, str]:
         """The SageMaker form: every value as a string, as in hyperparameters.json."""
@@ -261,7 +311,10 @@ def parse_hyperparameters(raw: Mapping[str, Any] | None = None, **overrides: Any
             values[name] = param.default
     _resolve_enc1(values, given)
     _resolve_tied_encoder(values, given)
-    return Hyperparameters(values)
+    hp = Hyperparameters(values)
+    for rule in CROSS_PARAMETER_RULES:
+        rule(hp)
+    return hp
 
 
 def _is_unset(given: Mapping[str, Any], name: str) -> bool:
@@ -294,20 +347,105 @@ def _resolve_tied_encoder(values: dict[str, Any], given: Mapping[str, Any]) -> N
     if not values["tied_encoder_weight"]:
         return
     if not _is_unset(given, "tied_token_embedding_weight") and not values["tied_token_embedding_weight"]:
-        raise HyperparameterError("tied_encoder_weight=True shares the whole encoder, token table included; "
-                                  "it cannot be combined with tied_token_embedding_weight=False")
+        raise HyperparameterError(
+            "tied_encoder_weight=True shares the whole encoder, token table included; "
+            "it cannot be combined with tied_token_embedding_weight=False"
+        )
     _inherit_from_enc0(values, given, TIED_ENCODER_SETTINGS)
-    for suffix in TIED_ENCODER_SETTINGS:
+    _require_enc1_as_enc0(values, TIED_ENCODER_SETTINGS, "tied_encoder_weight=True uses enc0 for both inputs",
+                          "or be left unset")
+    values["tied_token_embedding_weight"] = True
+
+
+def _require_enc1_as_enc0(values: Mapping[str, Any], suffixes: tuple[str, ...], reason: str, remedy: str) -> None:
+    """Refuse an enc1 setting that differs from enc0's where ``reason`` makes them one thing."""
+    for suffix in suffixes:
         if values[f"enc1_{suffix}"] != values[f"enc0_{suffix}"]:
             raise HyperparameterError(
-                f"tied_encoder_weight=True uses enc0 for both inputs, so enc1_{suffix}={values[f'enc1_{suffix}']} "
-                f"must equal enc0_{suffix}={values[f'enc0_{suffix}']} (or be left unset)")
-    values["tied_token_embedding_weight"] = True
+                f"{reason}, so enc1_{suffix}={values[f'enc1_{suffix}']} must equal "
+                f"enc0_{suffix}={values[f'enc0_{suffix}']} ({remedy})"
+            )
+
+
+# --- rules relating several hyperparameters, run in this order by parse_hyperparameters ----------
+
+
+def _tied_tables_match(hp: Hyperparameters) -> None:
+    """One token table for both inputs needs one vocabulary size and one token dimension."""
+    if hp.tied_token_embedding_weight and (
+        hp.enc0_vocab_size != hp.enc1_vocab_size or hp.enc0_token_embedding_dim != hp.enc1_token_embedding_dim
+    ):
+        raise HyperparameterError(
+            "tied_token_embedding_weight=True needs enc0_vocab_size == enc1_vocab_size and "
+            "enc0_token_embedding_dim == enc1_token_embedding_dim, got "
+            f"{hp.enc0_vocab_size}/{hp.enc1_vocab_size} and "
+            f"{hp.enc0_token_embedding_dim}/{hp.enc1_token_embedding_dim}"
+        )
+
+
+def _sparse_optimizer_supported(hp: Hyperparameters) -> None:
+    """row_sparse tables take sparse gradients, which rmsprop and adadelta cannot apply."""
+    if hp.row_sparse and hp.optimizer not in SPARSE_OPTIMIZERS:
+        raise HyperparameterError(
+            f"optimizer={hp.optimizer} does not support token_embedding_storage_type=row_sparse; "
+            f"use one of {', '.join(SPARSE_OPTIMIZERS)} or token_embedding_storage_type=dense"
+        )
+
+
+def _pretrained_needs_vocab(hp: Hyperparameters) -> None:
+    """A pretrained file's rows are placed by their tokens' IDs, which only a vocabulary gives."""
+    for enc in hp.encoders:
+        if enc.pretrained_embedding_file and not enc.vocab_file and not (enc.side == 1 and hp.tied_token_embedding_weight):
+            raise HyperparameterError(
+                f"{enc.key('pretrained_embedding_file')}={enc.pretrained_embedding_file} needs "
+                f"{enc.key('vocab_file')} to map its tokens to IDs"
+            )
+
+
+def _one_table_one_set_of_files(hp: Hyperparameters) -> None:
+    """With one token table (tied tables, or one encoder) enc0's files set it, so enc1 may name
+    the same files or none; a file of its own would be a second vocabulary for the same rows."""
+    if not hp.tied_token_embedding_weight:
+        return
+    named = tuple(suffix for suffix in ("vocab_file", "pretrained_embedding_file") if hp[f"enc1_{suffix}"])
+    if hp.enc1_pretrained_embedding_file:
+        named += ("freeze_pretrained_embedding",)
+    implied = " (implied by tied_encoder_weight=True)" if hp.tied_encoder_weight else ""
+    _require_enc1_as_enc0(hp, named, f"tied_token_embedding_weight=True{implied} shares one token table",
+                          "or leave enc1's files unset")
+
+
+CROSS_PARAMETER_RULES: tuple[Callable[[Hyperparameters], None], ...] = (
+    _tied_tables_match,
+    _sparse_optimizer_supported,
+    _pretrained_needs_vocab,
+    _one_table_one_set_of_files,
+)
+
+
+def check_run(hp: Hyperparameters, world_size: int) -> None:
+    """The rules that depend on the run as well as the settings; the fit loop calls it once it
+    knows how many processes train.
+
+    row_sparse tables with several processes are refused: NCCL has no all-reduce for sparse
+    gradients, and gloo's sparse all-reduce crashed a rank now and then in our tests (ranks'
+    sparse gradients differ in size every step; see pytorch issue 87497).
+    """
+    if world_size > 1 and hp.row_sparse:
+        raise HyperparameterError(
+            "token_embedding_storage_type=row_sparse cannot train with several processes: sparse "
+            "gradients cannot be all-reduced reliably (NCCL has no sparse all-reduce; gloo's is unreliable); "
+            "use token_embedding_storage_type=dense, or train in one process"
+        )
 
 
 def load_hyperparameters_file(path: str) -> dict[str, Any]:
     """Read a SageMaker-style hyperparameters.json (a flat JSON object)."""
-    with open(path, encoding="utf-8") as handle:
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: hyperparameters file not found") from None
+    with handle:
         try:
             data = json.load(handle)
         except json.JSONDecodeError as exc:

@@ -11,9 +11,10 @@ import urllib.request
 from importlib import resources
 from pathlib import Path
 
-from . import server
 from .api import Object2Vec, load
-from .training import Logger
+from .runtime import Logger
+from .serving import server
+from .serving.settings import ServeSettings
 
 #: A user/item "likes" task (100 users, 200 items): in0 = [user id], in1 = [item id], label 1 = likes.
 SAMPLE_HYPERPARAMETERS = {
@@ -58,7 +59,7 @@ EXAMPLE_REQUESTS = [
 def serve_examples(model_dir: str | Path, log: Logger = print, shown: int = 160) -> None:
     """Serve the saved model on a free loopback port (as ``object2vec serve`` does), send the
     example requests a SageMaker client would, print the answers, and stop."""
-    with server.running(server.load_app(server.ServeSettings(str(model_dir)))) as url:
+    with server.running(server.load_app(ServeSettings(str(model_dir)))) as url:
         log(f"serving {model_dir} at {url} (object2vec serve --model-dir {model_dir})")
         for title, content_type, accept, body in EXAMPLE_REQUESTS:
             request = urllib.request.Request(f"{url}/invocations", data=body,

@@ -29,12 +29,14 @@ from typing import Iterable, Iterator
 import numpy as np
 import orjson
 
+from .errors import Object2VecError
+
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 RESERVED = (PAD, UNK, BOS, EOS)  # ids 0, 1, 2, 3
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
-class TextError(ValueError):
+class TextError(Object2VecError):
     """A vocabulary, pretrained-vector or text file is malformed; the message names file and line."""
 
 

@@ -7,14 +7,12 @@ depends on how long the other sequences of its batch are. New architectures regi
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..hyperparameters import HyperparameterError
+from ..hyperparameters import EncoderConfig, HyperparameterError
 
 #: Standard deviation of an ID table's initial rows (inputs of one token: users, items, labels).
 #: Small rows keep the first epochs close to a bias-only model, which is what stops
@@ -91,9 +89,14 @@ def padding_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class Encoder(nn.Module):
-    """Maps padded token IDs and their lengths to one ``enc_dim`` vector per sequence."""
+    """Maps padded token IDs and their lengths to one ``enc_dim`` vector per sequence.
 
-    def __init__(self, embedding: nn.Embedding, enc_dim: int):
+    Every encoder is built from its token table, the output size, its side's
+    :class:`~object2vec.hyperparameters.EncoderConfig` and the dropout rate; it reads the settings
+    that apply to it and ignores the others (``cnn_filter_width`` means nothing to a BiLSTM).
+    """
+
+    def __init__(self, embedding: nn.Embedding, enc_dim: int, config: EncoderConfig, dropout: float = 0.0):
         super().__init__()
         self.embedding = embedding
         self.enc_dim = enc_dim
@@ -105,8 +108,8 @@ class Encoder(nn.Module):
 class PooledEmbeddingEncoder(Encoder):
     """Mean of the non-padding token embeddings, projected linearly to ``enc_dim``."""
 
-    def __init__(self, embedding: nn.Embedding, enc_dim: int, **_: object):
-        super().__init__(embedding, enc_dim)
+    def __init__(self, embedding: nn.Embedding, enc_dim: int, config: EncoderConfig, dropout: float = 0.0):
+        super().__init__(embedding, enc_dim, config, dropout)
         self.project = nn.Linear(embedding.embedding_dim, enc_dim)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -142,8 +145,11 @@ def auto_layers(network: str, max_seq_len: int, filter_width: int = 3) -> int:
     return layers
 
 
-def _depth(network: str, layers: int | str, max_seq_len: int, filter_width: int) -> int:
-    return auto_layers(network, max_seq_len, filter_width) if layers in (None, "auto") else int(layers)
+def encoder_depth(config: EncoderConfig) -> int:
+    """``config.layers``, or the :func:`auto_layers` depth for ``auto``."""
+    if config.layers in (None, "auto"):
+        return auto_layers(config.network, config.max_seq_len, config.cnn_filter_width)
+    return int(config.layers)
 
 
 def masked_mean_max(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -172,14 +178,13 @@ class HcnnEncoder(Encoder):
     encoding is the same whatever it is batched with.
     """
 
-    def __init__(self, embedding: nn.Embedding, enc_dim: int, *, layers: int | str = "auto", filter_width: int = 3,
-                 max_seq_len: int = 1, dropout: float = 0.0, **_: object):
-        super().__init__(embedding, enc_dim)
+    def __init__(self, embedding: nn.Embedding, enc_dim: int, config: EncoderConfig, dropout: float = 0.0):
+        super().__init__(embedding, enc_dim, config, dropout)
         channels = embedding.embedding_dim
-        self.depth = _depth("hcnn", layers, max_seq_len, filter_width)
-        self.filter_width = filter_width
+        self.depth = encoder_depth(config)
+        self.filter_width = config.cnn_filter_width
         self.convs = nn.ModuleList(
-            nn.Conv1d(channels, channels, filter_width, dilation=2**i) for i in range(self.depth))
+            nn.Conv1d(channels, channels, self.filter_width, dilation=2**i) for i in range(self.depth))
         self.norms = nn.ModuleList(nn.LayerNorm(channels) for _ in range(self.depth))
         self.dropout = nn.Dropout(dropout)
         self.pooled_norm = nn.LayerNorm(2 * channels * (self.depth + 1))
@@ -208,11 +213,10 @@ class BiLstmEncoder(Encoder):
     outputs are pooled over the real positions (mean and max) and mapped linearly to ``enc_dim``.
     """
 
-    def __init__(self, embedding: nn.Embedding, enc_dim: int, *, layers: int | str = "auto", max_seq_len: int = 1,
-                 dropout: float = 0.0, **_: object):
-        super().__init__(embedding, enc_dim)
+    def __init__(self, embedding: nn.Embedding, enc_dim: int, config: EncoderConfig, dropout: float = 0.0):
+        super().__init__(embedding, enc_dim, config, dropout)
         hidden = embedding.embedding_dim
-        self.depth = _depth("bilstm", layers, max_seq_len, 3)
+        self.depth = encoder_depth(config)
         self.lstm = nn.LSTM(hidden, hidden, num_layers=self.depth, bidirectional=True, batch_first=True,
                             dropout=dropout if self.depth > 1 else 0.0)
         self.dropout = nn.Dropout(dropout)
@@ -227,19 +231,20 @@ class BiLstmEncoder(Encoder):
         return self.project(masked_mean_max(states, padding_mask(lengths, width)))
 
 
-EncoderBuilder = Callable[..., Encoder]
-ENCODERS: dict[str, EncoderBuilder] = {
+ENCODERS: dict[str, type[Encoder]] = {
     "pooled_embedding": PooledEmbeddingEncoder,
     "hcnn": HcnnEncoder,
     "bilstm": BiLstmEncoder,
 }
 
 
-def build_encoder(network: str, embedding: nn.Embedding, enc_dim: int, settings: dict) -> Encoder:
-    """Build the encoder named by ``encX_network`` with that encoder's settings."""
-    builder = ENCODERS.get(network)
+def build_encoder(config: EncoderConfig, embedding: nn.Embedding, enc_dim: int, dropout: float = 0.0) -> Encoder:
+    """The encoder ``config.network`` names. The schema only admits known names; this guard is for
+    a build of the package whose registry lacks one (refused, never silently swapped)."""
+    builder = ENCODERS.get(config.network)
     if builder is None:
         raise HyperparameterError(
-            f"encoder network '{network}' is not available in this version; available: {', '.join(sorted(ENCODERS))}"
+            f"encoder network '{config.network}' is not available in this version; "
+            f"available: {', '.join(sorted(ENCODERS))}"
         )
-    return builder(embedding, enc_dim, **settings)
+    return builder(embedding, enc_dim, config, dropout)

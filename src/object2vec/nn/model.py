@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
-from ..hyperparameters import HyperparameterError, Hyperparameters
+from ..hyperparameters import EncoderConfig, Hyperparameters
 from .encoders import Encoder, build_encoder, make_token_table, token_init_std
 
 COMPARATOR_OPS = {
@@ -29,12 +31,11 @@ class Object2VecNet(nn.Module):
         super().__init__()
         self.hp = hp
         self.comparators = tuple(hp.comparator_list)
-        self.regression = hp.output_layer == "mean_squared_error"
+        self.regression = hp.regression
         tables = self._token_tables(hp)
         sides = (0,) if hp.tied_encoder_weight else (0, 1)  # tied: enc1 is enc0 itself
         self.encoders = nn.ModuleList(
-            build_encoder(hp[f"enc{side}_network"], tables[side], hp.enc_dim, self._encoder_settings(hp, side))
-            for side in sides
+            build_encoder(self._encoder_config(hp, side), tables[side], hp.enc_dim, hp.dropout) for side in sides
         )
         if hp.tied_token_embedding_weight and not hp.tied_encoder_weight:
             self._mirror_start()
@@ -66,29 +67,25 @@ class Object2VecNet(nn.Module):
 
     @staticmethod
     def _token_tables(hp: Hyperparameters) -> list[nn.Embedding]:
-        sparse = hp.token_embedding_storage_type == "row_sparse"
+        """One table per side, or one shared by both (``tied_token_embedding_weight``; the rules of
+        :mod:`object2vec.hyperparameters` guarantee equal sizes then)."""
         if hp.tied_token_embedding_weight:
-            if hp.enc0_vocab_size != hp.enc1_vocab_size or hp.enc0_token_embedding_dim != hp.enc1_token_embedding_dim:
-                raise HyperparameterError(
-                    "tied_token_embedding_weight=True needs enc0_vocab_size == enc1_vocab_size and "
-                    "enc0_token_embedding_dim == enc1_token_embedding_dim, got "
-                    f"{hp.enc0_vocab_size}/{hp.enc1_vocab_size} and "
-                    f"{hp.enc0_token_embedding_dim}/{hp.enc1_token_embedding_dim}"
-                )
             std = token_init_std(max(hp.enc0_max_seq_len, hp.enc1_max_seq_len))
-            shared = make_token_table(hp.enc0_vocab_size, hp.enc0_token_embedding_dim, sparse, std)
+            shared = make_token_table(hp.enc0_vocab_size, hp.enc0_token_embedding_dim, hp.row_sparse, std)
             return [shared, shared]
-        return [make_token_table(hp[f"enc{s}_vocab_size"], hp[f"enc{s}_token_embedding_dim"], sparse,
-                                 token_init_std(hp[f"enc{s}_max_seq_len"])) for s in (0, 1)]
+        return [
+            make_token_table(enc.vocab_size, enc.token_embedding_dim, hp.row_sparse, token_init_std(enc.max_seq_len))
+            for enc in hp.encoders
+        ]
 
     @staticmethod
-    def _encoder_settings(hp: Hyperparameters, side: int) -> dict:
-        """The builder's settings; one encoder serving both inputs is sized (``layers=auto``) for
+    def _encoder_config(hp: Hyperparameters, side: int) -> EncoderConfig:
+        """Side ``side``'s settings; one encoder serving both inputs is sized (``layers=auto``) for
         the longer of the two."""
-        enc = hp.encoder(side)
-        max_seq_len = max(hp.enc0_max_seq_len, hp.enc1_max_seq_len) if hp.tied_encoder_weight else enc["max_seq_len"]
-        return {"layers": enc["layers"], "filter_width": enc["cnn_filter_width"],
-                "max_seq_len": max_seq_len, "dropout": hp.dropout}
+        config = hp.encoder(side)
+        if hp.tied_encoder_weight:
+            config = dataclasses.replace(config, max_seq_len=max(hp.enc0_max_seq_len, hp.enc1_max_seq_len))
+        return config
 
     @property
     def token_tables(self) -> list[nn.Embedding]:
@@ -99,6 +96,18 @@ class Object2VecNet(nn.Module):
         """Encoder ``side`` (0 or 1); with ``tied_encoder_weight`` both sides are the one encoder,
         which is held once, so its parameters are saved and trained once."""
         return self.encoders[0 if self.hp.tied_encoder_weight else side]
+
+    def place(self, encoder_device: torch.device, head_device: torch.device) -> None:
+        """Put the encoders on one device and the comparator's MLP and output layer on another
+        (``INFERENCE_PREFERRED_MODE=embedding`` keeps only the encoders on a GPU)."""
+        self.encoders.to(encoder_device)
+        self.mlp.to(head_device)
+        self.head.to(head_device)
+
+    @torch.no_grad()
+    def start_output_at(self, value: float) -> None:
+        """Set the output layer's bias to ``value`` (a regression head starts at the mean label)."""
+        self.head.bias.fill_(value)
 
     def encode(self, side: int, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.encoder(side)(ids, lengths)

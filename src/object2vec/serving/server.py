@@ -3,8 +3,8 @@
 Routes: ``GET /ping``, ``POST /invocations``, ``POST /endpoints/{name}/invocations`` (what
 ``boto3.client("sagemaker-runtime").invoke_endpoint`` sends, so clients of a hosted endpoint work
 unchanged; its signing headers are ignored) and ``GET /execution-parameters`` (what batch
-transform asks a container). Bodies are decoded by :mod:`object2vec.codecs` and answered by the
-:class:`~object2vec.predictor.Predictor`; this module only routes, limits and batches.
+transform asks a container). Bodies are decoded by :mod:`object2vec.serving.protocol` and answered by
+the :class:`~object2vec.serving.predictor.Predictor`; this module only routes, limits and batches.
 
 Concurrent small requests are micro-batched: while one forward pass runs, newly arrived requests
 queue up and are answered together by the next pass; a pass also waits a short, bounded time
@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from typing import Awaitable, Callable, Iterator
 
@@ -33,56 +33,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import codecs
-from .artifact import resolve_model_dir
+from ..artifact import resolve_model_dir
+from . import protocol
 from .predictor import InputError, Predictor, inference_threads
+from .settings import (
+    DEFAULT_BATCH_WAIT_MS,
+    DEFAULT_HOST,
+    DEFAULT_MAX_BATCH_INSTANCES,
+    DEFAULT_MAX_PAYLOAD_MB,
+    DEFAULT_PORT,
+    MB,
+    ServeSettings,
+    default_model_dir,
+)
 
 logger = logging.getLogger("object2vec.server")
-
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
-#: Where a SageMaker-style container finds its model when no directory is named.
-DEFAULT_MODEL_DIR = "/opt/ml/model"
-ENV_PREFIX = "OBJECT2VEC_SERVE_"
-MB = 1024 * 1024
-
-
-def default_model_dir() -> str:
-    """``SM_MODEL_DIR`` when set (as in a SageMaker container), else ``/opt/ml/model``."""
-    return os.environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Everything a serving process needs; travels to uvicorn's worker processes as environment
-    variables (``OBJECT2VEC_SERVE_<FIELD>``), because workers import the app by name."""
-
-    model_dir: str
-    workers: int = 1
-    max_payload_mb: float = 6.0
-    batch_wait_ms: float = 2.0
-    max_batch_instances: int = 1024
-    threads: int = 0  # torch threads per worker; 0: OMP_NUM_THREADS, else cores / workers
-    device: str = ""
-    preferred_mode: str = ""
-
-    @property
-    def max_payload_bytes(self) -> int:
-        return int(self.max_payload_mb * MB)
-
-    def to_env(self) -> dict[str, str]:
-        return {ENV_PREFIX + key.upper(): str(value) for key, value in asdict(self).items()}
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "ServeSettings":
-        environ = os.environ if environ is None else environ
-        values = {}
-        casts = {"str": str, "int": int, "float": float}
-        for field in fields(cls):
-            raw = environ.get(ENV_PREFIX + field.name.upper())
-            if raw is not None:
-                values[field.name] = casts[str(field.type)](raw)
-        values.setdefault("model_dir", default_model_dir())
-        return cls(**values)
 
 
 @dataclass
@@ -101,8 +66,8 @@ class MicroBatcher:
     requests meanwhile) and hands each request its rows.
     """
 
-    def __init__(self, run: Callable[[list, list], list[np.ndarray]], max_instances: int = 1024,
-                 max_wait_s: float = 0.002):
+    def __init__(self, run: Callable[[list, list], list[np.ndarray]],
+                 max_instances: int = DEFAULT_MAX_BATCH_INSTANCES, max_wait_s: float = DEFAULT_BATCH_WAIT_MS / 1000):
         self.run = run
         self.max_instances = max_instances
         self.max_wait_s = max_wait_s
@@ -186,7 +151,7 @@ class MicroBatcher:
 
 
 def error_response(status: int, message: str) -> Response:
-    return Response(codecs.error_body(message), status_code=status, media_type=codecs.JSON)
+    return Response(protocol.error_body(message), status_code=status, media_type=protocol.JSON)
 
 
 def json_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -195,7 +160,7 @@ def json_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[
     async def guarded(request: Request) -> Response:
         try:
             return await handler(request)
-        except codecs.RequestError as exc:
+        except protocol.RequestError as exc:
             return error_response(exc.status, str(exc))
         except InputError as exc:
             return error_response(400, str(exc))
@@ -211,12 +176,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     too_large = f"the request body is larger than the payload limit of {limit / MB:.3g} MB"
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise codecs.RequestError(too_large, status=413)
+        raise protocol.RequestError(too_large, status=413)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise codecs.RequestError(too_large, status=413)
+            raise protocol.RequestError(too_large, status=413)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -228,22 +193,22 @@ def create_app(predictor: Predictor, settings: ServeSettings) -> Starlette:
                            settings.batch_wait_ms / 1000)
 
     async def ping(request: Request) -> Response:
-        return Response(b'{"status":"ok"}', media_type=codecs.JSON)
+        return Response(b'{"status":"ok"}', media_type=protocol.JSON)
 
     async def execution_parameters(request: Request) -> Response:
-        return Response(codecs.encode_object({
+        return Response(protocol.encode_object({
             "MaxConcurrentTransforms": settings.workers, "BatchStrategy": "MultiRecord",
-            "MaxPayloadInMB": max(1, int(settings.max_payload_mb))}), media_type=codecs.JSON)
+            "MaxPayloadInMB": max(1, int(settings.max_payload_mb))}), media_type=protocol.JSON)
 
     @json_errors
     async def invocations(request: Request) -> Response:
         with batcher.reading():
-            body_format = codecs.parse_content_type(request.headers.get("content-type"))
-            accept = codecs.parse_accept(request.headers.get("accept"))
+            body_format = protocol.parse_content_type(request.headers.get("content-type"))
+            accept = protocol.parse_accept(request.headers.get("accept"))
             body = await read_body(request, settings.max_payload_bytes)
-            parsed = codecs.decode_request(body, body_format, vocab_sizes)
+            parsed = protocol.decode_request(body, body_format, vocab_sizes)
         rows = await batcher.submit(parsed.in0, parsed.in1)
-        return Response(codecs.encode_predictions(rows, parsed.mode, accept), media_type=accept)
+        return Response(protocol.encode_predictions(rows, parsed.mode, accept), media_type=accept)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return error_response(exc.status_code, str(exc.detail))
@@ -272,7 +237,8 @@ def app_from_env() -> Starlette:
 
 
 def serve(model_dir: str | os.PathLike | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          workers: int = 1, max_payload_mb: float = 6.0, batch_wait_ms: float = 2.0, threads: int | None = None,
+          workers: int = 1, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
+          batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS, threads: int | None = None,
           device: str | None = None, preferred_mode: str | None = None, access_log: bool = False,
           log_level: str = "info") -> None:
     """Serve a model directory (or model.tar.gz; default: ``default_model_dir()``) until stopped."""

@@ -25,6 +25,9 @@ from typing import Any, Sequence
 import numpy as np
 import orjson
 
+from ..columns import short_repr, token_problem
+from ..errors import Object2VecError
+
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
 #: Media types read as one instance (or one result) per line.
@@ -38,7 +41,7 @@ TokenIds = list[int]
 Instance = tuple[TokenIds | None, TokenIds | None]
 
 
-class RequestError(ValueError):
+class RequestError(Object2VecError):
     """A client mistake: ``status`` is the HTTP code to answer (400, 406, 413, 415)."""
 
     def __init__(self, message: str, status: int = 400, index: int | None = None, field: str | None = None):
@@ -147,25 +150,10 @@ def check_sequence(value: Any, index: int | None, field: str, vocab_size: int, c
                    line: int | None = None) -> TokenIds:
     """A non-empty list of integer token IDs in ``[0, vocab_size)``, cut to ``cap``; else a 400
     naming the instance and field."""
-    if type(value) is list and value and all(type(t) is int for t in value) \
-            and min(value) >= 0 and max(value) < vocab_size:
-        return value if cap is None else value[:cap]
-    where = f"{_describe(index, line)}: '{field}'"
-    if not isinstance(value, list):
-        raise RequestError(f"{where} must be a list of integer token IDs, got {_short(value)}", index=index, field=field)
-    if not value:
-        raise RequestError(f"{where} is empty; it needs at least one token ID", index=index, field=field)
-    for token in value:
-        if type(token) is not int:
-            raise RequestError(f"{where} holds {_short(token)}, not an integer token ID", index=index, field=field)
-        if not 0 <= token < vocab_size:
-            raise RequestError(f"{where} token ID {token} is outside [0, {vocab_size})", index=index, field=field)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    problem = token_problem(value, vocab_size)
+    if problem is not None:
+        raise RequestError(f"{_describe(index, line)}: '{field}' {problem}", index=index, field=field)
+    return value if cap is None else value[:cap]
 
 
 def check_instance(obj: Any, index: int | None, vocab_sizes: Sequence[int], caps: Sequence[int | None] = (None, None),
@@ -173,7 +161,7 @@ def check_instance(obj: Any, index: int | None, vocab_sizes: Sequence[int], caps
     """One instance object -> ``(in0 or None, in1 or None)``, validated. Other keys (a ``label``
     left in a batch-transform file) are ignored."""
     if not isinstance(obj, dict):
-        raise RequestError(f"{_describe(index, line)} must be an object with 'in0' and/or 'in1', got {_short(obj)}",
+        raise RequestError(f"{_describe(index, line)} must be an object with 'in0' and/or 'in1', got {short_repr(obj)}",
                            index=index)
     present = [obj.get(field) is not None for field in FIELDS]
     if not any(present):
@@ -208,7 +196,7 @@ def decode_objects(body: bytes, fmt: BodyFormat) -> list[tuple[Any, int | None]]
         if not isinstance(document, dict) or "instances" not in document:
             raise RequestError('the body must be a JSON object {"instances": [...]}; "instances" is missing')
         if not isinstance(document["instances"], list):
-            raise RequestError(f'"instances" must be a list of objects, got {_short(document["instances"])}')
+            raise RequestError(f'"instances" must be a list of objects, got {short_repr(document["instances"])}')
         objects = [(obj, None) for obj in document["instances"]]
     if not objects:
         raise RequestError("the request holds no instances")

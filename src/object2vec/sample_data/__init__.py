@@ -1,4 +1,6 @@
-"""Small learnable pair data sets made on the spot: the bundled sample and the tests use them.
+"""The quickstart's sample data: the generator of the bundled ``train.jsonl`` and
+``validation.jsonl`` beside this file, with which tests and benchmarks also make their own small,
+learnable pair data sets on the spot.
 
 Each token has a hidden latent vector; a sequence's latent is the mean of its tokens'. The label
 of a pair is a function of the dot product of the two latents, so an encoder that learns the

@@ -13,14 +13,18 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import orjson
 import torch
 
+from ..columns import SequenceColumn, token_problem
+from ..errors import Object2VecError
+from ..hyperparameters import Hyperparameters
 
-class DataError(ValueError):
+
+class DataError(Object2VecError):
     """A training record is malformed; the message starts with ``file:line:``."""
 
 
@@ -52,43 +56,6 @@ def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[str, int, object]
 
 
 @dataclass
-class SequenceColumn:
-    """Variable-length token sequences stored flat: ``tokens[offsets[i]:offsets[i+1]]``."""
-
-    tokens: np.ndarray  # int64, all sequences back to back
-    offsets: np.ndarray  # int64, len = n + 1
-
-    @classmethod
-    def from_lists(cls, sequences: Sequence[Sequence[int]]) -> "SequenceColumn":
-        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-        offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        tokens = np.fromiter((t for s in sequences for t in s), dtype=np.int64, count=int(offsets[-1]))
-        return cls(tokens, offsets)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def get(self, index: int) -> np.ndarray:
-        return self.tokens[self.offsets[index] : self.offsets[index + 1]]
-
-    def padded(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token IDs padded with 0 to the longest selected sequence, and the true lengths."""
-        starts = self.offsets[indices]
-        lengths = self.offsets[indices + 1] - starts
-        width = int(lengths.max()) if len(indices) else 1
-        positions = np.arange(width)
-        valid = positions[None, :] < lengths[:, None]
-        gather = np.where(valid, starts[:, None] + positions[None, :], 0)
-        ids = np.where(valid, self.tokens[gather] if len(self.tokens) else 0, 0)
-        return torch.from_numpy(ids), torch.from_numpy(lengths)
-
-
-@dataclass
 class PairDataset:
     """Validated pairs: two token columns and a label per record."""
 
@@ -102,20 +69,13 @@ class PairDataset:
 
     def subset(self, indices: np.ndarray) -> "PairDataset":
         """The records at ``indices`` (used to give each distributed rank its shard)."""
-        pick = lambda col: SequenceColumn.from_lists([col.get(i) for i in indices])  # noqa: E731
-        return PairDataset(pick(self.in0), pick(self.in1), self.labels[indices], self.source)
+        return PairDataset(self.in0.take(indices), self.in1.take(indices), self.labels[indices], self.source)
 
 
 def _check_tokens(value: object, field: str, vocab_size: int, where: str) -> list[int]:
-    if not isinstance(value, list):
-        raise DataError(f"{where}: field '{field}' must be a list of token IDs, got {type(value).__name__}")
-    if not value:
-        raise DataError(f"{where}: field '{field}' is empty; it needs at least one token ID")
-    for token in value:
-        if not isinstance(token, int) or isinstance(token, bool):
-            raise DataError(f"{where}: field '{field}' holds {token!r}, not an integer token ID")
-        if not 0 <= token < vocab_size:
-            raise DataError(f"{where}: field '{field}' token ID {token} is outside [0, {vocab_size}) (vocab_size)")
+    problem = token_problem(value, vocab_size)
+    if problem is not None:
+        raise DataError(f"{where}: field '{field}' {problem}")
     return value
 
 
@@ -131,9 +91,9 @@ def _check_label(value: object, regression: bool, num_classes: int, where: str) 
     return value
 
 
-def load_pairs(path: str | os.PathLike, hp) -> PairDataset:
+def load_pairs(path: str | os.PathLike, hp: Hyperparameters) -> PairDataset:
     """Read and validate every record of a channel; fail on the first bad one with file:line."""
-    regression = hp.output_layer == "mean_squared_error"
+    regression = hp.regression
     in0: list[list[int]] = []
     in1: list[list[int]] = []
     labels: list[float | int] = []

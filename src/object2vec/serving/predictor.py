@@ -15,17 +15,18 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import artifact
-from .data import SequenceColumn
-from .hyperparameters import Hyperparameters
-from .nn import Object2VecNet
-from .training import resolve_device
+from .. import artifact
+from ..columns import SequenceColumn, token_problem
+from ..errors import Object2VecError
+from ..hyperparameters import Hyperparameters
+from ..nn import Object2VecNet
+from ..runtime import resolve_device
 
 INFERENCE_BATCH_SIZE = 1024
 PREFERRED_MODES = ("embedding", "classification")
 
 
-class InputError(ValueError):
+class InputError(Object2VecError):
     """An inference input is invalid; ``index`` and ``field`` say where."""
 
     def __init__(self, message: str, index: int | None = None, field: str | None = None):
@@ -37,28 +38,16 @@ class InputError(ValueError):
 def to_column(sequences: Sequence[Sequence[int]], field: str, vocab_size: int, max_len: int,
               validate: bool = True) -> SequenceColumn:
     """Validate ``sequences`` and store them truncated to ``max_len``. ``validate=False`` is for
-    lists of int lists a caller has already checked (the HTTP codecs do, naming the request's
+    lists of int lists a caller has already checked (the HTTP protocol does, naming the request's
     instance index)."""
-    if not validate:
-        return SequenceColumn.from_lists([seq[:max_len] for seq in sequences])
     if isinstance(sequences, np.ndarray):
-        sequences = sequences.tolist()
-    checked: list[list[int]] = []
-    for index, seq in enumerate(sequences):
-        if isinstance(seq, np.ndarray):
-            seq = seq.tolist()
-        if not isinstance(seq, (list, tuple)):
-            raise InputError(f"instance {index}: '{field}' must be a list of token IDs", index, field)
-        if not seq:
-            raise InputError(f"instance {index}: '{field}' is empty; it needs at least one token ID", index, field)
-        for token in seq:
-            if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
-                raise InputError(f"instance {index}: '{field}' holds {token!r}, not an integer token ID", index, field)
-            if not 0 <= token < vocab_size:
-                raise InputError(
-                    f"instance {index}: '{field}' token ID {token} is outside [0, {vocab_size})", index, field)
-        checked.append(list(seq[:max_len]))
-    return SequenceColumn.from_lists(checked)
+        sequences = list(sequences)
+    if validate:
+        for index, seq in enumerate(sequences):
+            problem = token_problem(seq, vocab_size)
+            if problem is not None:
+                raise InputError(f"instance {index}: '{field}' {problem}", index, field)
+    return SequenceColumn.from_lists([seq[:max_len] for seq in sequences])
 
 
 def placement(device: torch.device, preferred_mode: str | None) -> tuple[torch.device, torch.device]:
@@ -105,9 +94,7 @@ class Predictor:
         if self.preferred_mode is not None and self.preferred_mode not in PREFERRED_MODES:
             raise ValueError(f"INFERENCE_PREFERRED_MODE={self.preferred_mode!r}; valid: {', '.join(PREFERRED_MODES)}")
         self.encoder_device, self.head_device = placement(self.device, self.preferred_mode)
-        self.net.encoders.to(self.encoder_device)
-        self.net.mlp.to(self.head_device)
-        self.net.head.to(self.head_device)
+        self.net.place(self.encoder_device, self.head_device)
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: torch.device | str | None = None,
@@ -125,11 +112,12 @@ class Predictor:
         return 1 if self.net.regression else self.hp.num_classes
 
     def _max_len(self, side: int, cap: int | None) -> int:
-        limit = self.hp[f"enc{side}_max_seq_len"]
+        limit = self.hp.encoder(side).max_seq_len
         return limit if cap is None else min(limit, cap)
 
     def _column(self, side: int, sequences, cap: int | None, validate: bool = True) -> SequenceColumn:
-        return to_column(sequences, f"in{side}", self.hp[f"enc{side}_vocab_size"], self._max_len(side, cap), validate)
+        vocab_size = self.hp.encoder(side).vocab_size
+        return to_column(sequences, f"in{side}", vocab_size, self._max_len(side, cap), validate)
 
     @staticmethod
     def _batches(lengths: np.ndarray, batch_size: int):

@@ -20,15 +20,16 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import UsageError
+from ..hyperparameters import Hyperparameters, check_run
+from ..runtime import Logger, resolve_device
 from .data import PairDataset
-from .hyperparameters import HyperparameterError, Hyperparameters
 
 #: When set, every rank writes ``rank<r>.json`` there: the record indices of its training shard
 #: (an audit of the sharding; the tests use it to show the shards are disjoint).
@@ -57,15 +58,12 @@ def local_device(device: str | torch.device | None) -> torch.device:
     """This process's device. Without torchrun: ``device`` (``None``/"auto": CUDA when present).
     Under torchrun on CUDA each process takes ``cuda:LOCAL_RANK``; naming another index is refused
     when several processes share the node, since they would all land on one GPU."""
-    name = str(device) if device is not None else "auto"
-    if name in ("", "auto"):
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    chosen = torch.device(name)
+    chosen = resolve_device(device)
     if chosen.type != "cuda" or world_size() == 1:
         return chosen
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if chosen.index is not None and chosen.index != local_rank and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
-        raise HyperparameterError(f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda")
+        raise UsageError(f"--device {chosen}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda")
     return torch.device("cuda", local_rank)
 
 
@@ -107,14 +105,8 @@ class Context:
         return backend_for(self.device)
 
     def check(self, hp: Hyperparameters) -> None:
-        """Refuse row-sparse token tables with several processes: NCCL has no all-reduce for
-        sparse gradients, and gloo's sparse all-reduce crashed a rank now and then in our tests
-        (ranks' sparse gradients differ in size every step; see pytorch issue 87497)."""
-        if self.enabled and hp.token_embedding_storage_type == "row_sparse":
-            raise HyperparameterError(
-                "token_embedding_storage_type=row_sparse cannot train with several processes: sparse "
-                "gradients cannot be all-reduced reliably (NCCL has no sparse all-reduce; gloo's is unreliable); "
-                "use token_embedding_storage_type=dense, or train in one process")
+        """The hyperparameter rules that depend on this run (:func:`~object2vec.hyperparameters.check_run`)."""
+        check_run(hp, self.world_size)
 
     def shard(self, data: PairDataset | None, *, equal: bool = True, name: str = "") -> PairDataset | None:
         """This rank's records of ``data`` (see :func:`shard_indices`); ``data`` itself when alone."""
@@ -148,7 +140,7 @@ class Context:
         total, count = sum_across_ranks(loss * seen, seen)
         return total / max(count, 1), int(count)
 
-    def main_only(self, log: Callable[[str], None]) -> Callable[[str], None]:
+    def main_only(self, log: Logger) -> Logger:
         """``log`` on rank 0, a no-op elsewhere: metrics are printed once."""
         return log if self.is_main else (lambda _line: None)
 

@@ -6,8 +6,8 @@ import numpy as np
 import orjson
 import pytest
 
-from object2vec import codecs
-from object2vec.codecs import JSON, JSONLINES, BodyFormat, RequestError
+from object2vec.serving import protocol
+from object2vec.serving.protocol import JSON, JSONLINES, BodyFormat, RequestError
 
 VOCAB = (1100, 1100)
 #: The reference's example payloads (pair scoring and encoder embeddings).
@@ -30,20 +30,20 @@ def as_jsonlines(document: dict) -> bytes:
     ('application/jsonlines; charset=utf-8; infer_max_seqlens="1, 5000"', BodyFormat(True, 1, 5000)),
 ])
 def test_content_types_and_infer_max_seqlens_are_read(header, expected):
-    assert codecs.parse_content_type(header) == expected
+    assert protocol.parse_content_type(header) == expected
 
 
 @pytest.mark.parametrize("value", ["0,5", "5,0", "5001,1", "1,5001", "-1,3", "3", "3,4,5", "a,b", "2.5,3", ""])
 def test_infer_max_seqlens_out_of_range_or_malformed_is_400(value):
     with pytest.raises(RequestError, match="infer_max_seqlens") as info:
-        codecs.parse_content_type(f"application/json; infer_max_seqlens={value}")
+        protocol.parse_content_type(f"application/json; infer_max_seqlens={value}")
     assert info.value.status == 400
 
 
 @pytest.mark.parametrize("header", ["text/csv", "application/x-recordio-protobuf", "text/plain; charset=utf-8"])
 def test_unsupported_content_type_is_415(header):
     with pytest.raises(RequestError) as info:
-        codecs.parse_content_type(header)
+        protocol.parse_content_type(header)
     assert info.value.status == 415 and "application/jsonlines" in str(info.value)
 
 
@@ -55,38 +55,38 @@ def test_unsupported_content_type_is_415(header):
     ("application/jsonlines;q=0, application/json", JSON),
 ])
 def test_accept_negotiation(header, expected):
-    assert codecs.parse_accept(header) == expected
+    assert protocol.parse_accept(header) == expected
 
 
 @pytest.mark.parametrize("header", ["text/csv", "application/xml, text/html", "application/json;q=0"])
 def test_unsupported_accept_is_406(header):
     with pytest.raises(RequestError) as info:
-        codecs.parse_accept(header)
+        protocol.parse_accept(header)
     assert info.value.status == 406
 
 
 @pytest.mark.parametrize("lines", [False, True])
 def test_reference_examples_decode_to_their_mode(lines):
     encode = as_jsonlines if lines else orjson.dumps
-    scores = codecs.decode_request(encode(SCORES_EXAMPLE), BodyFormat(lines), VOCAB)
-    assert scores.mode == codecs.SCORES and scores.in0 == [[6, 17, 606], [774, 14, 21, 206]]
+    scores = protocol.decode_request(encode(SCORES_EXAMPLE), BodyFormat(lines), VOCAB)
+    assert scores.mode == protocol.SCORES and scores.in0 == [[6, 17, 606], [774, 14, 21, 206]]
     assert scores.in1 == [[16, 21, 13], [21, 366, 125]]
-    embeds = codecs.decode_request(encode(EMBEDDING_EXAMPLE), BodyFormat(lines, 2, 5000), VOCAB)
-    assert embeds.mode == codecs.EMBEDDINGS and embeds.in1 == [None] * 3
+    embeds = protocol.decode_request(encode(EMBEDDING_EXAMPLE), BodyFormat(lines, 2, 5000), VOCAB)
+    assert embeds.mode == protocol.EMBEDDINGS and embeds.in1 == [None] * 3
     assert embeds.in0 == [[6, 17], [22, 1016], [774, 14]]  # capped at FWD=2
 
 
 def test_embedding_request_may_mix_encoders_and_keeps_order():
     body = orjson.dumps({"instances": [{"in1": [3]}, {"in0": [4, 5]}, {"in1": [6], "label": 1}]})
-    request = codecs.decode_request(body, BodyFormat(False, None, None), VOCAB)
-    assert request.mode == codecs.EMBEDDINGS
+    request = protocol.decode_request(body, BodyFormat(False, None, None), VOCAB)
+    assert request.mode == protocol.EMBEDDINGS
     assert request.in0 == [None, [4, 5], None] and request.in1 == [[3], None, [6]]
 
 
 def test_mixing_pairs_and_single_inputs_is_400_naming_both_instances():
     body = orjson.dumps({"instances": [{"in0": [1], "in1": [2]}, {"in0": [3]}]})
     with pytest.raises(RequestError, match="instance 0 has both in0 and in1.*instance 1 has only one") as info:
-        codecs.decode_request(body, BodyFormat(), VOCAB)
+        protocol.decode_request(body, BodyFormat(), VOCAB)
     assert info.value.status == 400
 
 
@@ -111,7 +111,7 @@ def test_mixing_pairs_and_single_inputs_is_400_naming_both_instances():
 ])
 def test_client_mistakes_are_400_naming_instance_and_field(body, lines, message, index, field):
     with pytest.raises(RequestError) as info:
-        codecs.decode_request(body, BodyFormat(lines), VOCAB)
+        protocol.decode_request(body, BodyFormat(lines), VOCAB)
     assert info.value.status == 400
     assert message in str(info.value)
     assert (info.value.index, info.value.field) == (index, field)
@@ -119,8 +119,8 @@ def test_client_mistakes_are_400_naming_instance_and_field(body, lines, message,
 
 def test_predictions_are_float32_in_both_accepts():
     rows = [np.array([0.6533, 0.0758, 1 / 3], dtype=np.float32), np.array([0.25, 0.5, 0.25], dtype=np.float32)]
-    document = codecs.encode_predictions(rows, codecs.SCORES, JSON)
+    document = protocol.encode_predictions(rows, protocol.SCORES, JSON)
     assert document == b'{"predictions":[{"scores":[0.6533,0.0758,0.33333334]},{"scores":[0.25,0.5,0.25]}]}'
-    lines = codecs.encode_predictions(rows, codecs.SCORES, JSONLINES)
+    lines = protocol.encode_predictions(rows, protocol.SCORES, JSONLINES)
     assert lines == b'{"scores":[0.6533,0.0758,0.33333334]}\n{"scores":[0.25,0.5,0.25]}\n'
-    assert orjson.loads(codecs.error_body('bad "x"')) == {"error": 'bad "x"'}
+    assert orjson.loads(protocol.error_body('bad "x"')) == {"error": 'bad "x"'}

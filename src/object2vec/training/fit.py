@@ -1,8 +1,10 @@
-"""The fit loop: optimizers, mini-batch training, metrics, early stopping on validation loss.
+"""The fit loop: optimizers, mini-batch training, metrics, early stopping, the weight average.
 
 Early stopping follows the reference: the validation loss must improve by at least
-``early_stopping_tolerance`` within ``early_stopping_patience`` epochs, else training stops; the
-weights of the best epoch (lowest validation loss) are restored at the end either way.
+``early_stopping_tolerance`` within ``early_stopping_patience`` epochs, else training stops. The
+weights of the best epoch are restored at the end either way, the best being the reference's
+tuning objective: the highest ``validation:accuracy`` for softmax (ties broken by cross-entropy),
+the lowest ``validation:mean_squared_error`` for regression (see :func:`objective`).
 """
 
 from __future__ import annotations
@@ -14,30 +16,18 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
-
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..hyperparameters import Hyperparameters
+from ..nn import Object2VecNet
+from ..runtime import Logger
 from . import distributed
 from .data import Batch, PairDataset, epoch_size, iterate_batches
-from .hyperparameters import HyperparameterError, Hyperparameters
-from .nn import Object2VecNet
 
-#: Optimizers that accept the sparse gradients of row_sparse token tables.
-SPARSE_OPTIMIZERS = ("adam", "adagrad", "sgd")
 EVAL_BATCH_SIZE = 4096
-
-Logger = Callable[[str], None]
-
-
-def resolve_device(device: str | None = None) -> torch.device:
-    """``None``/"auto": CUDA when present, else CPU."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def seed_everything(seed: int | None) -> np.random.Generator:
@@ -70,18 +60,13 @@ def make_optimizers(net: Object2VecNet, hp: Hyperparameters) -> list[torch.optim
 
     With ``token_embedding_storage_type=row_sparse`` the token tables get sparse gradients, so
     only the rows used in a batch are updated: adam uses ``SparseAdam`` for them, adagrad and sgd
-    take sparse gradients directly; rmsprop and adadelta have no sparse form and are refused.
-    ``weight_decay`` then applies to the dense parameters only (decaying every row each step
-    would make the update dense again).
+    take sparse gradients directly (rmsprop and adadelta have no sparse form; the hyperparameter
+    rules refuse them with row_sparse). ``weight_decay`` then applies to the dense parameters only
+    (decaying every row each step would make the update dense again).
     """
     trainable = [p for p in net.parameters() if p.requires_grad]
-    if hp.token_embedding_storage_type != "row_sparse":
+    if not hp.row_sparse:
         return [_dense_optimizer(hp.optimizer, trainable, hp.learning_rate, hp.weight_decay)]
-    if hp.optimizer not in SPARSE_OPTIMIZERS:
-        raise HyperparameterError(
-            f"optimizer={hp.optimizer} does not support token_embedding_storage_type=row_sparse; "
-            f"use one of {', '.join(SPARSE_OPTIMIZERS)} or token_embedding_storage_type=dense"
-        )
     sparse_ids = {id(t.weight) for t in net.token_tables}
     sparse = [p for p in trainable if id(p) in sparse_ids]
     dense = [p for p in trainable if id(p) not in sparse_ids]
@@ -177,7 +162,7 @@ class WeightAverage:
     MIN_HORIZON_STEPS = 100  # ... but at least this many (large batches make short epochs)
 
     def __init__(self, net: "Object2VecNet", hp: Hyperparameters, steps_per_epoch: int):
-        skip = {id(t.weight) for t in net.token_tables} if hp.token_embedding_storage_type == "row_sparse" else set()
+        skip = {id(t.weight) for t in net.token_tables} if hp.row_sparse else set()
         self.params = [p for p in net.parameters() if p.requires_grad and id(p) not in skip]
         self.shadow = [p.detach().clone() for p in self.params]
         self.decay = min(0.9999, 1.0 - 1.0 / max(self.MIN_HORIZON_STEPS, self.HORIZON * steps_per_epoch))
@@ -222,8 +207,7 @@ class TrainResult:
 def _init_output_bias(net: Object2VecNet, train: PairDataset) -> None:
     """Start regression at the mean label, so early epochs learn structure, not the offset."""
     if net.regression:
-        with torch.no_grad():
-            net.head.bias.fill_(float(np.mean(train.labels)))
+        net.start_output_at(float(np.mean(train.labels)))
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -1,0 +1,15 @@
+"""Inference: a loaded model (:mod:`.predictor`), the SageMaker HTTP protocol (:mod:`.protocol`:
+bodies and headers <-> instances), the ASGI server (:mod:`.server`), batch transform
+(:mod:`.transform`) and the serving defaults (:mod:`.settings`)."""
+
+from .predictor import InputError, Predictor
+from .settings import ServeSettings
+
+__all__ = ["InputError", "Predictor", "ServeSettings", "create_app"]
+
+
+def create_app(predictor: Predictor, settings: ServeSettings):
+    """The ASGI application answering with ``predictor`` (see :func:`.server.create_app`)."""
+    from .server import create_app as create
+
+    return create(predictor, settings)

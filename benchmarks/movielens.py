@@ -26,27 +26,66 @@ from object2vec.training.data import PairDataset
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
 COMMON = {
-    "enc0_network": "pooled_embedding", "enc1_network": "pooled_embedding",
-    "enc0_max_seq_len": "1", "enc1_max_seq_len": "1", "enc0_vocab_size": "944", "enc1_vocab_size": "1684",
-    "enc0_token_embedding_dim": "300", "enc1_token_embedding_dim": "300",
-    "enc0_layers": "auto", "enc1_layers": "auto", "enc0_cnn_filter_width": "3", "bucket_width": "0",
-    "optimizer": "adam", "early_stopping_patience": "3", "early_stopping_tolerance": "0.01",
-    "_kvstore": "device", "_num_gpus": "auto", "_num_kv_servers": "auto",
+    "enc0_network": "pooled_embedding",
+    "enc1_network": "pooled_embedding",
+    "enc0_max_seq_len": "1",
+    "enc1_max_seq_len": "1",
+    "enc0_vocab_size": "944",
+    "enc1_vocab_size": "1684",
+    "enc0_token_embedding_dim": "300",
+    "enc1_token_embedding_dim": "300",
+    "enc0_layers": "auto",
+    "enc1_layers": "auto",
+    "enc0_cnn_filter_width": "3",
+    "bucket_width": "0",
+    "optimizer": "adam",
+    "early_stopping_patience": "3",
+    "early_stopping_tolerance": "0.01",
+    "_kvstore": "device",
+    "_num_gpus": "auto",
+    "_num_kv_servers": "auto",
 }
 #: The published notebook's settings, exactly.
-PUBLISHED_REGRESSION = {**COMMON, "enc_dim": "1024", "mlp_dim": "256", "mlp_layers": "1", "mlp_activation": "tanh",
-                        "learning_rate": "0.001", "mini_batch_size": "64", "epochs": "20",
-                        "output_layer": "mean_squared_error", "num_classes": "2"}
-PUBLISHED_CLASSIFICATION = {**COMMON, "enc_dim": "2048", "mlp_dim": "1024", "mlp_layers": "1",
-                            "mlp_activation": "relu", "learning_rate": "0.001", "mini_batch_size": "2048",
-                            "epochs": "20", "output_layer": "softmax", "num_classes": "2"}
+PUBLISHED_REGRESSION = {
+    **COMMON,
+    "enc_dim": "1024",
+    "mlp_dim": "256",
+    "mlp_layers": "1",
+    "mlp_activation": "tanh",
+    "learning_rate": "0.001",
+    "mini_batch_size": "64",
+    "epochs": "20",
+    "output_layer": "mean_squared_error",
+    "num_classes": "2",
+}
+PUBLISHED_CLASSIFICATION = {
+    **COMMON,
+    "enc_dim": "2048",
+    "mlp_dim": "1024",
+    "mlp_layers": "1",
+    "mlp_activation": "relu",
+    "learning_rate": "0.001",
+    "mini_batch_size": "2048",
+    "epochs": "20",
+    "output_layer": "softmax",
+    "num_classes": "2",
+}
 #: Our recommended setting for rating regression (README: "MovieLens benchmark").
 #: Smaller token/encoder dimensions, weight decay as the prior on the token tables, a comparator
 #: without abs_diff, a larger batch, and early stopping that waits for real plateaus.
-RECOMMENDED_REGRESSION = {**PUBLISHED_REGRESSION, "enc0_token_embedding_dim": "64", "enc1_token_embedding_dim": "64",
-                          "enc_dim": "64", "comparator_list": "hadamard, concat", "weight_decay": "0.0003",
-                          "learning_rate": "0.001", "mini_batch_size": "256", "epochs": "40",
-                          "early_stopping_patience": "5", "early_stopping_tolerance": "0.0001"}
+RECOMMENDED_REGRESSION = {
+    **PUBLISHED_REGRESSION,
+    "enc0_token_embedding_dim": "64",
+    "enc1_token_embedding_dim": "64",
+    "enc_dim": "64",
+    "comparator_list": "hadamard, concat",
+    "weight_decay": "0.0003",
+    "learning_rate": "0.001",
+    "mini_batch_size": "256",
+    "epochs": "40",
+    "early_stopping_patience": "5",
+    "early_stopping_tolerance": "0.0001",
+}
 
 EXPERIMENTS = {
     "a": ("regression, published hyperparameters", PUBLISHED_REGRESSION, False, 0.91),
@@ -69,20 +108,31 @@ def run(key: str, data_dir: Path, seed: int) -> dict:
     train = read_ratings(data_dir / "ua.base", binarise)
     test = read_ratings(data_dir / "ua.test", binarise)
     started = time.perf_counter()
-    model = Object2Vec(hyperparameters).fit(train, validation=test, seed=seed, progress=False,
-                                            log=lambda line: print("   ", line, flush=True))
+    model = Object2Vec(hyperparameters).fit(
+        train, validation=test, seed=seed, progress=False, log=lambda line: print("   ", line, flush=True)
+    )
     wall = time.perf_counter() - started
     metric = "validation:accuracy" if binarise else "validation:mean_squared_error"
     value = model.metrics[metric]
-    print(f"({key}) {title}: {metric}={value:.4f} (published {published}) "
-          f"best_epoch={model.result.best_epoch} wall={wall:.1f}s "
-          f"train_samples_per_s={model.result.samples_per_second:.0f}", flush=True)
-    return {"experiment": key, metric: value, "wall_s": wall, "samples_per_s": model.result.samples_per_second}
+    print(
+        f"({key}) {title}: {metric}={value:.4f} (published {published}) "
+        f"best_epoch={model.result.best_epoch} wall={wall:.1f}s "
+        f"train_samples_per_s={model.result.samples_per_second:.0f}",
+        flush=True,
+    )
+    return {
+        "experiment": key,
+        metric: value,
+        "wall_s": wall,
+        "samples_per_s": model.result.samples_per_second,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="directory holding ua.base and ua.test")
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="directory holding ua.base and ua.test"
+    )
     parser.add_argument("--experiments", default="a,b,c", help="comma-separated subset of a,b,c")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -90,7 +140,9 @@ def main() -> None:
     print("\nexperiment | metric | value | wall s | train samples/s")
     for r in results:
         metric = next(k for k in r if k.startswith("validation:"))
-        print(f"{r['experiment']} | {metric} | {r[metric]:.4f} | {r['wall_s']:.1f} | {r['samples_per_s']:.0f}")
+        print(
+            f"{r['experiment']} | {metric} | {r[metric]:.4f} | {r['wall_s']:.1f} | {r['samples_per_s']:.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -38,10 +38,20 @@ from object2vec.nn import Object2VecNet
 from object2vec.nn.encoders import ENCODERS
 
 #: A mid-sized text model: 20k-token vocabularies, sequences of 5..32 tokens.
-MODEL = {"enc0_vocab_size": "20000", "enc1_vocab_size": "20000", "enc0_max_seq_len": "32",
-         "enc1_max_seq_len": "32", "enc0_token_embedding_dim": "256", "enc1_token_embedding_dim": "256",
-         "enc_dim": "512", "mlp_layers": "2", "mlp_dim": "512", "num_classes": "3", "enc0_layers": "2",
-         "enc1_layers": "2"}
+MODEL = {
+    "enc0_vocab_size": "20000",
+    "enc1_vocab_size": "20000",
+    "enc0_max_seq_len": "32",
+    "enc1_max_seq_len": "32",
+    "enc0_token_embedding_dim": "256",
+    "enc1_token_embedding_dim": "256",
+    "enc_dim": "512",
+    "mlp_layers": "2",
+    "mlp_dim": "512",
+    "num_classes": "3",
+    "enc0_layers": "2",
+    "enc1_layers": "2",
+}
 VOCAB, MIN_LEN, MAX_LEN = 20000, 5, 32
 
 
@@ -59,9 +69,23 @@ def free_port() -> int:
 def start_server(model_dir: Path, workers: int, threads: int | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     options = ["--threads", str(threads)] if threads else []
-    process = subprocess.Popen([sys.executable, "-m", "object2vec", "serve", "--model-dir", str(model_dir),
-                                "--port", str(port), "--workers", str(workers), *options],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "object2vec",
+            "serve",
+            "--model-dir",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            *options,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -78,6 +102,7 @@ def start_server(model_dir: Path, workers: int, threads: int | None) -> tuple[su
 def instances(rng: np.random.Generator, n: int, pairs: bool) -> list[dict]:
     def seq():
         return rng.integers(1, VOCAB, size=rng.integers(MIN_LEN, MAX_LEN + 1)).tolist()
+
     return [{"in0": seq(), "in1": seq()} if pairs else {"in0": seq()} for _ in range(n)]
 
 
@@ -92,7 +117,7 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def __aenter__(self) -> "Connection":
+    async def __aenter__(self) -> Connection:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         return self
 
@@ -103,8 +128,10 @@ class Connection:
     async def post(self, body: bytes) -> float:
         """Seconds from sending the request to having read the whole answer."""
         start = time.perf_counter()
-        self.writer.write(b"POST /invocations HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n%s" % (self.host.encode(), len(body), body))
+        self.writer.write(
+            b"POST /invocations HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (self.host.encode(), len(body), body)
+        )
         head = await self.reader.readuntil(b"\r\n\r\n")
         length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
         answer = await self.reader.readexactly(int(length.group(1)))
@@ -155,19 +182,26 @@ def cpu_seconds(pid: int | None) -> float:
         return float("nan")
 
 
-def measure(url: str, batch: int, batch_requests: int, single_requests: int, seed: int,
-            server_pid: int | None = None) -> dict:
+def measure(
+    url: str, batch: int, batch_requests: int, single_requests: int, seed: int, server_pid: int | None = None
+) -> dict:
     rng = np.random.default_rng(seed)
     doc = lambda items: orjson.dumps({"instances": items})  # noqa: E731
-    row = {"embeddings/s": asyncio.run(batch_rate(url, [doc(instances(rng, batch, False))
-                                                         for _ in range(batch_requests)], batch)),
-           "scores/s": asyncio.run(batch_rate(url, [doc(instances(rng, batch, True))
-                                                     for _ in range(batch_requests)], batch))}
+    row = {
+        "embeddings/s": asyncio.run(
+            batch_rate(url, [doc(instances(rng, batch, False)) for _ in range(batch_requests)], batch)
+        ),
+        "scores/s": asyncio.run(
+            batch_rate(url, [doc(instances(rng, batch, True)) for _ in range(batch_requests)], batch)
+        ),
+    }
     singles = [doc(instances(rng, 1, True)) for _ in range(single_requests)]
     for concurrency in (1, 16):
         cpu_before = cpu_seconds(server_pid)
         times, rate = asyncio.run(latencies(url, singles, concurrency))
-        row[f"c{concurrency} server CPU ms/req"] = 1000 * (cpu_seconds(server_pid) - cpu_before) / len(singles)
+        row[f"c{concurrency} server CPU ms/req"] = (
+            1000 * (cpu_seconds(server_pid) - cpu_before) / len(singles)
+        )
         row[f"c{concurrency} p50 ms"] = 1000 * float(np.percentile(times, 50))
         row[f"c{concurrency} p99 ms"] = 1000 * float(np.percentile(times, 99))
         row[f"c{concurrency} req/s"] = rate
@@ -179,8 +213,14 @@ def print_table(rows: dict[str, dict]) -> None:
     print("| encoder | " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * len(columns))
     for name, row in rows.items():
-        print(f"| {name} | " + " | ".join(f"{row[c]:,.0f}" if row[c] >= 100 else f"{row[c]:.2g}" if row[c] < 1
-                                         else f"{row[c]:.1f}" for c in columns) + " |")
+        print(
+            f"| {name} | "
+            + " | ".join(
+                f"{row[c]:,.0f}" if row[c] >= 100 else f"{row[c]:.2g}" if row[c] < 1 else f"{row[c]:.1f}"
+                for c in columns
+            )
+            + " |"
+        )
 
 
 def main() -> None:
@@ -204,8 +244,14 @@ def main() -> None:
             for encoder in args.encoders.split(","):
                 process, url = start_server(write_model(encoder, Path(tmp)), args.workers, args.threads)
                 try:
-                    rows[encoder] = measure(url, args.batch, args.batch_requests, args.single_requests, args.seed,
-                                            process.pid if args.workers == 1 else None)
+                    rows[encoder] = measure(
+                        url,
+                        args.batch,
+                        args.batch_requests,
+                        args.single_requests,
+                        args.seed,
+                        process.pid if args.workers == 1 else None,
+                    )
                 finally:
                     process.terminate()
                     process.wait()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import re
+import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import orjson
 import pytest
@@ -42,7 +44,9 @@ def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
     def write(items, name: str = "data.jsonl") -> Path:
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        body = b"".join((item.encode() if isinstance(item, str) else orjson.dumps(item)) + b"\n" for item in items)
+        body = b"".join(
+            (item.encode() if isinstance(item, str) else orjson.dumps(item)) + b"\n" for item in items
+        )
         path.write_bytes(gzip.compress(body) if name.endswith(".gz") else body)
         return path
 
@@ -57,3 +61,32 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+#: A final (or per-epoch) metric line as training prints it: ``validation:accuracy=0.9``.
+METRIC_LINE = re.compile(r"^(validation|test):(accuracy|cross_entropy|mean_squared_error)=(\S+)$", re.M)
+
+
+def parse_metric_lines(text: str) -> dict[str, float]:
+    """``{"validation:accuracy": 0.9, ...}`` from a training log; a metric printed several times
+    (once per epoch) keeps its last value, the final one."""
+    return {f"{channel}:{name}": float(value) for channel, name, value in METRIC_LINE.findall(text)}
+
+
+@pytest.fixture
+def printed_metrics() -> Callable[[str], dict[str, float]]:
+    """:func:`parse_metric_lines`, for tests that read what training printed."""
+    return parse_metric_lines
+
+
+def find_free_port() -> int:
+    """A loopback port that was free a moment ago (for servers in another process)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """:func:`find_free_port`, usable from module-scoped fixtures too."""
+    return find_free_port

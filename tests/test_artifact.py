@@ -21,13 +21,22 @@ import object2vec
 from object2vec import Object2Vec, artifact
 from object2vec.artifact import ArtifactError
 from object2vec.hyperparameters import parse_hyperparameters
-from object2vec.serving.predictor import InputError
 from object2vec.sample_data import latent_pairs
+from object2vec.serving.predictor import InputError
 
 BASE = {
-    "enc0_network": "pooled_embedding", "enc0_max_seq_len": 6, "enc0_vocab_size": 50, "enc1_vocab_size": 60,
-    "enc1_max_seq_len": 4, "enc0_token_embedding_dim": 8, "enc_dim": 12, "mlp_layers": 1, "mlp_dim": 16,
-    "epochs": 2, "learning_rate": 0.01, "comparator_list": "hadamard, abs_diff",
+    "enc0_network": "pooled_embedding",
+    "enc0_max_seq_len": 6,
+    "enc0_vocab_size": 50,
+    "enc1_vocab_size": 60,
+    "enc1_max_seq_len": 4,
+    "enc0_token_embedding_dim": 8,
+    "enc_dim": 12,
+    "mlp_layers": 1,
+    "mlp_dim": 16,
+    "epochs": 2,
+    "learning_rate": 0.01,
+    "comparator_list": "hadamard, abs_diff",
 }
 
 VARIANTS = {
@@ -36,8 +45,12 @@ VARIANTS = {
     "regression": {"output_layer": "mean_squared_error"},
     "tied": {"tied_token_embedding_weight": True, "enc1_vocab_size": 50},
     "row_sparse": {"token_embedding_storage_type": "row_sparse"},
-    "tied_row_sparse": {"tied_token_embedding_weight": True, "enc1_vocab_size": 50,
-                        "token_embedding_storage_type": "row_sparse", "optimizer": "adagrad"},
+    "tied_row_sparse": {
+        "tied_token_embedding_weight": True,
+        "enc1_vocab_size": 50,
+        "token_embedding_storage_type": "row_sparse",
+        "optimizer": "adagrad",
+    },
     "tied_encoder": {"tied_encoder_weight": True, "enc1_vocab_size": 50},
     "no_mlp_dropout_buckets": {"mlp_layers": 0, "dropout": 0.2, "bucket_width": 2, "mlp_activation": "tanh"},
 }
@@ -51,12 +64,21 @@ QUERY1 = [[7], [8, 9], [1, 2, 3, 4, 5, 6], [49]]
 def train(name: str, tmp_path: Path) -> Object2Vec:
     hp = {**BASE, **VARIANTS[name]}
     task = {"regression": "regression", "multiclass": "multiclass"}.get(name, "binary")
-    records = latent_pairs(600, vocab0=50, vocab1=hp["enc1_vocab_size"], max_len0=6, max_len1=4, task=task,
-                           num_classes=hp.get("num_classes", 2), seed=1)
+    records = latent_pairs(
+        600,
+        vocab0=50,
+        vocab1=hp["enc1_vocab_size"],
+        max_len0=6,
+        max_len1=4,
+        task=task,
+        num_classes=hp.get("num_classes", 2),
+        seed=1,
+    )
     train_path = tmp_path / "train.jsonl"
     train_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return Object2Vec(**hp).fit(str(train_path), validation=str(train_path), seed=0, log=lambda line: None,
-                              progress=False)
+    return Object2Vec(**hp).fit(
+        str(train_path), validation=str(train_path), seed=0, log=lambda line: None, progress=False
+    )
 
 
 def outputs(model: Object2Vec) -> list[np.ndarray]:
@@ -116,12 +138,19 @@ def test_loaded_model_can_be_saved_again_unchanged(saved, tmp_path):
 
 def test_directory_contents(saved):
     model, model_dir = saved
-    assert sorted(p.name for p in model_dir.iterdir()) == ["hyperparameters.json", "metrics.json", "model.safetensors"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "hyperparameters.json",
+        "metrics.json",
+        "model.safetensors",
+    ]
     hyperparameters = json.loads((model_dir / "hyperparameters.json").read_text())
     assert isinstance(hyperparameters, dict)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in hyperparameters.items())
     assert parse_hyperparameters(hyperparameters) == model.hp
-    assert hyperparameters["enc_dim"] == "12" and hyperparameters["comparator_list"].replace(" ", "") == "hadamard,abs_diff"
+    assert (
+        hyperparameters["enc_dim"] == "12"
+        and hyperparameters["comparator_list"].replace(" ", "") == "hadamard,abs_diff"
+    )
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert set(metrics) == {"validation:accuracy", "validation:cross_entropy"}
     assert metrics == pytest.approx(model.metrics)
@@ -259,11 +288,15 @@ def test_metrics_file_is_optional(saved, tmp_path):
 
 def test_package_source_never_unpickles():
     package = Path(object2vec.__file__).parent
-    pattern = re.compile(r"\bpickle\b|torch\.load\b|\bdill\b|joblib|allow_pickle\s*=\s*True|weights_only\s*=\s*False")
-    offenders = [f"{path.relative_to(package)}:{number}: {line.strip()}"
-                 for path in package.rglob("*.py")
-                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
-                 if pattern.search(line) and "never" not in line.lower() and "no pickle" not in line.lower()]
+    pattern = re.compile(
+        r"\bpickle\b|torch\.load\b|\bdill\b|joblib|allow_pickle\s*=\s*True|weights_only\s*=\s*False"
+    )
+    offenders = [
+        f"{path.relative_to(package)}:{number}: {line.strip()}"
+        for path in package.rglob("*.py")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if pattern.search(line) and "never" not in line.lower() and "no pickle" not in line.lower()
+    ]
     assert offenders == []
 
 
@@ -275,15 +308,24 @@ def test_loading_works_with_pickle_and_torch_load_disabled(saved, monkeypatch):
         monkeypatch.setattr(pickle, name, forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
     model, model_dir = saved
-    np.testing.assert_array_equal(object2vec.load(model_dir).predict(in0=QUERY0, in1=QUERY1),
-                                  model.predict(in0=QUERY0, in1=QUERY1))
+    np.testing.assert_array_equal(
+        object2vec.load(model_dir).predict(in0=QUERY0, in1=QUERY1), model.predict(in0=QUERY0, in1=QUERY1)
+    )
 
 
 # --- the loaded model's inputs -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("in0, field", [([[1], [50]], "in0"), ([[1], []], "in0"), ([[1], [1.5]], "in0"),
-                                        ([[1], [True]], "in0"), ([[1], 3], "in0")])
+@pytest.mark.parametrize(
+    "in0, field",
+    [
+        ([[1], [50]], "in0"),
+        ([[1], []], "in0"),
+        ([[1], [1.5]], "in0"),
+        ([[1], [True]], "in0"),
+        ([[1], 3], "in0"),
+    ],
+)
 def test_bad_inference_input_names_instance_and_field(saved, in0, field):
     loaded = object2vec.load(saved[1])
     with pytest.raises(InputError) as err:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,9 +24,20 @@ from object2vec.sample_data import latent_pairs, write_jsonl
 ENTRYPOINT = Path(__file__).resolve().parents[1] / "docker" / "entrypoint"
 #: As SageMaker writes it: every value a string, and the internal keys of the notebooks.
 HYPERPARAMETERS = {
-    "enc0_network": "pooled_embedding", "enc0_max_seq_len": "1", "enc0_vocab_size": "50", "enc1_vocab_size": "60",
-    "enc0_token_embedding_dim": "16", "enc_dim": "16", "mlp_layers": "1", "mlp_dim": "32", "mlp_activation": "relu",
-    "learning_rate": "0.01", "epochs": "8", "mini_batch_size": "32", "_kvstore": "device", "_num_gpus": "auto",
+    "enc0_network": "pooled_embedding",
+    "enc0_max_seq_len": "1",
+    "enc0_vocab_size": "50",
+    "enc1_vocab_size": "60",
+    "enc0_token_embedding_dim": "16",
+    "enc_dim": "16",
+    "mlp_layers": "1",
+    "mlp_dim": "32",
+    "mlp_activation": "relu",
+    "learning_rate": "0.01",
+    "epochs": "8",
+    "mini_batch_size": "32",
+    "_kvstore": "device",
+    "_num_gpus": "auto",
 }
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -47,14 +57,25 @@ def make_ml_root(root: Path, hyperparameters: dict[str, str]) -> Path:
 
 def run_entrypoint(*args: str, ml_root: Path, **kwargs) -> subprocess.CompletedProcess | subprocess.Popen:
     """The image's entrypoint, as `docker run IMAGE <args>`, with /opt/ml moved to ``ml_root``."""
-    env = {**os.environ, "OBJECT2VEC_ML_ROOT": str(ml_root), "OMP_NUM_THREADS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "OBJECT2VEC_ML_ROOT": str(ml_root),
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     for variable in ("SM_MODEL_DIR", "SM_OUTPUT_DIR", "SM_INPUT_CONFIG_DIR", "WORLD_SIZE", "RANK"):
         env.pop(variable, None)
     if kwargs.pop("background", False):
-        return subprocess.Popen(["sh", str(ENTRYPOINT), *args], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(["sh", str(ENTRYPOINT), *args], env=env, capture_output=True, text=True, timeout=180)
+        return subprocess.Popen(
+            ["sh", str(ENTRYPOINT), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    return subprocess.run(
+        ["sh", str(ENTRYPOINT), *args], env=env, capture_output=True, text=True, timeout=180
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +96,20 @@ def test_layout_paths_follow_the_root_option_then_the_environment(tmp_path):
     layout = Layout.find(tmp_path / "explicit", environ={"OBJECT2VEC_ML_ROOT": str(tmp_path)})
     assert layout.hyperparameters_file == tmp_path / "explicit" / "input" / "config" / "hyperparameters.json"
     assert layout.failure_file == tmp_path / "explicit" / "output" / "failure"
-    sm = Layout.find(tmp_path, environ={"SM_MODEL_DIR": "/m", "SM_OUTPUT_DIR": "/o", "SM_INPUT_CONFIG_DIR": "/c",
-                                        "SM_CHANNEL_TRAIN": str(tmp_path)})
+    sm = Layout.find(
+        tmp_path,
+        environ={
+            "SM_MODEL_DIR": "/m",
+            "SM_OUTPUT_DIR": "/o",
+            "SM_INPUT_CONFIG_DIR": "/c",
+            "SM_CHANNEL_TRAIN": str(tmp_path),
+        },
+    )
     assert (sm.model_dir, sm.failure_file, sm.hyperparameters_file) == (
-        Path("/m"), Path("/o/failure"), Path("/c/hyperparameters.json"))
+        Path("/m"),
+        Path("/o/failure"),
+        Path("/c/hyperparameters.json"),
+    )
     assert sm.channel("train") == tmp_path and sm.channel("validation") is None  # absent channel
     assert not Layout.find(tmp_path / "nothing", environ={}).is_training_job()
 
@@ -103,11 +134,18 @@ def test_the_image_runs_the_entrypoint_these_tests_run():
 
 def test_train_writes_the_model_from_the_layout(trained_ml_root):
     model_dir = trained_ml_root / "model"
-    assert {"hyperparameters.json", "model.safetensors", "metrics.json"} <= {p.name for p in model_dir.iterdir()}
+    assert {"hyperparameters.json", "model.safetensors", "metrics.json"} <= {
+        p.name for p in model_dir.iterdir()
+    }
     saved = json.loads((model_dir / "hyperparameters.json").read_text())
     assert saved["mlp_dim"] == "32" and "_kvstore" not in saved
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert set(metrics) == {"validation:accuracy", "validation:cross_entropy", "test:accuracy", "test:cross_entropy"}
+    assert set(metrics) == {
+        "validation:accuracy",
+        "validation:cross_entropy",
+        "test:accuracy",
+        "test:cross_entropy",
+    }
     assert metrics["test:accuracy"] >= 0.8
     assert not (trained_ml_root / "output" / "failure").exists()
 
@@ -146,13 +184,7 @@ def test_train_without_data_or_layout_names_both_ways(tmp_path, capsys):
 # --- serve ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_serve_loads_the_tarred_model_and_answers_ping(trained_ml_root, tmp_path):
+def test_serve_loads_the_tarred_model_and_answers_ping(trained_ml_root, tmp_path, free_port):
     hosting = tmp_path / "hosting"  # what SageMaker hands an endpoint: model.tar.gz in /opt/ml/model
     (hosting / "model").mkdir(parents=True)
     artifact.archive(trained_ml_root / "model", hosting / "model" / "model.tar.gz")

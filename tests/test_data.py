@@ -10,21 +10,28 @@ import pytest
 import torch
 
 from object2vec.columns import SequenceColumn
+from object2vec.hyperparameters import parse_hyperparameters
 from object2vec.training.data import (
     DataError,
     PairDataset,
     batch_order,
-    epoch_size,
     epoch_pairs,
+    epoch_size,
     iter_json_lines,
     iterate_batches,
     load_pairs,
 )
-from object2vec.hyperparameters import parse_hyperparameters
 
 #: enc0 takes IDs in [0, 10) and up to 4 tokens; enc1 IDs in [0, 20) and up to 3 tokens.
-SOFTMAX = parse_hyperparameters({"enc0_max_seq_len": "4", "enc0_vocab_size": "10", "enc1_max_seq_len": "3",
-                                 "enc1_vocab_size": "20", "num_classes": "3"})
+SOFTMAX = parse_hyperparameters(
+    {
+        "enc0_max_seq_len": "4",
+        "enc0_vocab_size": "10",
+        "enc1_max_seq_len": "3",
+        "enc1_vocab_size": "20",
+        "num_classes": "3",
+    }
+)
 REGRESSION = SOFTMAX.replace(output_layer="mean_squared_error")
 
 GOOD = [
@@ -35,7 +42,9 @@ GOOD = [
 
 
 def as_tuples(data: PairDataset) -> list[tuple]:
-    return [(data.labels[i].item(), data.in0.get(i).tolist(), data.in1.get(i).tolist()) for i in range(len(data))]
+    return [
+        (data.labels[i].item(), data.in0.get(i).tolist(), data.in1.get(i).tolist()) for i in range(len(data))
+    ]
 
 
 def records_as_tuples(records: list[dict]) -> list[tuple]:
@@ -93,9 +102,11 @@ def test_integral_float_class_label_is_accepted(write_jsonl):
 
 @pytest.mark.parametrize("make", ["missing_file", "empty_dir", "empty_file"])
 def test_missing_or_empty_channel(tmp_path, write_jsonl, make):
-    path = {"missing_file": lambda: tmp_path / "nope.jsonl",
-            "empty_dir": lambda: (tmp_path / "empty").mkdir() or tmp_path / "empty",
-            "empty_file": lambda: write_jsonl([""])}[make]()
+    path = {
+        "missing_file": lambda: tmp_path / "nope.jsonl",
+        "empty_dir": lambda: (tmp_path / "empty").mkdir() or tmp_path / "empty",
+        "empty_file": lambda: write_jsonl([""]),
+    }[make]()
     with pytest.raises(DataError) as err:
         load_pairs(path, SOFTMAX)
     assert str(path) in str(err.value)
@@ -210,7 +221,9 @@ def test_batches_cover_each_record_once_with_correct_padding(write_jsonl):
         for row in range(len(batch)):
             n0, n1 = batch.len0[row].item(), batch.len1[row].item()
             assert batch.in0[row, n0:].eq(0).all() and batch.in1[row, n1:].eq(0).all()
-            seen.append((batch.labels[row].item(), batch.in0[row, :n0].tolist(), batch.in1[row, :n1].tolist()))
+            seen.append(
+                (batch.labels[row].item(), batch.in0[row, :n0].tolist(), batch.in1[row, :n1].tolist())
+            )
     assert Counter(map(repr, seen)) == Counter(map(repr, as_tuples(data)))
     assert epoch_size(data, 0) == len(data)
 
@@ -223,8 +236,7 @@ def epoch_label_order(data: PairDataset, rng, shuffle=True) -> list[int]:
 
 
 def test_shuffled_differently_every_epoch():
-    data = PairDataset(SequenceColumn.from_lists([[i] for i in range(100)]),
-                       SequenceColumn.from_lists([[1]] * 100), np.zeros(100, dtype=np.int64))
+    data = PairDataset.from_sequences([[i] for i in range(100)], [[1]] * 100, np.zeros(100))
     rng = np.random.default_rng(0)
     epochs = [epoch_label_order(data, rng) for _ in range(3)]
     assert all(sorted(order) == list(range(100)) for order in epochs)
@@ -238,9 +250,9 @@ def test_shuffled_differently_every_epoch():
 
 def positives(n: int, regression: bool = False) -> PairDataset:
     """Record i is ([i], [100 + i], label 1): every pair is identifiable from its tokens."""
-    labels = np.ones(n, dtype=np.float32 if regression else np.int64)
-    return PairDataset(SequenceColumn.from_lists([[i] for i in range(n)]),
-                       SequenceColumn.from_lists([[100 + i] for i in range(n)]), labels)
+    return PairDataset.from_sequences(
+        [[i] for i in range(n)], [[100 + i] for i in range(n)], np.ones(n), regression
+    )
 
 
 @pytest.mark.parametrize("rate", [1, 3, 5])
@@ -317,8 +329,7 @@ def test_bucketing_groups_similar_lengths():
 
 def test_bucketed_batches_through_iterate_batches():
     sequences = [[1] * (1 + i % 12) for i in range(120)]
-    data = PairDataset(SequenceColumn.from_lists(sequences), SequenceColumn.from_lists(sequences),
-                       np.zeros(120, dtype=np.int64))
+    data = PairDataset.from_sequences(sequences, sequences, np.zeros(120))
     total = 0
     for batch in iterate_batches(data, 8, shuffle=True, bucket_width=3, rng=np.random.default_rng(0)):
         assert batch.len0.max() - batch.len0.min() < 3

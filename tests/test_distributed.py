@@ -13,27 +13,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import METRIC_LINE
 
-from object2vec.training import distributed
 from object2vec.cli import main
-from object2vec.training.distributed import Context, backend_for, local_device, shard_indices
 from object2vec.errors import UsageError
 from object2vec.hyperparameters import HyperparameterError, parse_hyperparameters
 from object2vec.sample_data import latent_pairs
+from object2vec.training import distributed
+from object2vec.training.distributed import Context, backend_for, local_device, shard_indices
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 HYPERPARAMETERS = [
-    "enc0_network=pooled_embedding", "enc0_max_seq_len=1", "enc0_vocab_size=50", "enc1_vocab_size=60",
-    "enc0_token_embedding_dim=16", "enc_dim=16", "mlp_layers=1", "mlp_dim=64", "mlp_activation=relu",
-    "learning_rate=0.01", "epochs=10", "early_stopping_patience=5", "early_stopping_tolerance=0.001",
+    "enc0_network=pooled_embedding",
+    "enc0_max_seq_len=1",
+    "enc0_vocab_size=50",
+    "enc1_vocab_size=60",
+    "enc0_token_embedding_dim=16",
+    "enc_dim=16",
+    "mlp_layers=1",
+    "mlp_dim=64",
+    "mlp_activation=relu",
+    "learning_rate=0.01",
+    "epochs=10",
+    "early_stopping_patience=5",
+    "early_stopping_tolerance=0.001",
 ]
-METRIC_LINE = re.compile(r"^(validation|test):(accuracy|cross_entropy|mean_squared_error)=(\S+)$", re.M)
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def printed_metrics(text: str) -> dict[str, float]:
-    return {f"{channel}:{name}": float(value) for channel, name, value in METRIC_LINE.findall(text)}
 
 
 @pytest.fixture
@@ -100,22 +106,45 @@ def channels(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("channels")
     records = latent_pairs(2400, latent_dim=2, seed=5)
-    return {"train": write_jsonl(records[:2001], root / "train.jsonl"),  # odd: one record left out
-            "validation": write_jsonl(records[2001:2200], root / "validation.jsonl"),
-            "test": write_jsonl(records[2200:], root / "test.jsonl")}
+    return {
+        "train": write_jsonl(records[:2001], root / "train.jsonl"),  # odd: one record left out
+        "validation": write_jsonl(records[2001:2200], root / "validation.jsonl"),
+        "test": write_jsonl(records[2200:], root / "test.jsonl"),
+    }
 
 
-def torchrun(channels: dict[str, Path], model_dir: Path, *params: str, shard_log: Path | None = None,
-             nproc: int = 2) -> subprocess.CompletedProcess:
+def torchrun(
+    channels: dict[str, Path], model_dir: Path, *params: str, shard_log: Path | None = None, nproc: int = 2
+) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=2 -m object2vec train ... --device cpu`` (gloo)."""
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     env.update(OMP_NUM_THREADS="1")
     if shard_log is not None:
         env[distributed.SHARD_LOG_ENV] = str(shard_log)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "object2vec", "train", "--device", "cpu", "--seed", "0", "--no-progress",
-               "--train", str(channels["train"]), "--validation", str(channels["validation"]),
-               "--test", str(channels["test"]), "--model-dir", str(model_dir), *params]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "object2vec",
+        "train",
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+        "--no-progress",
+        "--train",
+        str(channels["train"]),
+        "--validation",
+        str(channels["validation"]),
+        "--test",
+        str(channels["test"]),
+        "--model-dir",
+        str(model_dir),
+        *params,
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
@@ -124,21 +153,39 @@ def torchrun(channels: dict[str, Path], model_dir: Path, *params: str, shard_log
 @pytest.fixture(scope="module")
 def single_process(channels, tmp_path_factory) -> dict[str, float]:
     model_dir = tmp_path_factory.mktemp("one") / "model"
-    args = ["train", "--device", "cpu", "--seed", "0", "--no-progress", "--train", str(channels["train"]),
-            "--validation", str(channels["validation"]), "--test", str(channels["test"]),
-            "--model-dir", str(model_dir), *HYPERPARAMETERS]
+    args = [
+        "train",
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+        "--no-progress",
+        "--train",
+        str(channels["train"]),
+        "--validation",
+        str(channels["validation"]),
+        "--test",
+        str(channels["test"]),
+        "--model-dir",
+        str(model_dir),
+        *HYPERPARAMETERS,
+    ]
     assert main(args) == 0
     return json.loads((model_dir / "metrics.json").read_text())
 
 
-def test_two_gloo_processes_train_as_well_as_one_on_disjoint_shards(channels, single_process, tmp_path):
+def test_two_gloo_processes_train_as_well_as_one_on_disjoint_shards(
+    channels, single_process, tmp_path, printed_metrics
+):
     model_dir, shard_log = tmp_path / "model", tmp_path / "shards"
     done = torchrun(channels, model_dir, *HYPERPARAMETERS, shard_log=shard_log)
 
     # Only rank 0 prints metrics and writes the model; what it printed is what it saved.
     printed = printed_metrics(done.stdout)
     assert len(METRIC_LINE.findall(done.stdout)) == 4
-    assert done.stdout.count("model saved to") == 1 and len(re.findall(r"^epoch 1/10 ", done.stdout, re.M)) == 1
+    assert (
+        done.stdout.count("model saved to") == 1 and len(re.findall(r"^epoch 1/10 ", done.stdout, re.M)) == 1
+    )
     saved = json.loads((model_dir / "metrics.json").read_text())
     assert printed == pytest.approx(saved, rel=1e-5)
 
@@ -160,15 +207,40 @@ def test_two_processes_with_tied_tables_negatives_and_buckets(tied, tmp_path):
     with several processes.)"""
     from object2vec.sample_data import write_jsonl
 
-    records = latent_pairs(1600, vocab0=40, vocab1=40, max_len0=4, max_len1=4, latent_dim=2, seed=9,
-                           same_kind="tied_encoder" in tied)  # one encoder needs one token space
-    channels = {"train": write_jsonl(records[:1200], tmp_path / "train.jsonl"),
-                "validation": write_jsonl(records[1200:1400], tmp_path / "validation.jsonl"),
-                "test": write_jsonl(records[1400:], tmp_path / "test.jsonl")}
-    params = ["enc0_network=pooled_embedding", "enc0_max_seq_len=4", "enc1_max_seq_len=4", "enc0_vocab_size=40",
-              "enc1_vocab_size=40", "enc0_token_embedding_dim=16", "enc_dim=16", "mlp_layers=1", "mlp_dim=32",
-              "mlp_activation=relu", "learning_rate=0.02", "epochs=15", tied, "negative_sampling_rate=1", "bucket_width=1",
-              "early_stopping_patience=5", "early_stopping_tolerance=0.001"]
+    records = latent_pairs(
+        1600,
+        vocab0=40,
+        vocab1=40,
+        max_len0=4,
+        max_len1=4,
+        latent_dim=2,
+        seed=9,
+        same_kind="tied_encoder" in tied,
+    )  # one encoder needs one token space
+    channels = {
+        "train": write_jsonl(records[:1200], tmp_path / "train.jsonl"),
+        "validation": write_jsonl(records[1200:1400], tmp_path / "validation.jsonl"),
+        "test": write_jsonl(records[1400:], tmp_path / "test.jsonl"),
+    }
+    params = [
+        "enc0_network=pooled_embedding",
+        "enc0_max_seq_len=4",
+        "enc1_max_seq_len=4",
+        "enc0_vocab_size=40",
+        "enc1_vocab_size=40",
+        "enc0_token_embedding_dim=16",
+        "enc_dim=16",
+        "mlp_layers=1",
+        "mlp_dim=32",
+        "mlp_activation=relu",
+        "learning_rate=0.02",
+        "epochs=15",
+        tied,
+        "negative_sampling_rate=1",
+        "bucket_width=1",
+        "early_stopping_patience=5",
+        "early_stopping_tolerance=0.001",
+    ]
     torchrun(channels, tmp_path / "model", *params)
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["test:accuracy"] >= 0.7  # chance is 0.5; one process reaches about 0.8 here
@@ -178,8 +250,14 @@ def test_early_stopping_stops_every_rank_at_the_same_epoch(channels, tmp_path):
     """A rank that stopped alone would leave the other waiting in an all-reduce: the run would
     hang (and time out) instead of finishing."""
     params = [p for p in HYPERPARAMETERS if not p.startswith(("epochs", "early_stopping"))]
-    done = torchrun(channels, tmp_path / "model", *params, "epochs=8", "early_stopping_patience=1",
-                    "early_stopping_tolerance=0.1")
+    done = torchrun(
+        channels,
+        tmp_path / "model",
+        *params,
+        "epochs=8",
+        "early_stopping_patience=1",
+        "early_stopping_tolerance=0.1",
+    )
     stopped = re.search(r"^early stopping after epoch (\d+)", done.stdout, re.M)
     assert stopped and int(stopped.group(1)) < 8
     assert (tmp_path / "model" / "model.safetensors").is_file()

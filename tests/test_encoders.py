@@ -9,12 +9,19 @@ import torch
 import object2vec
 from object2vec import Object2Vec, cli
 from object2vec.columns import SequenceColumn
-from object2vec.training.data import PairDataset, batch_order
 from object2vec.hyperparameters import parse_hyperparameters
 from object2vec.nn import Object2VecNet
-from object2vec.nn.encoders import (ENCODERS, BiLstmEncoder, HcnnEncoder, PooledEmbeddingEncoder, auto_layers,
-                                    make_token_table, receptive_field)
+from object2vec.nn.encoders import (
+    ENCODERS,
+    BiLstmEncoder,
+    HcnnEncoder,
+    PooledEmbeddingEncoder,
+    auto_layers,
+    make_token_table,
+    receptive_field,
+)
 from object2vec.sample_data import write_jsonl
+from object2vec.training.data import PairDataset, batch_order
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,27 +38,43 @@ def bigram_order_pairs(n: int, seed: int, length: int = 7, vocab: int = 12) -> P
         filler = rng.integers(3, vocab, size=length - 2).tolist()
         at = int(rng.integers(0, length - 1))
         in0.append(filler[:at] + ([1, 2] if label else [2, 1]) + filler[at:])
-    return PairDataset(SequenceColumn.from_lists(in0), SequenceColumn.from_lists([[1]] * n), labels.astype(np.int64))
+    return PairDataset.from_sequences(in0, [[1]] * n, labels)
 
 
 def order_model(network: str) -> Object2Vec:
-    return Object2Vec(enc0_network=network, enc1_network="pooled_embedding", enc0_max_seq_len=7, enc1_max_seq_len=1,
-                      enc0_vocab_size=12, enc1_vocab_size=2, enc0_token_embedding_dim=16, enc1_token_embedding_dim=16,
-                      enc_dim=16, mlp_layers=1, mlp_dim=16, mlp_activation="relu", learning_rate=0.01, epochs=6,
-                      mini_batch_size=32, early_stopping_patience=5)
+    return Object2Vec(
+        enc0_network=network,
+        enc1_network="pooled_embedding",
+        enc0_max_seq_len=7,
+        enc1_max_seq_len=1,
+        enc0_vocab_size=12,
+        enc1_vocab_size=2,
+        enc0_token_embedding_dim=16,
+        enc1_token_embedding_dim=16,
+        enc_dim=16,
+        mlp_layers=1,
+        mlp_dim=16,
+        mlp_activation="relu",
+        learning_rate=0.01,
+        epochs=6,
+        mini_batch_size=32,
+        early_stopping_patience=5,
+    )
 
 
 @pytest.mark.parametrize("network", SEQUENCE_ENCODERS)
 def test_sequence_encoders_learn_word_order(network):
-    model = order_model(network).fit(bigram_order_pairs(1200, seed=1), bigram_order_pairs(400, seed=2), seed=0,
-                                      log=lambda _: None)
+    model = order_model(network).fit(
+        bigram_order_pairs(1200, seed=1), bigram_order_pairs(400, seed=2), seed=0, log=lambda _: None
+    )
     assert model.metrics["validation:accuracy"] >= 0.9
 
 
 def test_mean_pooling_cannot_see_order():
     """The control: the same task is at chance for a bag-of-words encoder."""
-    model = order_model("pooled_embedding").fit(bigram_order_pairs(1200, seed=1), bigram_order_pairs(400, seed=2),
-                                                seed=0, log=lambda _: None)
+    model = order_model("pooled_embedding").fit(
+        bigram_order_pairs(1200, seed=1), bigram_order_pairs(400, seed=2), seed=0, log=lambda _: None
+    )
     assert model.metrics["validation:accuracy"] <= 0.62
 
 
@@ -94,8 +117,11 @@ def test_auto_depth_rule():
 
 
 def test_encoders_registered_and_output_enc_dim():
-    assert {"pooled_embedding": PooledEmbeddingEncoder, "hcnn": HcnnEncoder, "bilstm": BiLstmEncoder}.items() <= \
-        ENCODERS.items()
+    assert {
+        "pooled_embedding": PooledEmbeddingEncoder,
+        "hcnn": HcnnEncoder,
+        "bilstm": BiLstmEncoder,
+    }.items() <= ENCODERS.items()
     for network in ENCODERS:
         out = build(network)(torch.tensor([[3, 4, 0], [5, 0, 0]]), torch.tensor([2, 1]))
         assert out.shape == (2, 10) and torch.isfinite(out).all()
@@ -104,11 +130,33 @@ def test_encoders_registered_and_output_enc_dim():
 @pytest.mark.parametrize("network", SEQUENCE_ENCODERS)
 def test_cli_trains_sequence_model_that_embeds_and_scores(tmp_path, network, capsys):
     records = object2vec.sample_data.latent_pairs(300, vocab0=40, vocab1=40, max_len0=6, max_len1=6, seed=3)
-    train, validation = write_jsonl(records[:240], tmp_path / "train.jsonl"), write_jsonl(records[240:], tmp_path / "v.jsonl")
-    code = cli.main(["train", "--train", str(train), "--validation", str(validation), "--model-dir",
-                     str(tmp_path / "model"), "--seed", "0", f"enc0_network={network}", "enc1_network=enc0",
-                     "enc0_max_seq_len=6", "enc0_vocab_size=40", "enc0_token_embedding_dim=8", "enc_dim=8",
-                     "mlp_layers=1", "mlp_dim=8", "epochs=2", "bucket_width=2"])
+    train, validation = (
+        write_jsonl(records[:240], tmp_path / "train.jsonl"),
+        write_jsonl(records[240:], tmp_path / "v.jsonl"),
+    )
+    code = cli.main(
+        [
+            "train",
+            "--train",
+            str(train),
+            "--validation",
+            str(validation),
+            "--model-dir",
+            str(tmp_path / "model"),
+            "--seed",
+            "0",
+            f"enc0_network={network}",
+            "enc1_network=enc0",
+            "enc0_max_seq_len=6",
+            "enc0_vocab_size=40",
+            "enc0_token_embedding_dim=8",
+            "enc_dim=8",
+            "mlp_layers=1",
+            "mlp_dim=8",
+            "epochs=2",
+            "bucket_width=2",
+        ]
+    )
     assert code == 0 and "validation:accuracy=" in capsys.readouterr().out
     model = object2vec.load(tmp_path / "model")
     assert (model.hp.enc0_network, model.hp.enc1_network) == (network, network)
@@ -125,11 +173,19 @@ def test_bucketing_does_not_change_predictions(network):
     """The same trained model scores every record identically whether the batches are
     bucketed by length (little padding) or not (much padding, other neighbours)."""
     records = object2vec.sample_data.latent_pairs(160, vocab0=30, vocab1=30, max_len0=25, max_len1=25, seed=5)
-    data = PairDataset(SequenceColumn.from_lists([r["in0"] for r in records]),
-                       SequenceColumn.from_lists([r["in1"] for r in records]),
-                       np.array([r["label"] for r in records], dtype=np.int64))
-    model = Object2Vec(enc0_network=network, enc1_network="enc0", enc0_max_seq_len=25, enc0_vocab_size=30,
-                       enc0_token_embedding_dim=8, enc_dim=8, mlp_layers=1, mlp_dim=8, epochs=1, bucket_width=5)
+    data = PairDataset.from_records(records)
+    model = Object2Vec(
+        enc0_network=network,
+        enc1_network="enc0",
+        enc0_max_seq_len=25,
+        enc0_vocab_size=30,
+        enc0_token_embedding_dim=8,
+        enc_dim=8,
+        mlp_layers=1,
+        mlp_dim=8,
+        epochs=1,
+        bucket_width=5,
+    )
     model.fit(data, seed=0, log=lambda _: None)
     net = model.net.eval()
     lengths0, lengths1 = data.in0.lengths, data.in1.lengths
@@ -149,11 +205,25 @@ def test_bucketing_does_not_change_predictions(network):
 
 def test_enc1_enc0_copies_architecture_with_own_weights():
     """Untied tables: own weights from their own initialisation (tied tables start mirrored, below)."""
-    net = Object2VecNet(parse_hyperparameters(
-        {"enc0_network": "hcnn", "enc1_network": "enc0", "enc0_max_seq_len": "20", "enc0_vocab_size": "30",
-         "enc0_layers": "2", "enc0_cnn_filter_width": "5", "enc0_token_embedding_dim": "8", "enc_dim": "8"}))
+    net = Object2VecNet(
+        parse_hyperparameters(
+            {
+                "enc0_network": "hcnn",
+                "enc1_network": "enc0",
+                "enc0_max_seq_len": "20",
+                "enc0_vocab_size": "30",
+                "enc0_layers": "2",
+                "enc0_cnn_filter_width": "5",
+                "enc0_token_embedding_dim": "8",
+                "enc_dim": "8",
+            }
+        )
+    )
     enc0, enc1 = net.encoders
-    assert type(enc1) is HcnnEncoder and (enc1.depth, enc1.filter_width) == (2, 5) == (enc0.depth, enc0.filter_width)
+    assert type(enc1) is HcnnEncoder and (enc1.depth, enc1.filter_width) == (2, 5) == (
+        enc0.depth,
+        enc0.filter_width,
+    )
     assert enc0.embedding is not enc1.embedding
     params0, params1 = dict(enc0.named_parameters()), dict(enc1.named_parameters())
     assert params0.keys() == params1.keys()
@@ -163,15 +233,25 @@ def test_enc1_enc0_copies_architecture_with_own_weights():
 
 def net_for(**hp) -> Object2VecNet:
     torch.manual_seed(0)
-    return Object2VecNet(parse_hyperparameters({"enc0_vocab_size": "500", "enc0_token_embedding_dim": "64",
-                                                "enc_dim": "16", **hp}))
+    return Object2VecNet(
+        parse_hyperparameters(
+            {"enc0_vocab_size": "500", "enc0_token_embedding_dim": "64", "enc_dim": "16", **hp}
+        )
+    )
 
 
 def test_id_tables_start_small_and_word_tables_at_unit_scale():
     ids = net_for(enc0_network="pooled_embedding", enc0_max_seq_len="1")
-    words = net_for(enc0_network="pooled_embedding", enc0_max_seq_len="20", tied_token_embedding_weight="True")
-    mixed = net_for(enc0_network="bilstm", enc0_max_seq_len="20", enc1_network="pooled_embedding",
-                    enc1_max_seq_len="1", enc1_vocab_size="50")
+    words = net_for(
+        enc0_network="pooled_embedding", enc0_max_seq_len="20", tied_token_embedding_weight="True"
+    )
+    mixed = net_for(
+        enc0_network="bilstm",
+        enc0_max_seq_len="20",
+        enc1_network="pooled_embedding",
+        enc1_max_seq_len="1",
+        enc1_vocab_size="50",
+    )
     assert ids.token_tables[0].weight.std().item() == pytest.approx(0.01, rel=0.05)
     assert words.token_tables[0].weight.std().item() == pytest.approx(1.0, rel=0.05)
     assert [round(t.weight.std().item(), 2) for t in mixed.token_tables] == [1.0, 0.01]
@@ -193,11 +273,23 @@ def test_tied_like_encoders_start_as_mirror_images_then_train_apart(network):
 def test_untied_or_different_encoders_keep_their_own_start():
     untied = net_for(enc0_network="pooled_embedding", enc0_max_seq_len="12")
     assert not torch.equal(untied.encoders[0].project.weight, untied.encoders[1].project.weight)
-    deeper = net_for(enc0_network="hcnn", enc0_max_seq_len="12", enc0_layers="1", enc1_network="hcnn",
-                     enc1_layers="2", enc1_token_embedding_dim="64", tied_token_embedding_weight="True")
+    deeper = net_for(
+        enc0_network="hcnn",
+        enc0_max_seq_len="12",
+        enc0_layers="1",
+        enc1_network="hcnn",
+        enc1_layers="2",
+        enc1_token_embedding_dim="64",
+        tied_token_embedding_weight="True",
+    )
     assert not torch.equal(deeper.encoders[0].convs[0].weight, deeper.encoders[1].convs[0].weight)
-    mixed = net_for(enc0_network="hcnn", enc0_max_seq_len="12", enc1_network="pooled_embedding",
-                    enc1_token_embedding_dim="64", tied_token_embedding_weight="True")
+    mixed = net_for(
+        enc0_network="hcnn",
+        enc0_max_seq_len="12",
+        enc1_network="pooled_embedding",
+        enc1_token_embedding_dim="64",
+        tied_token_embedding_weight="True",
+    )
     assert type(mixed.encoders[1]) is PooledEmbeddingEncoder
 
 
@@ -216,9 +308,15 @@ def test_tied_encoder_is_one_encoder_for_both_inputs(network):
     assert torch.equal(net.encode(0, ids, lengths), net.encode(1, ids, lengths))
 
 
-@pytest.mark.parametrize("network, lengths, depth", [("hcnn", (3, 40), 4), ("hcnn", (40, 3), 4),
-                                                     ("bilstm", (10, 100), 2), ("hcnn", (3, 3), 1)])
+@pytest.mark.parametrize(
+    "network, lengths, depth",
+    [("hcnn", (3, 40), 4), ("hcnn", (40, 3), 4), ("bilstm", (10, 100), 2), ("hcnn", (3, 3), 1)],
+)
 def test_tied_encoder_auto_depth_covers_the_longer_input(network, lengths, depth):
-    net = net_for(enc0_network=network, enc0_max_seq_len=str(lengths[0]), enc1_max_seq_len=str(lengths[1]),
-                  tied_encoder_weight="True")
+    net = net_for(
+        enc0_network=network,
+        enc0_max_seq_len=str(lengths[0]),
+        enc1_max_seq_len=str(lengths[1]),
+        tied_encoder_weight="True",
+    )
     assert net.encoder(1).depth == depth

@@ -178,17 +178,27 @@ def test_just_outside_the_range_is_refused(name, side):
 # --- string forms as in a SageMaker hyperparameters.json ------------------------------------
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("True", True), ("true", True), ("TRUE", True), ("False", False), ("false", False),
-    (True, True), (False, False),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("True", True),
+        ("true", True),
+        ("TRUE", True),
+        ("False", False),
+        ("false", False),
+        (True, True),
+        (False, False),
+    ],
+)
 def test_boolean_strings(raw, expected):
     assert parse(tied_token_embedding_weight=raw).tied_token_embedding_weight is expected
     assert parse(enc1_freeze_pretrained_embedding=raw).enc1_freeze_pretrained_embedding is expected
 
 
-@pytest.mark.parametrize("raw, expected", [("0.001", 0.001), ("1e-3", 0.001), ("1E-3", 0.001), (" 0.5 ", 0.5),
-                                           ("1", 1.0), (0.02, 0.02), (1, 1.0)])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [("0.001", 0.001), ("1e-3", 0.001), ("1E-3", 0.001), (" 0.5 ", 0.5), ("1", 1.0), (0.02, 0.02), (1, 1.0)],
+)
 def test_float_strings(raw, expected):
     assert parse(learning_rate=raw).learning_rate == pytest.approx(expected, rel=1e-12)
 
@@ -204,17 +214,38 @@ def test_layers_auto_or_int(raw, expected):
     assert parse(enc0_layers=raw).enc0_layers == expected
 
 
-@pytest.mark.parametrize("name, raw", [
-    ("enc_dim", "abc"), ("enc_dim", "64.5"), ("enc_dim", 64.5), ("enc_dim", True), ("enc_dim", "1e999"),
-    ("enc_dim", [64]), ("epochs", "ten"), ("learning_rate", "fast"), ("learning_rate", "nan"),
-    ("learning_rate", "inf"), ("learning_rate", float("nan")), ("learning_rate", True), ("dropout", "1e999"),
-    ("enc0_layers", "automatic"), ("enc0_layers", "0"), ("enc0_layers", "5"),
-    ("tied_token_embedding_weight", "yes please"), ("tied_token_embedding_weight", "2"),
-    ("optimizer", "momentum"), ("output_layer", "sigmoid"), ("mlp_activation", "gelu"),
-    ("enc0_network", "enc0"), ("enc0_network", "transformer"), ("enc1_network", "lstm"),
-    ("token_embedding_storage_type", "sparse"), ("comparator_list", "hadamard, dot"),
-    ("comparator_list", ",,"),
-])
+@pytest.mark.parametrize(
+    "name, raw",
+    [
+        ("enc_dim", "abc"),
+        ("enc_dim", "64.5"),
+        ("enc_dim", 64.5),
+        ("enc_dim", True),
+        ("enc_dim", "1e999"),
+        ("enc_dim", [64]),
+        ("epochs", "ten"),
+        ("learning_rate", "fast"),
+        ("learning_rate", "nan"),
+        ("learning_rate", "inf"),
+        ("learning_rate", float("nan")),
+        ("learning_rate", True),
+        ("dropout", "1e999"),
+        ("enc0_layers", "automatic"),
+        ("enc0_layers", "0"),
+        ("enc0_layers", "5"),
+        ("tied_token_embedding_weight", "yes please"),
+        ("tied_token_embedding_weight", "2"),
+        ("optimizer", "momentum"),
+        ("output_layer", "sigmoid"),
+        ("mlp_activation", "gelu"),
+        ("enc0_network", "enc0"),
+        ("enc0_network", "transformer"),
+        ("enc1_network", "lstm"),
+        ("token_embedding_storage_type", "sparse"),
+        ("comparator_list", "hadamard, dot"),
+        ("comparator_list", ",,"),
+    ],
+)
 def test_bad_values_name_key_value_and_range(name, raw):
     with pytest.raises(HyperparameterError) as err:
         parse(**{name: raw})
@@ -259,24 +290,36 @@ def test_errors_are_value_errors():
 def test_enc1_sizes_default_to_enc0s():
     hp = parse_hyperparameters({"enc0_max_seq_len": "7", "enc0_vocab_size": "99"})
     assert (hp.enc1_max_seq_len, hp.enc1_vocab_size) == (7, 99)
-    hp = parse_hyperparameters({"enc0_max_seq_len": "7", "enc0_vocab_size": "99",
-                                "enc1_max_seq_len": "3", "enc1_vocab_size": "5"})
+    hp = parse_hyperparameters(
+        {"enc0_max_seq_len": "7", "enc0_vocab_size": "99", "enc1_max_seq_len": "3", "enc1_vocab_size": "5"}
+    )
     assert (hp.enc0_max_seq_len, hp.enc0_vocab_size, hp.enc1_max_seq_len, hp.enc1_vocab_size) == (7, 99, 3, 5)
 
 
 def test_enc1_network_enc0_copies_enc0_architecture_and_settings():
-    hp = parse(enc0_network="bilstm", enc0_token_embedding_dim="64", enc0_layers="2", enc0_cnn_filter_width="5")
+    hp = parse(
+        enc0_network="bilstm", enc0_token_embedding_dim="64", enc0_layers="2", enc0_cnn_filter_width="5"
+    )
     assert hp.enc1_network == "bilstm"
     assert (hp.enc1_token_embedding_dim, hp.enc1_layers, hp.enc1_cnn_filter_width) == (64, 2, 5)
-    explicit = parse(enc0_network="bilstm", enc1_network="enc0", enc0_token_embedding_dim="64", enc0_layers="2",
-                     enc0_cnn_filter_width="5")
+    explicit = parse(
+        enc0_network="bilstm",
+        enc1_network="enc0",
+        enc0_token_embedding_dim="64",
+        enc0_layers="2",
+        enc0_cnn_filter_width="5",
+    )
     assert explicit == hp
     assert hp.encoder(1).network == "bilstm"
 
 
 def test_enc1_network_enc0_keeps_enc1_values_given_explicitly():
     hp = parse(enc0_network="pooled_embedding", enc0_token_embedding_dim="64", enc1_token_embedding_dim="8")
-    assert (hp.enc1_network, hp.enc0_token_embedding_dim, hp.enc1_token_embedding_dim) == ("pooled_embedding", 64, 8)
+    assert (hp.enc1_network, hp.enc0_token_embedding_dim, hp.enc1_token_embedding_dim) == (
+        "pooled_embedding",
+        64,
+        8,
+    )
 
 
 def test_enc1_network_can_differ():
@@ -292,20 +335,35 @@ def test_tied_encoder_weight_shares_enc0_and_implies_a_tied_table():
 
 
 def test_tied_encoder_weight_gives_enc1_enc0s_unset_settings_whatever_enc1_network_says():
-    hp = parse(enc0_network="hcnn", enc1_network="hcnn", enc0_token_embedding_dim="64", enc0_layers="2",
-               tied_encoder_weight="True")
+    hp = parse(
+        enc0_network="hcnn",
+        enc1_network="hcnn",
+        enc0_token_embedding_dim="64",
+        enc0_layers="2",
+        tied_encoder_weight="True",
+    )
     assert (hp.enc1_token_embedding_dim, hp.enc1_layers) == (64, 2)
-    assert parse(enc0_network="pooled_embedding", enc1_network="pooled_embedding", enc0_cnn_filter_width="5",
-                 tied_encoder_weight="True").enc1_cnn_filter_width == 5
+    assert (
+        parse(
+            enc0_network="pooled_embedding",
+            enc1_network="pooled_embedding",
+            enc0_cnn_filter_width="5",
+            tied_encoder_weight="True",
+        ).enc1_cnn_filter_width
+        == 5
+    )
 
 
-@pytest.mark.parametrize("conflict, named", [
-    ({"enc1_network": "pooled_embedding"}, "enc1_network=pooled_embedding"),
-    ({"enc1_vocab_size": "7"}, "enc1_vocab_size=7"),
-    ({"enc1_token_embedding_dim": "8"}, "enc1_token_embedding_dim=8"),
-    ({"enc0_layers": "1", "enc1_layers": "2"}, "enc1_layers=2"),
-    ({"tied_token_embedding_weight": "False"}, "tied_token_embedding_weight=False"),
-])
+@pytest.mark.parametrize(
+    "conflict, named",
+    [
+        ({"enc1_network": "pooled_embedding"}, "enc1_network=pooled_embedding"),
+        ({"enc1_vocab_size": "7"}, "enc1_vocab_size=7"),
+        ({"enc1_token_embedding_dim": "8"}, "enc1_token_embedding_dim=8"),
+        ({"enc0_layers": "1", "enc1_layers": "2"}, "enc1_layers=2"),
+        ({"tied_token_embedding_weight": "False"}, "tied_token_embedding_weight=False"),
+    ],
+)
 def test_tied_encoder_weight_refuses_a_different_enc1(conflict, named):
     with pytest.raises(HyperparameterError) as err:
         parse(tied_encoder_weight="True", **conflict)
@@ -315,13 +373,16 @@ def test_tied_encoder_weight_refuses_a_different_enc1(conflict, named):
 # --- comparator_list and file names --------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("hadamard, concat, abs_diff", ("hadamard", "concat", "abs_diff")),
-    ("abs_diff,hadamard", ("abs_diff", "hadamard")),
-    (" concat ", ("concat",)),
-    ("hadamard", ("hadamard",)),
-    (["concat", "abs_diff"], ("concat", "abs_diff")),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("hadamard, concat, abs_diff", ("hadamard", "concat", "abs_diff")),
+        ("abs_diff,hadamard", ("abs_diff", "hadamard")),
+        (" concat ", ("concat",)),
+        ("hadamard", ("hadamard",)),
+        (["concat", "abs_diff"], ("concat", "abs_diff")),
+    ],
+)
 def test_comparator_list_keeps_the_given_order(raw, expected):
     assert parse(comparator_list=raw).comparator_list == expected
 
@@ -333,8 +394,9 @@ def test_file_names_of_allowed_characters(name):
     assert hp.enc0_vocab_file == hp.enc1_pretrained_embedding_file == name
 
 
-@pytest.mark.parametrize("name", ["../vocab.json", "dir/vocab.json", "my vocab.json", "vocab-1.json", "/abs.txt",
-                                  "vocab$.json"])
+@pytest.mark.parametrize(
+    "name", ["../vocab.json", "dir/vocab.json", "my vocab.json", "vocab-1.json", "/abs.txt", "vocab$.json"]
+)
 def test_file_names_outside_the_character_rule_are_refused(name):
     for key in ("enc0_vocab_file", "enc1_pretrained_embedding_file"):
         with pytest.raises(HyperparameterError) as err:
@@ -348,11 +410,23 @@ def test_file_names_outside_the_character_rule_are_refused(name):
 #: Non-default values of every kind that together are a valid configuration (tied token tables
 #: would need equal vocabulary sizes, so they stay untied here).
 NON_DEFAULT = {
-    **REQUIRED, "enc1_max_seq_len": "3", "enc1_vocab_size": "20", "enc0_network": "pooled_embedding",
-    "enc1_network": "pooled_embedding", "enc0_token_embedding_dim": "16", "enc1_token_embedding_dim": "12",
-    "enc0_layers": "2", "comparator_list": "abs_diff, hadamard", "mlp_layers": "0", "learning_rate": "1e-6",
-    "dropout": "0.25", "bucket_width": "7", "enc1_freeze_pretrained_embedding": "False",
-    "token_embedding_storage_type": "row_sparse", "optimizer": "sgd", "enc0_vocab_file": "vocab.json",
+    **REQUIRED,
+    "enc1_max_seq_len": "3",
+    "enc1_vocab_size": "20",
+    "enc0_network": "pooled_embedding",
+    "enc1_network": "pooled_embedding",
+    "enc0_token_embedding_dim": "16",
+    "enc1_token_embedding_dim": "12",
+    "enc0_layers": "2",
+    "comparator_list": "abs_diff, hadamard",
+    "mlp_layers": "0",
+    "learning_rate": "1e-6",
+    "dropout": "0.25",
+    "bucket_width": "7",
+    "enc1_freeze_pretrained_embedding": "False",
+    "token_embedding_storage_type": "row_sparse",
+    "optimizer": "sgd",
+    "enc0_vocab_file": "vocab.json",
 }
 
 
@@ -402,7 +476,7 @@ def test_bad_hyperparameters_file(tmp_path, body):
 def test_describe_schema_lists_every_parameter_with_default():
     table = describe_schema()
     lines = {line.split("|")[0].strip().strip("`"): line for line in table.splitlines()}
-    for name, param in SCHEMA.items():
+    for name in SCHEMA:
         assert name in lines
     assert "4096" in lines["enc_dim"] and "10000" in lines["enc_dim"]
     assert "(required)" in lines["enc0_vocab_size"]

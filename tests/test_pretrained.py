@@ -10,10 +10,10 @@ import torch
 
 import object2vec
 from object2vec import Object2Vec, cli
-from object2vec.training import build_network
 from object2vec.hyperparameters import HyperparameterError, parse_hyperparameters
 from object2vec.sample_data import latent_pairs, write_jsonl
 from object2vec.text import TextError
+from object2vec.training import build_network
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,10 +33,21 @@ def write_aux(tmp_path, dim: int = DIM):
 
 
 def hyperparameters(**extra):
-    return {"enc0_network": "pooled_embedding", "enc0_max_seq_len": "5", "enc0_vocab_size": "30",
-            "enc0_token_embedding_dim": str(DIM), "enc_dim": "8", "mlp_layers": "1", "mlp_dim": "8",
-            "enc0_vocab_file": "vocab.json", "enc0_pretrained_embedding_file": "glove.txt",
-            "tied_token_embedding_weight": "True", "epochs": "3", "learning_rate": "0.01", **extra}
+    return {
+        "enc0_network": "pooled_embedding",
+        "enc0_max_seq_len": "5",
+        "enc0_vocab_size": "30",
+        "enc0_token_embedding_dim": str(DIM),
+        "enc_dim": "8",
+        "mlp_layers": "1",
+        "mlp_dim": "8",
+        "enc0_vocab_file": "vocab.json",
+        "enc0_pretrained_embedding_file": "glove.txt",
+        "tied_token_embedding_weight": "True",
+        "epochs": "3",
+        "learning_rate": "0.01",
+        **extra,
+    }
 
 
 def loaded_rows(vectors) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,9 +58,13 @@ def loaded_rows(vectors) -> tuple[torch.Tensor, torch.Tensor]:
 def train(tmp_path, **extra) -> Object2Vec:
     data = latent_pairs(400, vocab0=30, vocab1=30, max_len0=5, max_len1=5, seed=1)
     aux, _ = write_aux(tmp_path)
-    return Object2Vec(hyperparameters(**extra)).fit(write_jsonl(data[:320], tmp_path / "t.jsonl"),
-                                                     write_jsonl(data[320:], tmp_path / "v.jsonl"), auxiliary=aux,
-                                                     seed=0, log=lambda _: None)
+    return Object2Vec(hyperparameters(**extra)).fit(
+        write_jsonl(data[:320], tmp_path / "t.jsonl"),
+        write_jsonl(data[320:], tmp_path / "v.jsonl"),
+        auxiliary=aux,
+        seed=0,
+        log=lambda _: None,
+    )
 
 
 def test_rows_found_are_loaded_and_counted(tmp_path):
@@ -62,8 +77,14 @@ def test_rows_found_are_loaded_and_counted(tmp_path):
     assert [f.name for f in files] == ["vocab.json"]
 
 
-@pytest.mark.parametrize("extra", [{"weight_decay": "0.1"}, {"optimizer": "sgd", "weight_decay": "0.1"},
-                                   {"token_embedding_storage_type": "row_sparse"}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"weight_decay": "0.1"},
+        {"optimizer": "sgd", "weight_decay": "0.1"},
+        {"token_embedding_storage_type": "row_sparse"},
+    ],
+)
 def test_frozen_rows_unchanged_after_training_others_trained(tmp_path, extra):
     _, vectors = write_aux(tmp_path)
     ids, expected = loaded_rows(vectors)
@@ -104,7 +125,9 @@ def error_of(tmp_path, aux, **extra) -> str:
 def test_bad_auxiliary_files_give_clear_errors(tmp_path):
     aux, _ = write_aux(tmp_path)
     assert "auxiliary channel" in error_of(tmp_path, None)
-    assert "enc0_pretrained_embedding_file=missing.txt" in error_of(tmp_path, aux, enc0_pretrained_embedding_file="missing.txt")
+    assert "enc0_pretrained_embedding_file=missing.txt" in error_of(
+        tmp_path, aux, enc0_pretrained_embedding_file="missing.txt"
+    )
     assert "needs enc0_vocab_file" in error_of(tmp_path, aux, enc0_vocab_file="")
     message = error_of(tmp_path, aux, enc0_token_embedding_dim="6")
     assert "glove.txt:1:" in message and "expected 6" in message
@@ -124,7 +147,9 @@ def test_cli_reports_bad_pretrained_file_in_one_line(tmp_path, capsys):
     aux, _ = write_aux(tmp_path, dim=5)
     data = write_jsonl(latent_pairs(20, vocab0=30, vocab1=30, max_len0=3, max_len1=3), tmp_path / "t.jsonl")
     params = [f"{k}={v}" for k, v in hyperparameters().items()]
-    code = cli.main(["train", "--train", str(data), "--auxiliary", str(aux), "--model-dir", str(tmp_path / "m"), *params])
+    code = cli.main(
+        ["train", "--train", str(data), "--auxiliary", str(aux), "--model-dir", str(tmp_path / "m"), *params]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "glove.txt:1:" in err and "expected 8" in err
 
@@ -140,27 +165,46 @@ def test_tied_tables_take_enc0s_files_and_refuse_different_enc1_files(tmp_path):
     assert torch.equal(net.encoder(1).embedding.weight[ids], expected)
     assert lines == [f"enc0: 10 of {len(VOCAB)} vocabulary tokens found in glove.txt (frozen)"]
     assert [f.name for f in files] == ["vocab.json"]
-    message = error_of(tmp_path, aux, enc1_vocab_file="vocab.json", enc1_pretrained_embedding_file="other.txt")
-    assert "tied_token_embedding_weight=True" in message and "enc1_pretrained_embedding_file=other.txt" in message
+    message = error_of(
+        tmp_path, aux, enc1_vocab_file="vocab.json", enc1_pretrained_embedding_file="other.txt"
+    )
+    assert (
+        "tied_token_embedding_weight=True" in message
+        and "enc1_pretrained_embedding_file=other.txt" in message
+    )
     (aux / "vocab1.json").write_text((aux / "vocab.json").read_text())
     message = error_of(tmp_path, aux, enc1_vocab_file="vocab1.json")  # a vocabulary alone is refused too
     assert "enc1_vocab_file=vocab1.json" in message and "enc0_vocab_file=vocab.json" in message
-    message = error_of(tmp_path, aux, enc1_vocab_file="vocab.json", enc1_pretrained_embedding_file="glove.txt",
-                       enc1_freeze_pretrained_embedding="False")
+    message = error_of(
+        tmp_path,
+        aux,
+        enc1_vocab_file="vocab.json",
+        enc1_pretrained_embedding_file="glove.txt",
+        enc1_freeze_pretrained_embedding="False",
+    )
     assert "enc1_freeze_pretrained_embedding=False" in message
 
 
 def test_one_encoder_takes_enc0s_files_and_says_why_enc1_files_are_refused(tmp_path):
     aux, vectors = write_aux(tmp_path)
-    net, files = build_network(parse_hyperparameters(hyperparameters(tied_encoder_weight="True")), aux,
-                               lambda _: None)
+    net, files = build_network(
+        parse_hyperparameters(hyperparameters(tied_encoder_weight="True")), aux, lambda _: None
+    )
     ids, expected = loaded_rows(vectors)
     assert net.encoder(1) is net.encoder(0) and torch.equal(net.encoder(1).embedding.weight[ids], expected)
     assert [f.name for f in files] == ["vocab.json"]
     (aux / "other.txt").write_text("w20 " + " ".join(["1"] * DIM) + "\n")
-    message = error_of(tmp_path, aux, tied_encoder_weight="True", enc1_vocab_file="vocab.json",
-                       enc1_pretrained_embedding_file="other.txt")
-    assert "(implied by tied_encoder_weight=True)" in message and "enc1_pretrained_embedding_file=other.txt" in message
+    message = error_of(
+        tmp_path,
+        aux,
+        tied_encoder_weight="True",
+        enc1_vocab_file="vocab.json",
+        enc1_pretrained_embedding_file="other.txt",
+    )
+    assert (
+        "(implied by tied_encoder_weight=True)" in message
+        and "enc1_pretrained_embedding_file=other.txt" in message
+    )
 
 
 def test_words_missing_from_the_file_start_at_the_scale_of_the_loaded_vectors(tmp_path):

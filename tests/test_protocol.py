@@ -11,49 +11,70 @@ from object2vec.serving.protocol import JSON, JSONLINES, BodyFormat, RequestErro
 
 VOCAB = (1100, 1100)
 #: The reference's example payloads (pair scoring and encoder embeddings).
-SCORES_EXAMPLE = {"instances": [{"in0": [6, 17, 606], "in1": [16, 21, 13]},
-                                {"in0": [774, 14, 21, 206], "in1": [21, 366, 125]}]}
-EMBEDDING_EXAMPLE = {"instances": [{"in0": [6, 17, 606, 19]}, {"in0": [22, 1016, 32]}, {"in0": [774, 14, 21, 206]}]}
+SCORES_EXAMPLE = {
+    "instances": [
+        {"in0": [6, 17, 606], "in1": [16, 21, 13]},
+        {"in0": [774, 14, 21, 206], "in1": [21, 366, 125]},
+    ]
+}
+EMBEDDING_EXAMPLE = {
+    "instances": [{"in0": [6, 17, 606, 19]}, {"in0": [22, 1016, 32]}, {"in0": [774, 14, 21, 206]}]
+}
 
 
 def as_jsonlines(document: dict) -> bytes:
     return b"".join(orjson.dumps(instance) + b"\n" for instance in document["instances"])
 
 
-@pytest.mark.parametrize("header, expected", [
-    (None, BodyFormat(False)),
-    ("application/json", BodyFormat(False)),
-    ("Application/JSON; charset=UTF-8", BodyFormat(False)),
-    ("application/jsonlines", BodyFormat(True)),
-    ("application/jsonlines;charset=utf-8", BodyFormat(True)),
-    ("application/json; infer_max_seqlens=20,30", BodyFormat(False, 20, 30)),
-    ('application/jsonlines; charset=utf-8; infer_max_seqlens="1, 5000"', BodyFormat(True, 1, 5000)),
-])
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        (None, BodyFormat(False)),
+        ("application/json", BodyFormat(False)),
+        ("Application/JSON; charset=UTF-8", BodyFormat(False)),
+        ("application/jsonlines", BodyFormat(True)),
+        ("application/jsonlines;charset=utf-8", BodyFormat(True)),
+        ("application/json; infer_max_seqlens=20,30", BodyFormat(False, 20, 30)),
+        ('application/jsonlines; charset=utf-8; infer_max_seqlens="1, 5000"', BodyFormat(True, 1, 5000)),
+    ],
+)
 def test_content_types_and_infer_max_seqlens_are_read(header, expected):
     assert protocol.parse_content_type(header) == expected
 
 
-@pytest.mark.parametrize("value", ["0,5", "5,0", "5001,1", "1,5001", "-1,3", "3", "3,4,5", "a,b", "2.5,3", ""])
+@pytest.mark.parametrize(
+    "value", ["0,5", "5,0", "5001,1", "1,5001", "-1,3", "3", "3,4,5", "a,b", "2.5,3", ""]
+)
 def test_infer_max_seqlens_out_of_range_or_malformed_is_400(value):
     with pytest.raises(RequestError, match="infer_max_seqlens") as info:
         protocol.parse_content_type(f"application/json; infer_max_seqlens={value}")
     assert info.value.status == 400
 
 
-@pytest.mark.parametrize("header", ["text/csv", "application/x-recordio-protobuf", "text/plain; charset=utf-8"])
+@pytest.mark.parametrize(
+    "header", ["text/csv", "application/x-recordio-protobuf", "text/plain; charset=utf-8"]
+)
 def test_unsupported_content_type_is_415(header):
     with pytest.raises(RequestError) as info:
         protocol.parse_content_type(header)
     assert info.value.status == 415 and "application/jsonlines" in str(info.value)
 
 
-@pytest.mark.parametrize("header, expected", [
-    (None, JSON), ("", JSON), ("*/*", JSON), ("application/*", JSON), ("application/json", JSON),
-    ("application/jsonlines", JSONLINES), ("application/jsonlines; charset=utf-8", JSONLINES),
-    ("text/html, application/jsonlines;q=0.9, */*;q=0.1", JSONLINES),
-    ("application/json;q=0.2, application/jsonlines", JSONLINES),
-    ("application/jsonlines;q=0, application/json", JSON),
-])
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        (None, JSON),
+        ("", JSON),
+        ("*/*", JSON),
+        ("application/*", JSON),
+        ("application/json", JSON),
+        ("application/jsonlines", JSONLINES),
+        ("application/jsonlines; charset=utf-8", JSONLINES),
+        ("text/html, application/jsonlines;q=0.9, */*;q=0.1", JSONLINES),
+        ("application/json;q=0.2, application/jsonlines", JSONLINES),
+        ("application/jsonlines;q=0, application/json", JSON),
+    ],
+)
 def test_accept_negotiation(header, expected):
     assert protocol.parse_accept(header) == expected
 
@@ -85,30 +106,47 @@ def test_embedding_request_may_mix_encoders_and_keeps_order():
 
 def test_mixing_pairs_and_single_inputs_is_400_naming_both_instances():
     body = orjson.dumps({"instances": [{"in0": [1], "in1": [2]}, {"in0": [3]}]})
-    with pytest.raises(RequestError, match="instance 0 has both in0 and in1.*instance 1 has only one") as info:
+    with pytest.raises(
+        RequestError, match="instance 0 has both in0 and in1.*instance 1 has only one"
+    ) as info:
         protocol.decode_request(body, BodyFormat(), VOCAB)
     assert info.value.status == 400
 
 
-@pytest.mark.parametrize("body, lines, message, index, field", [
-    (b'{"instances": [', False, "invalid JSON", None, None),
-    (b'{"in0": [1]}\n{"in0": [2', True, "line 2: invalid JSON", None, None),
-    (b'{"predictions": []}', False, '"instances" is missing', None, None),
-    (b'[{"in0": [1]}]', False, '"instances" is missing', None, None),
-    (b'{"instances": {"in0": [1]}}', False, '"instances" must be a list', None, None),
-    (b'{"instances": []}', False, "no instances", None, None),
-    (b"\n\n", True, "no instances", None, None),
-    (b'{"instances": [{"in0": [1]}, 7]}', False, "instance 1 must be an object", 1, None),
-    (b'{"instances": [{"in0": [1]}, {"x": [1]}]}', False, "instance 1 has neither", 1, None),
-    (b'{"instances": [{"in0": [1.5]}]}', False, "instance 0: 'in0' holds 1.5, not an integer", 0, "in0"),
-    (b'{"instances": [{"in0": ["7"]}]}', False, "not an integer token ID", 0, "in0"),
-    (b'{"instances": [{"in0": [true]}]}', False, "not an integer token ID", 0, "in0"),
-    (b'{"instances": [{"in0": [1], "in1": [-4]}]}', False, "instance 0: 'in1' token ID -4 is outside", 0, "in1"),
-    (b'{"instances": [{"in0": [1]}, {"in0": [1100]}]}', False, "token ID 1100 is outside [0, 1100)", 1, "in0"),
-    (b'{"instances": [{"in0": []}]}', False, "'in0' is empty", 0, "in0"),
-    (b'{"instances": [{"in0": 5}]}', False, "'in0' must be a list", 0, "in0"),
-    (b'{"in0": [1]}\n\n{"in1": [[2]]}\n', True, "instance 1 (line 3): 'in1'", 1, "in1"),
-])
+@pytest.mark.parametrize(
+    "body, lines, message, index, field",
+    [
+        (b'{"instances": [', False, "invalid JSON", None, None),
+        (b'{"in0": [1]}\n{"in0": [2', True, "line 2: invalid JSON", None, None),
+        (b'{"predictions": []}', False, '"instances" is missing', None, None),
+        (b'[{"in0": [1]}]', False, '"instances" is missing', None, None),
+        (b'{"instances": {"in0": [1]}}', False, '"instances" must be a list', None, None),
+        (b'{"instances": []}', False, "no instances", None, None),
+        (b"\n\n", True, "no instances", None, None),
+        (b'{"instances": [{"in0": [1]}, 7]}', False, "instance 1 must be an object", 1, None),
+        (b'{"instances": [{"in0": [1]}, {"x": [1]}]}', False, "instance 1 has neither", 1, None),
+        (b'{"instances": [{"in0": [1.5]}]}', False, "instance 0: 'in0' holds 1.5, not an integer", 0, "in0"),
+        (b'{"instances": [{"in0": ["7"]}]}', False, "not an integer token ID", 0, "in0"),
+        (b'{"instances": [{"in0": [true]}]}', False, "not an integer token ID", 0, "in0"),
+        (
+            b'{"instances": [{"in0": [1], "in1": [-4]}]}',
+            False,
+            "instance 0: 'in1' token ID -4 is outside",
+            0,
+            "in1",
+        ),
+        (
+            b'{"instances": [{"in0": [1]}, {"in0": [1100]}]}',
+            False,
+            "token ID 1100 is outside [0, 1100)",
+            1,
+            "in0",
+        ),
+        (b'{"instances": [{"in0": []}]}', False, "'in0' is empty", 0, "in0"),
+        (b'{"instances": [{"in0": 5}]}', False, "'in0' must be a list", 0, "in0"),
+        (b'{"in0": [1]}\n\n{"in1": [[2]]}\n', True, "instance 1 (line 3): 'in1'", 1, "in1"),
+    ],
+)
 def test_client_mistakes_are_400_naming_instance_and_field(body, lines, message, index, field):
     with pytest.raises(RequestError) as info:
         protocol.decode_request(body, BodyFormat(lines), VOCAB)
@@ -118,7 +156,10 @@ def test_client_mistakes_are_400_naming_instance_and_field(body, lines, message,
 
 
 def test_predictions_are_float32_in_both_accepts():
-    rows = [np.array([0.6533, 0.0758, 1 / 3], dtype=np.float32), np.array([0.25, 0.5, 0.25], dtype=np.float32)]
+    rows = [
+        np.array([0.6533, 0.0758, 1 / 3], dtype=np.float32),
+        np.array([0.25, 0.5, 0.25], dtype=np.float32),
+    ]
     document = protocol.encode_predictions(rows, protocol.SCORES, JSON)
     assert document == b'{"predictions":[{"scores":[0.6533,0.0758,0.33333334]},{"scores":[0.25,0.5,0.25]}]}'
     lines = protocol.encode_predictions(rows, protocol.SCORES, JSONLINES)

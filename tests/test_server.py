@@ -5,7 +5,6 @@ JSON error, fuzzing, micro-batching, and boto3's sagemaker-runtime client agains
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -20,28 +19,47 @@ from hypothesis import strategies as st
 
 import object2vec
 from object2vec import Object2Vec
+from object2vec.sample_data import latent_pairs, write_jsonl
 from object2vec.serving.predictor import Predictor, placement
 from object2vec.serving.server import create_app
 from object2vec.serving.settings import ServeSettings
-from object2vec.sample_data import latent_pairs, write_jsonl
 
 JSON, JSONLINES = "application/json", "application/jsonlines"
 VOCAB = 1100  # the reference examples use token IDs up to 1016
-SCORES_EXAMPLE = {"instances": [{"in0": [6, 17, 606], "in1": [16, 21, 13]},
-                                {"in0": [774, 14, 21, 206], "in1": [21, 366, 125]}]}
-EMBEDDING_EXAMPLE = {"instances": [{"in0": [6, 17, 606, 19]}, {"in0": [22, 1016, 32]}, {"in0": [774, 14, 21, 206]}]}
+SCORES_EXAMPLE = {
+    "instances": [
+        {"in0": [6, 17, 606], "in1": [16, 21, 13]},
+        {"in0": [774, 14, 21, 206], "in1": [21, 366, 125]},
+    ]
+}
+EMBEDDING_EXAMPLE = {
+    "instances": [{"in0": [6, 17, 606, 19]}, {"in0": [22, 1016, 32]}, {"in0": [774, 14, 21, 206]}]
+}
 
 
 def tiny_model(directory, task: str = "multiclass", **overrides) -> Object2Vec:
     """A quickly trained 3-class (or regression) model over token sequences of up to 5 IDs."""
-    hp = {"enc0_network": "pooled_embedding", "enc0_max_seq_len": "5", "enc1_max_seq_len": "5",
-          "enc0_vocab_size": str(VOCAB), "enc1_vocab_size": str(VOCAB), "enc0_token_embedding_dim": "8",
-          "enc_dim": "8", "mlp_layers": "1", "mlp_dim": "8", "num_classes": "3", "epochs": "1",
-          "mini_batch_size": "64", **overrides}
+    hp = {
+        "enc0_network": "pooled_embedding",
+        "enc0_max_seq_len": "5",
+        "enc1_max_seq_len": "5",
+        "enc0_vocab_size": str(VOCAB),
+        "enc1_vocab_size": str(VOCAB),
+        "enc0_token_embedding_dim": "8",
+        "enc_dim": "8",
+        "mlp_layers": "1",
+        "mlp_dim": "8",
+        "num_classes": "3",
+        "epochs": "1",
+        "mini_batch_size": "64",
+        **overrides,
+    }
     if task == "regression":
         hp["output_layer"] = "mean_squared_error"
-    data = write_jsonl(latent_pairs(300, VOCAB, VOCAB, max_len0=5, max_len1=5, task=task, num_classes=3),
-                       directory / "train.jsonl")
+    data = write_jsonl(
+        latent_pairs(300, VOCAB, VOCAB, max_len0=5, max_len1=5, task=task, num_classes=3),
+        directory / "train.jsonl",
+    )
     model = Object2Vec(hp).fit(data, seed=0, log=lambda *_: None, progress=False)
     model.save(directory / "model")
     return object2vec.load(directory / "model", device="cpu")
@@ -66,15 +84,16 @@ def loop():
 class Client:
     """Calls an ASGI app in-process on one event loop (so the app's batcher lives across calls)."""
 
-    alive: list["Client"] = []  # apps stay referenced until the loop closes (their workers with them)
+    alive: list[Client] = []  # apps stay referenced until the loop closes (their workers with them)
 
     def __init__(self, app, loop):
         Client.alive.append(self)
         self.loop = loop
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server")
 
-    def post(self, body, content_type: str | None = JSON, accept: str | None = None,
-             path: str = "/invocations") -> httpx.Response:
+    def post(
+        self, body, content_type: str | None = JSON, accept: str | None = None, path: str = "/invocations"
+    ) -> httpx.Response:
         return self.loop.run_until_complete(self._post(body, content_type, accept, path))
 
     async def _post(self, body, content_type, accept, path) -> httpx.Response:
@@ -84,8 +103,10 @@ class Client:
 
     def post_all(self, bodies) -> list[httpx.Response]:
         """Send every body at the same time."""
+
         async def send():
             return await asyncio.gather(*(self._post(b, JSON, None, "/invocations") for b in bodies))
+
         return self.loop.run_until_complete(send())
 
     def get(self, path: str) -> httpx.Response:
@@ -120,8 +141,9 @@ def test_reference_scoring_example_round_trips(client, model, content_type, acce
     scores = np.array([answer["scores"] for answer in answers], dtype=np.float32)
     assert scores.shape == (2, 3)
     np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)
-    expected = model.predict([i["in0"] for i in SCORES_EXAMPLE["instances"]],
-                             [i["in1"] for i in SCORES_EXAMPLE["instances"]])
+    expected = model.predict(
+        [i["in0"] for i in SCORES_EXAMPLE["instances"]], [i["in1"] for i in SCORES_EXAMPLE["instances"]]
+    )
     np.testing.assert_array_equal(scores, expected)  # float32 values survive the JSON exactly
 
 
@@ -134,8 +156,9 @@ def test_reference_embedding_example_with_infer_max_seqlens(client, model, conte
     np.testing.assert_array_equal(vectors, model.embed(in0=[s[:2] for s in sequences]))
     assert vectors.shape == (3, model.predictor.embedding_dim)
     uncapped = results(client.post(body, content_type, accept), accept)
-    np.testing.assert_array_equal(np.array([a["embeddings"] for a in uncapped], dtype=np.float32),
-                                  model.embed(in0=sequences))
+    np.testing.assert_array_equal(
+        np.array([a["embeddings"] for a in uncapped], dtype=np.float32), model.embed(in0=sequences)
+    )
     assert not np.array_equal(vectors, model.embed(in0=sequences))  # the cap changed the input
 
 
@@ -167,21 +190,48 @@ BAD_REQUESTS = [
     (b'{"instances": [{"in0": [3]}, {"in0": [2.0]}]}', JSON, None, 400, "instance 1: 'in0' holds 2.0"),
     (b'{"instances": [{"in0": [3, "x"]}]}', JSON, None, 400, "instance 0: 'in0' holds 'x'"),
     (b'{"instances": [{"in0": [1], "in1": [2, -1]}]}', JSON, None, 400, "instance 0: 'in1' token ID -1"),
-    (b'{"instances": [{"in0": [123456789012345678901234567890]}]}', JSON, None, 400, "not an integer token ID"),
-    (b'{"instances": [{"in0": [1100]}]}', JSON, None, 400, "instance 0: 'in0' token ID 1100 is outside [0, 1100)"),
+    (
+        b'{"instances": [{"in0": [123456789012345678901234567890]}]}',
+        JSON,
+        None,
+        400,
+        "not an integer token ID",
+    ),
+    (
+        b'{"instances": [{"in0": [1100]}]}',
+        JSON,
+        None,
+        400,
+        "instance 0: 'in0' token ID 1100 is outside [0, 1100)",
+    ),
     (b'{"in1": [3]}\n{"in1": []}\n', JSONLINES, None, 400, "instance 1 (line 2): 'in1' is empty"),
     (b'{"instances": [{"in0": [1], "in1": [2]}, {"in1": [3]}]}', JSON, None, 400, "instance 0 has both"),
-    (b'{"instances": [{"in0": [1]}]}', "application/json; infer_max_seqlens=0,10", None, 400, "infer_max_seqlens"),
+    (
+        b'{"instances": [{"in0": [1]}]}',
+        "application/json; infer_max_seqlens=0,10",
+        None,
+        400,
+        "infer_max_seqlens",
+    ),
     (b'{"instances": [{"in0": [1]}]}', "application/json; infer_max_seqlens=10,5001", None, 400, "[1, 5000]"),
-    (b'{"instances": [{"in0": [1]}]}', "application/json; infer_max_seqlens=ten", None, 400, "infer_max_seqlens"),
+    (
+        b'{"instances": [{"in0": [1]}]}',
+        "application/json; infer_max_seqlens=ten",
+        None,
+        400,
+        "infer_max_seqlens",
+    ),
     (b'{"instances": [{"in0": [1]}]}', JSON, "text/csv", 406, "Accept 'text/csv' is not supported"),
     (b'{"instances": [{"in0": [1]}]}', "text/csv", None, 415, "Content-Type 'text/csv' is not supported"),
     (b'{"instances": [{"in0": [1]}]}' + b" " * 60_000, JSON, None, 413, "payload limit of 0.05 MB"),
 ]
 
 
-@pytest.mark.parametrize("body, content_type, accept, status, text", BAD_REQUESTS,
-                         ids=[f"{case[3]}-{case[4][:30]}" for case in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    "body, content_type, accept, status, text",
+    BAD_REQUESTS,
+    ids=[f"{case[3]}-{case[4][:30]}" for case in BAD_REQUESTS],
+)
 def test_client_mistakes_get_4xx_json_errors(client, body, content_type, accept, status, text):
     response = client.post(body, content_type, accept, path="/endpoints/my-endpoint/invocations")
     assert response.status_code == status
@@ -191,8 +241,9 @@ def test_client_mistakes_get_4xx_json_errors(client, body, content_type, accept,
 
 def test_payload_limit_defaults_to_6_mb(model, loop):
     client = Client(create_app(model.predictor, ServeSettings("unused")), loop)
+
     def body(megabytes: float) -> bytes:  # one long sequence (cut to enc0_max_seq_len by the model)
-        return b'{"instances": [{"in0": [' + b"7, " * int(megabytes * 1024 * 1024 / 3) + b'7]}]}'
+        return b'{"instances": [{"in0": [' + b"7, " * int(megabytes * 1024 * 1024 / 3) + b"7]}]}"
 
     assert client.post(body(5.9)).status_code == 200
     too_large = client.post(body(6.1))
@@ -202,7 +253,10 @@ def test_payload_limit_defaults_to_6_mb(model, loop):
 def test_routes_and_unknown_paths(client):
     assert client.get("/ping").status_code == 200
     assert client.get("/execution-parameters").json() == {
-        "MaxConcurrentTransforms": 1, "BatchStrategy": "MultiRecord", "MaxPayloadInMB": 1}
+        "MaxConcurrentTransforms": 1,
+        "BatchStrategy": "MultiRecord",
+        "MaxPayloadInMB": 1,
+    }
     missing = client.get("/nowhere")
     assert missing.status_code == 404 and "error" in missing.json()
     wrong_method = client.get("/invocations")
@@ -223,8 +277,11 @@ def test_concurrent_small_requests_share_forward_passes(model, loop, monkeypatch
     responses = client.post_all(bodies)
     assert sum(passes) == 16 and len(passes) < 16  # gathered, not one pass per request
     for i, response in enumerate(responses):  # and each request got its own answer
-        np.testing.assert_allclose(np.float32(response.json()["predictions"][0]["scores"]),
-                                   model.predict([[i + 1]], [[i + 2]])[0], rtol=1e-6)
+        np.testing.assert_allclose(
+            np.float32(response.json()["predictions"][0]["scores"]),
+            model.predict([[i + 1]], [[i + 2]])[0],
+            rtol=1e-6,
+        )
 
 
 def test_an_internal_failure_is_a_500_for_that_request_only(model, loop, monkeypatch):
@@ -248,42 +305,69 @@ int64 = st.integers(-(2**63), 2**63 - 1)
 json_values = st.recursive(
     st.none() | st.booleans() | int64 | st.floats(allow_nan=False) | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 bad_sequences = st.one_of(
-    st.just([]), st.lists(st.integers(-(2**63), -1), min_size=1, max_size=3),
+    st.just([]),
+    st.lists(st.integers(-(2**63), -1), min_size=1, max_size=3),
     st.lists(st.integers(VOCAB, 2**63 - 1), min_size=1, max_size=3),
     st.lists(st.floats() | st.text(max_size=3) | st.booleans() | st.none(), min_size=1, max_size=3),
-    int64, st.text(max_size=5), st.dictionaries(st.text(max_size=3), int64, max_size=2))
+    int64,
+    st.text(max_size=5),
+    st.dictionaries(st.text(max_size=3), int64, max_size=2),
+)
 good_sequences = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=4)
 bad_instances = st.one_of(
     st.fixed_dictionaries({"in0": bad_sequences}),
     st.fixed_dictionaries({"in0": good_sequences, "in1": bad_sequences}),
     st.dictionaries(st.sampled_from(["label", "x", "in2"]), json_values, max_size=2),
-    int64 | st.text(max_size=4) | st.lists(int64, max_size=3))
-instance_lists = st.builds(lambda good, bad, at: good[:at] + [bad] + good[at:],
-                           st.lists(st.fixed_dictionaries({"in0": good_sequences}), max_size=3), bad_instances,
-                           st.integers(0, 3))
+    int64 | st.text(max_size=4) | st.lists(int64, max_size=3),
+)
+instance_lists = st.builds(
+    lambda good, bad, at: good[:at] + [bad] + good[at:],
+    st.lists(st.fixed_dictionaries({"in0": good_sequences}), max_size=3),
+    bad_instances,
+    st.integers(0, 3),
+)
 malformed_bodies = st.one_of(
     # random bytes; hypothesis may splice earlier valid bodies into them, so keep only those that cannot
     # name an input (a body without in0/in1 is never valid)
     st.binary(max_size=64).filter(lambda body: b"in0" not in body and b"in1" not in body),
     json_values.filter(lambda v: not (isinstance(v, dict) and "instances" in v)).map(orjson.dumps),
     instance_lists.map(lambda instances: orjson.dumps({"instances": instances})),
-    st.lists(st.fixed_dictionaries({"in0": good_sequences, "in1": good_sequences}), min_size=1, max_size=3).map(
-        lambda pairs: orjson.dumps({"instances": pairs + [{"in1": [1]}]})),  # mixed modes
-    st.just(orjson.dumps({"instances": [{"in0": [1]}]}) + b" " * 60_000))  # over the limit
+    st.lists(
+        st.fixed_dictionaries({"in0": good_sequences, "in1": good_sequences}), min_size=1, max_size=3
+    ).map(lambda pairs: orjson.dumps({"instances": pairs + [{"in1": [1]}]})),  # mixed modes
+    st.just(orjson.dumps({"instances": [{"in0": [1]}]}) + b" " * 60_000),
+)  # over the limit
 headers = st.one_of(
-    st.tuples(st.sampled_from([JSON, f"{JSON}; charset=utf-8", None]), st.sampled_from([None, JSON, JSONLINES])),
-    st.tuples(st.sampled_from(["text/csv", "application/json; infer_max_seqlens=0,0", "application/octet-stream",
-                               "application/json; infer_max_seqlens=3"]), st.just(None)),
-    st.tuples(st.just(JSON), st.sampled_from(["text/csv", "image/png", "application/json;q=0"])))
+    st.tuples(
+        st.sampled_from([JSON, f"{JSON}; charset=utf-8", None]), st.sampled_from([None, JSON, JSONLINES])
+    ),
+    st.tuples(
+        st.sampled_from(
+            [
+                "text/csv",
+                "application/json; infer_max_seqlens=0,0",
+                "application/octet-stream",
+                "application/json; infer_max_seqlens=3",
+            ]
+        ),
+        st.just(None),
+    ),
+    st.tuples(st.just(JSON), st.sampled_from(["text/csv", "image/png", "application/json;q=0"])),
+)
 
 
 def test_fuzz_malformed_bodies_get_4xx_and_the_server_stays_up(client):
     sent = []
 
-    @settings(max_examples=1200, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=1200,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     @given(body=malformed_bodies, header=headers)
     def send(body, header):
         response = client.post(body, *header)
@@ -298,6 +382,7 @@ def test_fuzz_malformed_bodies_get_4xx_and_the_server_stays_up(client):
 
 
 # --- device placement ---------------------------------------------------------------------------
+
 
 def test_preferred_mode_placement(model):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
@@ -334,20 +419,28 @@ def test_preferred_mode_on_a_gpu(model, tmp_path, mode):
 
 # --- a real server process, called with boto3 ------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
-def served(model, tmp_path_factory):
+def served(model, tmp_path_factory, free_port):
     """``object2vec serve`` in its own process, with two workers, on a free loopback port."""
     model_dir = model.save(tmp_path_factory.mktemp("served") / "model")
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "object2vec", "serve", "--model-dir", str(model_dir),
-                                "--port", str(port), "--workers", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "object2vec",
+            "serve",
+            "--model-dir",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -369,30 +462,41 @@ def test_boto3_invoke_endpoint_against_object2vec_serve(served, model, monkeypat
     import boto3
     from botocore.exceptions import ClientError
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     runtime = boto3.client("sagemaker-runtime", endpoint_url=served)
-    answer = runtime.invoke_endpoint(EndpointName="object2vec-test", Body=orjson.dumps(EMBEDDING_EXAMPLE),
-                                     ContentType="application/json; infer_max_seqlens=3,3", Accept=JSONLINES)
+    answer = runtime.invoke_endpoint(
+        EndpointName="object2vec-test",
+        Body=orjson.dumps(EMBEDDING_EXAMPLE),
+        ContentType="application/json; infer_max_seqlens=3,3",
+        Accept=JSONLINES,
+    )
     assert answer["ContentType"] == JSONLINES
     vectors = [orjson.loads(line)["embeddings"] for line in answer["Body"].read().splitlines()]
     expected = model.embed(in0=[i["in0"][:3] for i in EMBEDDING_EXAMPLE["instances"]])
     np.testing.assert_array_equal(np.array(vectors, dtype=np.float32), expected)
 
-    answer = runtime.invoke_endpoint(EndpointName="object2vec-test", Body=as_jsonlines(SCORES_EXAMPLE),
-                                     ContentType=JSONLINES, Accept=JSON)
-    scores = np.array([p["scores"] for p in orjson.loads(answer["Body"].read())["predictions"]], dtype=np.float32)
+    answer = runtime.invoke_endpoint(
+        EndpointName="object2vec-test", Body=as_jsonlines(SCORES_EXAMPLE), ContentType=JSONLINES, Accept=JSON
+    )
+    scores = np.array(
+        [p["scores"] for p in orjson.loads(answer["Body"].read())["predictions"]], dtype=np.float32
+    )
     np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)
 
     with pytest.raises(ClientError) as info:
-        runtime.invoke_endpoint(EndpointName="object2vec-test", Body=b'{"instances": [{"in0": [-3]}]}',
-                                ContentType=JSON)
+        runtime.invoke_endpoint(
+            EndpointName="object2vec-test", Body=b'{"instances": [{"in0": [-3]}]}', ContentType=JSON
+        )
     assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     assert httpx.get(f"{served}/ping").status_code == 200
 
 
-def test_serve_refuses_a_missing_model_before_listening(tmp_path, monkeypatch, capsys):
+def test_serve_refuses_a_missing_model_before_listening(tmp_path, monkeypatch, capsys, free_port):
     from object2vec import cli
     from object2vec.serving.settings import default_model_dir
 

@@ -9,12 +9,32 @@ import orjson
 import pytest
 
 from object2vec import cli
-from object2vec.text import (RESERVED, TextError, build_vocab, encode, pretrained_rows, read_vocab, tokenize,
-                             tokenize_file, write_vocab)
+from object2vec.text import (
+    RESERVED,
+    TextError,
+    build_vocab,
+    encode,
+    pretrained_rows,
+    read_vocab,
+    tokenize,
+    tokenize_file,
+    write_vocab,
+)
 
 
 def test_tokenizer_is_simple_and_deterministic():
-    assert tokenize("Don't stop, A man is   playing!") == ["don", "'", "t", "stop", ",", "a", "man", "is", "playing", "!"]
+    assert tokenize("Don't stop, A man is   playing!") == [
+        "don",
+        "'",
+        "t",
+        "stop",
+        ",",
+        "a",
+        "man",
+        "is",
+        "playing",
+        "!",
+    ]
     assert tokenize("Ｆｕｌｌｗｉｄｔｈ Café 42") == ["fullwidth", "café", "42"]
     assert tokenize("  ") == []
 
@@ -65,29 +85,81 @@ def write_tsv(path, rows):
 
 
 def test_vocab_and_tokenize_commands(tmp_path, capsys):
-    tsv = write_tsv(tmp_path / "pairs.tsv", [(1, "A dog runs", "A cat sleeps", "YES"), (2, "Dogs bark", "A dog", "NO")])
+    tsv = write_tsv(
+        tmp_path / "pairs.tsv", [(1, "A dog runs", "A cat sleeps", "YES"), (2, "Dogs bark", "A dog", "NO")]
+    )
     assert cli.main(["vocab", str(tsv), "--fields", "A,B", "--output", str(tmp_path / "vocab.json")]) == 0
     assert "vocabulary of 11 tokens" in capsys.readouterr().out
     vocab = read_vocab(tmp_path / "vocab.json")
-    assert cli.main(["tokenize", str(tsv), "--vocab", str(tmp_path / "vocab.json"), "--output",
-                     str(tmp_path / "train.jsonl"), "--text0", "A", "--text1", "B", "--label", "label",
-                     "--classes", "NO,YES"]) == 0
+    assert (
+        cli.main(
+            [
+                "tokenize",
+                str(tsv),
+                "--vocab",
+                str(tmp_path / "vocab.json"),
+                "--output",
+                str(tmp_path / "train.jsonl"),
+                "--text0",
+                "A",
+                "--text1",
+                "B",
+                "--label",
+                "label",
+                "--classes",
+                "NO,YES",
+            ]
+        )
+        == 0
+    )
     lines = [orjson.loads(x) for x in (tmp_path / "train.jsonl").read_bytes().splitlines()]
-    assert lines[0] == {"label": 1, "in0": [vocab["a"], vocab["dog"], vocab["runs"]],
-                        "in1": [vocab["a"], vocab["cat"], vocab["sleeps"]]}
+    assert lines[0] == {
+        "label": 1,
+        "in0": [vocab["a"], vocab["dog"], vocab["runs"]],
+        "in1": [vocab["a"], vocab["cat"], vocab["sleeps"]],
+    }
     assert lines[1]["label"] == 0
     jsonl = tmp_path / "texts.jsonl"
     jsonl.write_text('{"text": "a dog barks loudly"}\n')
-    assert cli.main(["tokenize", str(jsonl), "--vocab", str(tmp_path / "vocab.json"), "--output",
-                     str(tmp_path / "infer.jsonl"), "--text0", "text", "--max-len", "3"]) == 0
-    assert orjson.loads((tmp_path / "infer.jsonl").read_bytes()) == {"in0": [vocab["a"], vocab["dog"], 1]}  # barks: unknown
+    assert (
+        cli.main(
+            [
+                "tokenize",
+                str(jsonl),
+                "--vocab",
+                str(tmp_path / "vocab.json"),
+                "--output",
+                str(tmp_path / "infer.jsonl"),
+                "--text0",
+                "text",
+                "--max-len",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert orjson.loads((tmp_path / "infer.jsonl").read_bytes()) == {
+        "in0": [vocab["a"], vocab["dog"], 1]
+    }  # barks: unknown
 
 
 def test_tokenize_errors_name_file_and_line(tmp_path, capsys):
     tsv = write_tsv(tmp_path / "pairs.tsv", [(1, "a", "b", "YES"), (2, "a", "b", "MAYBE")])
     write_vocab(build_vocab(["a b"]), tmp_path / "v.json")
-    args = ["tokenize", str(tsv), "--vocab", str(tmp_path / "v.json"), "--output", str(tmp_path / "o.jsonl"),
-            "--text0", "A", "--text1", "B", "--label", "label"]
+    args = [
+        "tokenize",
+        str(tsv),
+        "--vocab",
+        str(tmp_path / "v.json"),
+        "--output",
+        str(tmp_path / "o.jsonl"),
+        "--text0",
+        "A",
+        "--text1",
+        "B",
+        "--label",
+        "label",
+    ]
     assert cli.main([*args, "--classes", "NO,YES"]) == 2
     assert "pairs.tsv:3: label 'MAYBE' is not one of NO, YES" in capsys.readouterr().err
     assert cli.main(args) == 2

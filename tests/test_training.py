@@ -18,11 +18,10 @@ import pytest
 import torch
 
 from object2vec import Object2Vec
-from object2vec.columns import SequenceColumn
-from object2vec.training.data import PairDataset, iterate_batches
 from object2vec.hyperparameters import HyperparameterError, parse_hyperparameters
 from object2vec.nn import Object2VecNet
 from object2vec.sample_data import latent_pairs
+from object2vec.training.data import PairDataset, iterate_batches
 from object2vec.training.fit import batch_loss
 
 SEED = 3
@@ -30,10 +29,20 @@ N_TRAIN, N_VALIDATION = 3000, 500
 
 #: A small, fast model that learns latent_pairs well with every comparator.
 BASE = {
-    "enc0_network": "pooled_embedding", "enc0_max_seq_len": 1, "enc0_vocab_size": 50, "enc1_vocab_size": 60,
-    "enc0_token_embedding_dim": 16, "enc_dim": 16, "mlp_layers": 1, "mlp_dim": 64, "mlp_activation": "relu",
-    "mini_batch_size": 32, "epochs": 15, "learning_rate": 0.01,
-    "early_stopping_patience": 5, "early_stopping_tolerance": 0.001,
+    "enc0_network": "pooled_embedding",
+    "enc0_max_seq_len": 1,
+    "enc0_vocab_size": 50,
+    "enc1_vocab_size": 60,
+    "enc0_token_embedding_dim": 16,
+    "enc_dim": 16,
+    "mlp_layers": 1,
+    "mlp_dim": 64,
+    "mlp_activation": "relu",
+    "mini_batch_size": 32,
+    "epochs": 15,
+    "learning_rate": 0.01,
+    "early_stopping_patience": 5,
+    "early_stopping_tolerance": 0.001,
 }
 
 COMPARATORS = ["hadamard", "concat", "abs_diff", "abs_diff, hadamard, concat"]
@@ -44,9 +53,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def dataset(records: list[dict], regression: bool = False) -> PairDataset:
-    labels = np.array([r["label"] for r in records], dtype=np.float32 if regression else np.int64)
-    return PairDataset(SequenceColumn.from_lists([r["in0"] for r in records]),
-                       SequenceColumn.from_lists([r["in1"] for r in records]), labels)
+    return PairDataset.from_records(records, regression)
 
 
 def split(task: str = "binary", seed: int = SEED, **kwargs) -> tuple[PairDataset, PairDataset]:
@@ -55,10 +62,14 @@ def split(task: str = "binary", seed: int = SEED, **kwargs) -> tuple[PairDataset
     return dataset(records[:N_TRAIN], regression), dataset(records[N_TRAIN:], regression)
 
 
-def train(hp: dict, task: str = "binary", seed: int = SEED, log=None, **split_args) -> tuple[Object2Vec, list[str]]:
+def train(
+    hp: dict, task: str = "binary", seed: int = SEED, log=None, **split_args
+) -> tuple[Object2Vec, list[str]]:
     lines: list[str] = []
     train_data, validation = split(task, seed, **split_args)
-    model = Object2Vec({**BASE, **hp}).fit(train_data, validation, seed=seed, log=log or lines.append, progress=False)
+    model = Object2Vec({**BASE, **hp}).fit(
+        train_data, validation, seed=seed, log=log or lines.append, progress=False
+    )
     return model, lines
 
 
@@ -106,8 +117,14 @@ def test_comparator_concatenates_operators_in_the_given_order():
 
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZER_RATES))
 def test_optimizer_learns(optimizer):
-    model, _ = train({"optimizer": optimizer, "learning_rate": OPTIMIZER_RATES[optimizer], "epochs": 20,
-                      "comparator_list": "hadamard, concat, abs_diff"})
+    model, _ = train(
+        {
+            "optimizer": optimizer,
+            "learning_rate": OPTIMIZER_RATES[optimizer],
+            "epochs": 20,
+            "comparator_list": "hadamard, concat, abs_diff",
+        }
+    )
     assert_learned(model, min_accuracy=0.8)
 
 
@@ -170,16 +187,24 @@ def test_tied_encoder_is_trained_once_and_learns_a_same_kind_relation():
     share only the table, and it learns a symmetric relation between objects of one kind."""
     hp = {"tied_encoder_weight": True, "enc1_vocab_size": 50}
     model, _ = train(hp, vocab0=50, vocab1=50, same_kind=True)
-    tables_only = Object2VecNet(parse_hyperparameters({**BASE, "enc1_vocab_size": 50,
-                                                       "tied_token_embedding_weight": True}))
+    tables_only = Object2VecNet(
+        parse_hyperparameters({**BASE, "enc1_vocab_size": 50, "tied_token_embedding_weight": True})
+    )
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert model.net.encoder(0) is model.net.encoder(1)
-    assert count(tables_only) - count(model.net) == sum(p.numel() for p in tables_only.encoder(1).project.parameters())
+    assert count(tables_only) - count(model.net) == sum(
+        p.numel() for p in tables_only.encoder(1).project.parameters()
+    )
     assert_learned(model, min_accuracy=0.75)
 
 
-@pytest.mark.parametrize("mismatch", [{"enc1_vocab_size": 60}, {"enc1_vocab_size": 50, "enc1_network": "pooled_embedding",
-                                                                 "enc1_token_embedding_dim": 8}])
+@pytest.mark.parametrize(
+    "mismatch",
+    [
+        {"enc1_vocab_size": 60},
+        {"enc1_vocab_size": 50, "enc1_network": "pooled_embedding", "enc1_token_embedding_dim": 8},
+    ],
+)
 def test_tied_needs_equal_vocab_and_token_dims(mismatch):
     hp = {**BASE, "tied_token_embedding_weight": True, **mismatch}
     train_data, _ = split(vocab0=50, vocab1=50)
@@ -210,8 +235,12 @@ def test_row_sparse_gives_sparse_gradients():
 
 @pytest.mark.parametrize("optimizer", ["adam", "adagrad", "sgd"])
 def test_row_sparse_trains(optimizer):
-    hp = {"token_embedding_storage_type": "row_sparse", "optimizer": optimizer, "epochs": 20,
-          "learning_rate": OPTIMIZER_RATES[optimizer]}
+    hp = {
+        "token_embedding_storage_type": "row_sparse",
+        "optimizer": optimizer,
+        "epochs": 20,
+        "learning_rate": OPTIMIZER_RATES[optimizer],
+    }
     model, _ = train(hp)
     assert_learned(model, min_accuracy=0.8)
 
@@ -262,8 +291,16 @@ def test_early_stopping_stops_and_restores_the_best_epoch(output):
         r["label"] = float(rng.normal()) if output == "mean_squared_error" else int(rng.integers(0, 2))
     regression = output == "mean_squared_error"
     train_data, validation = dataset(records[:1000], regression), dataset(records[1000:], regression)
-    hp = {**BASE, "output_layer": output, "epochs": 40, "learning_rate": 0.05, "early_stopping_patience": 2,
-          "early_stopping_tolerance": 0.01, "mlp_dim": 64, "enc0_token_embedding_dim": 32}
+    hp = {
+        **BASE,
+        "output_layer": output,
+        "epochs": 40,
+        "learning_rate": 0.05,
+        "early_stopping_patience": 2,
+        "early_stopping_tolerance": 0.01,
+        "mlp_dim": 64,
+        "enc0_token_embedding_dim": 32,
+    }
     lines: list[str] = []
     model = Object2Vec(hp).fit(train_data, validation, seed=SEED, log=lines.append, progress=False)
     result = model.result
@@ -321,7 +358,9 @@ def test_padding_invariance_through_the_predictor(sequence_model):
     np.testing.assert_allclose(crowded[:3], alone, atol=1e-5, rtol=0)
     assert np.ptp(alone[:, 1]) > 1e-3  # a model whose outputs differ: the comparison means something
     embedded = sequence_model.embed(in0=pairs0 + long0)
-    np.testing.assert_allclose(embedded[:3], sequence_model.embed(in0=pairs0, batch_size=1), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        embedded[:3], sequence_model.embed(in0=pairs0, batch_size=1), atol=1e-5, rtol=0
+    )
 
 
 def test_padding_content_is_masked_in_the_network(sequence_model):
@@ -352,7 +391,8 @@ def test_metrics_keys_values_and_printed_lines(output):
     test_data = dataset(test_records, regression)
     lines: list[str] = []
     model = Object2Vec({**BASE, "output_layer": output, "epochs": 3}).fit(
-        train_data, validation, test_data, seed=SEED, log=lines.append, progress=False)
+        train_data, validation, test_data, seed=SEED, log=lines.append, progress=False
+    )
     names = ["mean_squared_error"] if regression else ["accuracy", "cross_entropy"]
     expected = {f"{channel}:{name}" for channel in ("validation", "test") for name in names}
     assert set(model.metrics) == expected
@@ -364,18 +404,24 @@ def test_metrics_keys_values_and_printed_lines(output):
     outputs = model.predict(in0=[r["in0"] for r in test_records], in1=[r["in1"] for r in test_records])
     labels = test_data.labels
     if regression:
-        assert model.metrics["test:mean_squared_error"] == pytest.approx(np.mean((outputs - labels) ** 2), rel=1e-4)
+        assert model.metrics["test:mean_squared_error"] == pytest.approx(
+            np.mean((outputs - labels) ** 2), rel=1e-4
+        )
     else:
         assert model.metrics["test:accuracy"] == pytest.approx(np.mean(outputs.argmax(1) == labels), abs=1e-9)
         cross_entropy = -np.mean(np.log(outputs[np.arange(len(labels)), labels]))
         assert model.metrics["test:cross_entropy"] == pytest.approx(cross_entropy, rel=1e-4)
     epoch_lines = [line for line in lines if line.startswith("epoch ")]
-    assert len(epoch_lines) == 3 and all("train:loss=" in line and "samples_per_second=" in line for line in epoch_lines)
+    assert len(epoch_lines) == 3 and all(
+        "train:loss=" in line and "samples_per_second=" in line for line in epoch_lines
+    )
 
 
 def test_no_progress_bar_when_disabled(capsys):
     train_data, validation = split()
-    Object2Vec({**BASE, "epochs": 1}).fit(train_data, validation, seed=SEED, log=lambda line: None, progress=False)
+    Object2Vec({**BASE, "epochs": 1}).fit(
+        train_data, validation, seed=SEED, log=lambda line: None, progress=False
+    )
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
 
@@ -386,7 +432,8 @@ def test_no_progress_bar_when_disabled(capsys):
 def test_dropout_and_weight_decay_are_applied():
     net = Object2VecNet(parse_hyperparameters({**BASE, "dropout": 0.3}))
     assert [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)] and all(
-        m.p == 0.3 for m in net.modules() if isinstance(m, torch.nn.Dropout))
+        m.p == 0.3 for m in net.modules() if isinstance(m, torch.nn.Dropout)
+    )
     norms = {}
     for decay in (0.0, 0.05):
         model, _ = train({"weight_decay": decay, "epochs": 3})

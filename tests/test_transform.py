@@ -18,9 +18,19 @@ VOCAB = 60
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("transform")
-    hp = {"enc0_network": "pooled_embedding", "enc0_max_seq_len": "4", "enc1_max_seq_len": "4",
-          "enc0_vocab_size": str(VOCAB), "enc1_vocab_size": str(VOCAB), "enc0_token_embedding_dim": "8",
-          "enc_dim": "8", "mlp_layers": "1", "mlp_dim": "8", "epochs": "1", "mini_batch_size": "64"}
+    hp = {
+        "enc0_network": "pooled_embedding",
+        "enc0_max_seq_len": "4",
+        "enc1_max_seq_len": "4",
+        "enc0_vocab_size": str(VOCAB),
+        "enc1_vocab_size": str(VOCAB),
+        "enc0_token_embedding_dim": "8",
+        "enc_dim": "8",
+        "mlp_layers": "1",
+        "mlp_dim": "8",
+        "epochs": "1",
+        "mini_batch_size": "64",
+    }
     data = write_jsonl(latent_pairs(200, VOCAB, VOCAB, max_len0=4, max_len1=4), root / "train.jsonl")
     return Object2Vec(hp).fit(data, seed=0, log=lambda *_: None, progress=False).save(root / "model")
 
@@ -48,13 +58,24 @@ def read_out(path):
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
-@pytest.mark.parametrize("strategy, payload_mb, concurrency", [
-    ("MultiRecord", 6, 1), ("MultiRecord", 100 / 2**20, 2), ("SingleRecord", 6, 3)])
-def test_one_output_line_per_input_line_in_order_with_the_bad_line_marked(model, tmp_path, strategy, payload_mb,
-                                                                          concurrency):
+@pytest.mark.parametrize(
+    "strategy, payload_mb, concurrency",
+    [("MultiRecord", 6, 1), ("MultiRecord", 100 / 2**20, 2), ("SingleRecord", 6, 3)],
+)
+def test_one_output_line_per_input_line_in_order_with_the_bad_line_marked(
+    model, tmp_path, strategy, payload_mb, concurrency
+):
     source, records = pairs_file(tmp_path)
-    summary = transform(model.predictor, source, tmp_path / "out", strategy=strategy, max_payload_mb=payload_mb,
-                        concurrency=concurrency, progress=False, log=lambda *_: None)
+    summary = transform(
+        model.predictor,
+        source,
+        tmp_path / "out",
+        strategy=strategy,
+        max_payload_mb=payload_mb,
+        concurrency=concurrency,
+        progress=False,
+        log=lambda *_: None,
+    )
     out = read_out(tmp_path / "out" / "pairs.jsonl.out")
     assert len(out) == len(records) and summary.lines == len(records)
     assert summary.errors == 1 and not summary.ok
@@ -68,24 +89,42 @@ def test_embeddings_blank_lines_and_oversized_records(model, tmp_path):
     big = b'{"in1": [' + b"3, " * 400 + b"3]}"
     source = tmp_path / "embed.jsonl"
     source.write_bytes(b'{"in0": [4, 5]}\n\n{"in1": [9]}\n' + big + b'\nnot json\n{"in1": [7, 8, 9]}')
-    summary = transform(model.predictor, source, tmp_path / "out", max_payload_mb=1000 / 2**20, progress=False,
-                        log=lambda *_: None)
+    summary = transform(
+        model.predictor,
+        source,
+        tmp_path / "out",
+        max_payload_mb=1000 / 2**20,
+        progress=False,
+        log=lambda *_: None,
+    )
     out = read_out(tmp_path / "out" / "embed.jsonl.out")
     assert len(out) == 6 and summary.errors == 3
     np.testing.assert_allclose(np.float32(out[0]["embeddings"]), model.embed(in0=[[4, 5]])[0], rtol=1e-6)
-    np.testing.assert_allclose(np.float32([out[2]["embeddings"], out[5]["embeddings"]]),
-                               model.embed(in1=[[9], [7, 8, 9]]), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.float32([out[2]["embeddings"], out[5]["embeddings"]]), model.embed(in1=[[9], [7, 8, 9]]), rtol=1e-6
+    )
     assert out[1]["error"] == "line 2: empty line; expected a JSON object"
-    assert out[3]["error"].startswith("line 4: the record is 1212 bytes, over the payload limit of 1000 bytes")
+    assert out[3]["error"].startswith(
+        "line 4: the record is 1212 bytes, over the payload limit of 1000 bytes"
+    )
     assert out[4]["error"].startswith("line 5: invalid JSON")
 
 
 def test_json_documents_per_line_and_infer_max_seqlens(model, tmp_path):
     source = tmp_path / "docs.jsonl"
-    source.write_bytes(b'{"instances": [{"in0": [1, 2, 3]}, {"in0": [4]}]}\n'
-                       b'{"instances": [{"in0": [1], "in1": [2]}, {"in1": [3]}]}\n')
-    summary = transform(model.predictor, source, tmp_path / "out", content_type="application/json; "
-                        "infer_max_seqlens=1,4", accept="application/json", progress=False, log=lambda *_: None)
+    source.write_bytes(
+        b'{"instances": [{"in0": [1, 2, 3]}, {"in0": [4]}]}\n'
+        b'{"instances": [{"in0": [1], "in1": [2]}, {"in1": [3]}]}\n'
+    )
+    summary = transform(
+        model.predictor,
+        source,
+        tmp_path / "out",
+        content_type="application/json; infer_max_seqlens=1,4",
+        accept="application/json",
+        progress=False,
+        log=lambda *_: None,
+    )
     first, second = read_out(tmp_path / "out" / "docs.jsonl.out")
     vectors = np.float32([p["embeddings"] for p in first["predictions"]])
     np.testing.assert_allclose(vectors, model.embed(in0=[[1], [4]]), rtol=1e-6)  # in0 capped at 1
@@ -99,13 +138,19 @@ def test_directory_input_resumes_and_skips_complete_outputs(model, tmp_path):
     nested.write_bytes(b'{"in0": [1], "in1": [2]}\n')
     out_dir = tmp_path / "out"
     first = transform(model.predictor, tmp_path / "in", out_dir, progress=False, log=lambda *_: None)
-    assert [p.relative_to(out_dir).as_posix() for p in first.written] == ["more/b.jsonl.out", "pairs.jsonl.out"]
+    assert [p.relative_to(out_dir).as_posix() for p in first.written] == [
+        "more/b.jsonl.out",
+        "pairs.jsonl.out",
+    ]
     done = (out_dir / "pairs.jsonl.out").read_bytes()
     (out_dir / "more" / "b.jsonl.out").write_bytes(b"")  # an interrupted run's leftover
     again = transform(model.predictor, tmp_path / "in", out_dir, progress=False, log=lambda *_: None)
     assert [p.name for p in again.skipped] == ["pairs.jsonl.out"] and [p.name for p in again.written] == [
-        "b.jsonl.out"]
-    assert (out_dir / "pairs.jsonl.out").read_bytes() == done and len(read_out(out_dir / "more/b.jsonl.out")) == 1
+        "b.jsonl.out"
+    ]
+    assert (out_dir / "pairs.jsonl.out").read_bytes() == done and len(
+        read_out(out_dir / "more/b.jsonl.out")
+    ) == 1
     assert not list(out_dir.rglob("*.partial"))
 
 
@@ -115,10 +160,16 @@ def test_batches_stay_within_the_payload_limit():
     assert list(plan_batches(lines[:3], 30, single_record=True)) == [[0], [1], [2]]
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"strategy": "Everything"}, "--strategy"), ({"content_type": "text/csv"}, "not supported"),
-    ({"accept": "text/csv"}, "not supported"), ({"max_payload_mb": 0}, "positive"),
-    ({"content_type": "application/jsonlines; infer_max_seqlens=0,1"}, "infer_max_seqlens")])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"strategy": "Everything"}, "--strategy"),
+        ({"content_type": "text/csv"}, "not supported"),
+        ({"accept": "text/csv"}, "not supported"),
+        ({"max_payload_mb": 0}, "positive"),
+        ({"content_type": "application/jsonlines; infer_max_seqlens=0,1"}, "infer_max_seqlens"),
+    ],
+)
 def test_bad_job_settings_are_refused(model, tmp_path, options, message):
     with pytest.raises(TransformError, match=message):
         transform(model.predictor, tmp_path, tmp_path / "out", progress=False, **options)
@@ -126,12 +177,24 @@ def test_bad_job_settings_are_refused(model, tmp_path, options, message):
 
 def test_cli_exit_status_follows_the_summary(model_dir, tmp_path, capsys):
     source, records = pairs_file(tmp_path)
-    args = ["transform", "--model-dir", str(model_dir), "--input", str(source), "--output", str(tmp_path / "out"),
-            "--no-progress", "--concurrency", "2"]
+    args = [
+        "transform",
+        "--model-dir",
+        str(model_dir),
+        "--input",
+        str(source),
+        "--output",
+        str(tmp_path / "out"),
+        "--no-progress",
+        "--concurrency",
+        "2",
+    ]
     assert cli.main(args) == 1
     assert "1 error line(s)" in capsys.readouterr().err
     clean = tmp_path / "clean.jsonl"
     clean.write_bytes(b'{"in0": [1], "in1": [2]}\n{"in1": [3]}\n')
-    assert cli.main(args[:3] + ["--input", str(clean), "--output", str(tmp_path / "out2"), "--no-progress"]) == 0
+    assert (
+        cli.main(args[:3] + ["--input", str(clean), "--output", str(tmp_path / "out2"), "--no-progress"]) == 0
+    )
     assert "2 line(s), 0 error line(s)" in capsys.readouterr().out
     assert cli.main(args[:3] + ["--input", str(tmp_path / "missing"), "--output", str(tmp_path)]) == 2

@@ -46,9 +46,18 @@ class Object2Vec:
         self._files: list[Path] = []
         self._predictor: Predictor | None = None
 
-    def fit(self, train: DataArg, validation: DataArg = None, test: DataArg = None,
-            auxiliary: str | os.PathLike | None = None, *, seed: int | None = None, device: str | None = None,
-            log: Logger = print, progress: bool | None = None) -> "Object2Vec":
+    def fit(
+        self,
+        train: DataArg,
+        validation: DataArg = None,
+        test: DataArg = None,
+        auxiliary: str | os.PathLike | None = None,
+        *,
+        seed: int | None = None,
+        device: str | None = None,
+        log: Logger = print,
+        progress: bool | None = None,
+    ) -> Object2Vec:
         """Train on JSON Lines channels (paths or loaded datasets); keeps the best epoch."""
         seed_everything(seed)  # the initial weights depend on the seed too
         # Configuration errors were raised when the hyperparameters were parsed; the network (and
@@ -56,8 +65,17 @@ class Object2Vec:
         self.net, self._files = build_network(self.hp, auxiliary, log)
         train_data = _as_dataset(train, self.hp)
         validation_data, test_data = _as_dataset(validation, self.hp), _as_dataset(test, self.hp)
-        self.result = fit(self.net, self.hp, train_data, validation_data, test_data, seed=seed, device=device,
-                          log=log, progress=progress)
+        self.result = fit(
+            self.net,
+            self.hp,
+            train_data,
+            validation_data,
+            test_data,
+            seed=seed,
+            device=device,
+            log=log,
+            progress=progress,
+        )
         self.metrics = dict(self.result.metrics)
         trained_on = next(self.net.parameters()).device  # under torchrun: this rank's cuda:LOCAL_RANK
         self._predictor = Predictor(self.hp, self.net, device=trained_on, metrics=self.metrics)
@@ -89,12 +107,14 @@ class Object2Vec:
         return artifact.save(model_dir, self.hp, self.net, self.metrics, self._files)
 
     @classmethod
-    def from_predictor(cls, predictor: Predictor) -> "Object2Vec":
+    def from_predictor(cls, predictor: Predictor) -> Object2Vec:
         model = cls(predictor.hp)
         model.net, model._predictor, model.metrics = predictor.net, predictor, dict(predictor.metrics)
         return model
 
 
-def load(model_dir: str | os.PathLike, device: str | None = None, preferred_mode: str | None = None) -> Object2Vec:
+def load(
+    model_dir: str | os.PathLike, device: str | None = None, preferred_mode: str | None = None
+) -> Object2Vec:
     """Load a saved model directory (or model.tar.gz); never unpickles anything."""
     return Object2Vec.from_predictor(Predictor.load(model_dir, device=device, preferred_mode=preferred_mode))

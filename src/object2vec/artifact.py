@@ -31,14 +31,21 @@ class ArtifactError(Object2VecError):
     """A model directory is missing a file or holds an inconsistent one."""
 
 
-def save(model_dir: str | Path, hp: Hyperparameters, net: Object2VecNet, metrics: dict | None = None,
-         extra_files: list[str | Path] = ()) -> Path:
+def save(
+    model_dir: str | Path,
+    hp: Hyperparameters,
+    net: Object2VecNet,
+    metrics: dict | None = None,
+    extra_files: list[str | Path] = (),
+) -> Path:
     """Write a model directory; returns its path."""
     root = Path(model_dir)
     root.mkdir(parents=True, exist_ok=True)
     (root / HYPERPARAMETERS_FILE).write_text(hp.to_json() + "\n", encoding="utf-8")
     save_model(net, str(root / WEIGHTS_FILE))
-    (root / METRICS_FILE).write_text(json.dumps(metrics or {}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (root / METRICS_FILE).write_text(
+        json.dumps(metrics or {}, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     for file in extra_files:
         if Path(file).resolve() != (root / Path(file).name).resolve():
             shutil.copy(file, root / Path(file).name)
@@ -63,7 +70,9 @@ def resolve_model_dir(path: str | Path) -> Path:
         found = sorted(p.parent for p in target.rglob(HYPERPARAMETERS_FILE))
         if found:
             return found[0]
-    raise ArtifactError(f"{root}: no {HYPERPARAMETERS_FILE} (nor a {ARCHIVE_FILE} holding one); not a model directory")
+    raise ArtifactError(
+        f"{root}: no {HYPERPARAMETERS_FILE} (nor a {ARCHIVE_FILE} holding one); not a model directory"
+    )
 
 
 def archive(model_dir: str | Path, target: str | Path | None = None) -> Path:
@@ -77,7 +86,9 @@ def archive(model_dir: str | Path, target: str | Path | None = None) -> Path:
     return out
 
 
-def load(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Hyperparameters, Object2VecNet, dict]:
+def load(
+    model_dir: str | Path, device: torch.device | str = "cpu"
+) -> tuple[Hyperparameters, Object2VecNet, dict]:
     """Rebuild the network from a model directory; returns (hyperparameters, net, metrics)."""
     root = resolve_model_dir(model_dir)
     weights = root / WEIGHTS_FILE
@@ -89,9 +100,14 @@ def load(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Hyp
         missing, unexpected = load_model(net, str(weights), strict=False)
     except (SafetensorError, RuntimeError) as exc:  # not safetensors, truncated, or other shapes
         detail = " ".join(str(exc).split())  # one line, for the CLI
-        raise ArtifactError(f"{weights}: unreadable or does not match the hyperparameters ({detail})") from None
+        raise ArtifactError(
+            f"{weights}: unreadable or does not match the hyperparameters ({detail})"
+        ) from None
     if missing or unexpected:
-        raise ArtifactError(f"{weights}: weights do not match the hyperparameters (missing {missing}, unexpected {unexpected})")
+        raise ArtifactError(
+            f"{weights}: weights do not match the hyperparameters "
+            f"(missing {missing}, unexpected {unexpected})"
+        )
     metrics_file = root / METRICS_FILE
     metrics = _read_json(metrics_file) if metrics_file.is_file() else {}
     return hp, net.to(device).eval(), metrics

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from . import container, text
 from .api import Object2Vec
@@ -42,30 +42,49 @@ def _train_parser(sub) -> None:
     p.add_argument("--model-dir", help="where to write the model directory")
     p.add_argument("--seed", type=int, default=None, help="make the run repeatable")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: when stderr is a terminal)")
-    p.add_argument("--ml-root", default=None,
-                   help="without --train/--model-dir: the SageMaker layout to run (default: $OBJECT2VEC_ML_ROOT, "
-                        "else /opt/ml)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+    p.add_argument(
+        "--ml-root",
+        default=None,
+        help="without --train/--model-dir: the SageMaker layout to run (default: $OBJECT2VEC_ML_ROOT, "
+        "else /opt/ml)",
+    )
     p.add_argument("params", nargs="*", metavar="key=value", help="hyperparameters, overriding the file")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     layout = Layout.find(args.ml_root)
-    if not args.train and not args.model_dir and layout.is_training_job():  # as a SageMaker training container
-        saved = container.train(layout, parse_key_values(args.params), seed=args.seed, device=args.device,
-                                progress=args.progress)
+    if (
+        not args.train and not args.model_dir and layout.is_training_job()
+    ):  # as a SageMaker training container
+        saved = container.train(
+            layout, parse_key_values(args.params), seed=args.seed, device=args.device, progress=args.progress
+        )
         if distributed.is_main_process():
             print(f"model saved to {saved}")
         return 0
     if not args.train or not args.model_dir:
-        raise UsageError(f"train needs --train PATH and --model-dir DIR (or a SageMaker layout: "
-                                  f"{layout.hyperparameters_file} or {layout.root}/input/data/train)")
+        raise UsageError(
+            f"train needs --train PATH and --model-dir DIR (or a SageMaker layout: "
+            f"{layout.hyperparameters_file} or {layout.root}/input/data/train)"
+        )
     hyperparameters = load_hyperparameters_file(args.hyperparameters) if args.hyperparameters else {}
     hyperparameters.update(parse_key_values(args.params))
-    model = Object2Vec(hyperparameters).fit(args.train, args.validation, args.test, args.auxiliary,
-                                            seed=args.seed, device=args.device, progress=args.progress)
+    model = Object2Vec(hyperparameters).fit(
+        args.train,
+        args.validation,
+        args.test,
+        args.auxiliary,
+        seed=args.seed,
+        device=args.device,
+        progress=args.progress,
+    )
     saved = model.save(args.model_dir)
     if distributed.is_main_process():  # under torchrun the other ranks hold the same model
         print(f"model saved to {saved}")
@@ -100,21 +119,39 @@ def _positive_int(text: str) -> int:
 
 def _serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP (the SageMaker inference contract)")
-    p.add_argument("--model-dir", default=None,
-                   help="model directory or model.tar.gz (default, as a SageMaker container: $SM_MODEL_DIR, else "
-                        "<ml-root>/model, served on 0.0.0.0)")
-    p.add_argument("--host", default=None,
-                   help="address to bind (default: loopback with --model-dir, else 0.0.0.0 as a container)")
-    p.add_argument("--ml-root", default=None, help="without --model-dir: the SageMaker layout (default: "
-                                                   "$OBJECT2VEC_ML_ROOT, else /opt/ml)")
+    p.add_argument(
+        "--model-dir",
+        default=None,
+        help="model directory or model.tar.gz (default, as a SageMaker container: $SM_MODEL_DIR, else "
+        "<ml-root>/model, served on 0.0.0.0)",
+    )
+    p.add_argument(
+        "--host",
+        default=None,
+        help="address to bind (default: loopback with --model-dir, else 0.0.0.0 as a container)",
+    )
+    p.add_argument(
+        "--ml-root",
+        default=None,
+        help="without --model-dir: the SageMaker layout (default: $OBJECT2VEC_ML_ROOT, else /opt/ml)",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--workers", type=_positive_int, default=1, help="server processes, each with the model")
-    p.add_argument("--max-payload-mb", type=float, default=DEFAULT_MAX_PAYLOAD_MB,
-                   help="larger request bodies get 413")
-    p.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS,
-                   help="longest wait to gather concurrent requests into one forward pass")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch threads per worker (default: $OMP_NUM_THREADS, else CPU cores / workers)")
+    p.add_argument(
+        "--max-payload-mb", type=float, default=DEFAULT_MAX_PAYLOAD_MB, help="larger request bodies get 413"
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=DEFAULT_BATCH_WAIT_MS,
+        help="longest wait to gather concurrent requests into one forward pass",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch threads per worker (default: $OMP_NUM_THREADS, else CPU cores / workers)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(run=_run_serve)
@@ -124,8 +161,17 @@ def _run_serve(args: argparse.Namespace) -> int:
     from .serving.server import serve  # the HTTP server's libraries only when serving
 
     model_dir, host = serve_target(args.model_dir, args.host, args.ml_root)
-    serve(model_dir, host=host, port=args.port, workers=args.workers, max_payload_mb=args.max_payload_mb,
-          batch_wait_ms=args.batch_wait_ms, threads=args.threads, device=args.device, access_log=args.access_log)
+    serve(
+        model_dir,
+        host=host,
+        port=args.port,
+        workers=args.workers,
+        max_payload_mb=args.max_payload_mb,
+        batch_wait_ms=args.batch_wait_ms,
+        threads=args.threads,
+        device=args.device,
+        access_log=args.access_log,
+    )
     return 0
 
 
@@ -134,37 +180,65 @@ def _transform_parser(sub) -> None:
     p.add_argument("--model-dir", required=True, help="model directory or model.tar.gz")
     p.add_argument("--input", required=True, help="a JSON Lines file or a directory of them")
     p.add_argument("--output", required=True, help="directory for the <input name>.out files")
-    p.add_argument("--content-type", default="application/jsonlines",
-                   help="application/jsonlines (one instance per line) or application/json (one request "
-                        "document per line); may carry ;infer_max_seqlens=FWD,BCK")
+    p.add_argument(
+        "--content-type",
+        default="application/jsonlines",
+        help="application/jsonlines (one instance per line) or application/json (one request "
+        "document per line); may carry ;infer_max_seqlens=FWD,BCK",
+    )
     p.add_argument("--accept", default="application/jsonlines")
-    p.add_argument("--max-payload-mb", type=float, default=DEFAULT_MAX_PAYLOAD_MB,
-                   help="the most bytes of records per model pass")
+    p.add_argument(
+        "--max-payload-mb",
+        type=float,
+        default=DEFAULT_MAX_PAYLOAD_MB,
+        help="the most bytes of records per model pass",
+    )
     p.add_argument("--strategy", choices=STRATEGIES, default=STRATEGIES[0])
     p.add_argument("--concurrency", type=_positive_int, default=1, help="batches answered at the same time")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: when stderr is a terminal)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
     p.set_defaults(run=_run_transform)
 
 
 def _run_transform(args: argparse.Namespace) -> int:
-    summary = run_transform(args.model_dir, args.input, args.output, device=args.device,
-                            content_type=args.content_type, accept=args.accept, max_payload_mb=args.max_payload_mb,
-                            strategy=args.strategy, concurrency=args.concurrency, progress=args.progress)
+    summary = run_transform(
+        args.model_dir,
+        args.input,
+        args.output,
+        device=args.device,
+        content_type=args.content_type,
+        accept=args.accept,
+        max_payload_mb=args.max_payload_mb,
+        strategy=args.strategy,
+        concurrency=args.concurrency,
+        progress=args.progress,
+    )
     print(f"transform: {summary}", file=sys.stdout if summary.ok else sys.stderr)
     return 0 if summary.ok else 1
 
 
 def _vocab_parser(sub) -> None:
     p = sub.add_parser("vocab", help="build a vocabulary JSON ({token: id}, <pad>=0, <unk>=1) from raw text")
-    p.add_argument("inputs", nargs="+", help="TSV files (with a header row), .jsonl files, or .txt files "
-                                             "(one text per line, field 'text')")
-    p.add_argument("--fields", default="text", help="comma-separated text columns/fields, e.g. "
-                                                    "sentence_A,sentence_B (default: text)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="TSV files (with a header row), .jsonl files, or .txt files (one text per line, field 'text')",
+    )
+    p.add_argument(
+        "--fields",
+        default="text",
+        help="comma-separated text columns/fields, e.g. sentence_A,sentence_B (default: text)",
+    )
     p.add_argument("--output", required=True, help="the vocabulary JSON file to write")
     p.add_argument("--min-count", type=_positive_int, default=1, help="keep words seen at least this often")
-    p.add_argument("--max-size", type=_positive_int, default=None, help="most entries, reserved tokens included")
+    p.add_argument(
+        "--max-size", type=_positive_int, default=None, help="most entries, reserved tokens included"
+    )
     p.set_defaults(run=_run_vocab)
 
 
@@ -172,41 +246,66 @@ def _run_vocab(args: argparse.Namespace) -> int:
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
     texts = (t for path in args.inputs for t in text.texts_of(path, fields))
     vocab = text.build_vocab(texts, args.min_count, args.max_size)
-    print(f"vocabulary of {len(vocab)} tokens (use encX_vocab_size={len(vocab)}) written to "
-          f"{text.write_vocab(vocab, args.output)}")
+    print(
+        f"vocabulary of {len(vocab)} tokens (use encX_vocab_size={len(vocab)}) written to "
+        f"{text.write_vocab(vocab, args.output)}"
+    )
     return 0
 
 
 def _tokenize_parser(sub) -> None:
-    p = sub.add_parser("tokenize", help="TSV/JSON Lines of texts -> token-ID JSON Lines (training or inference)")
+    p = sub.add_parser(
+        "tokenize", help="TSV/JSON Lines of texts -> token-ID JSON Lines (training or inference)"
+    )
     p.add_argument("input", help="a TSV file with a header row, or a .jsonl file")
     p.add_argument("--vocab", required=True, help="vocabulary JSON (object2vec vocab)")
     p.add_argument("--output", required=True, help="JSON Lines file to write")
     p.add_argument("--text0", required=True, help="column/field giving in0")
     p.add_argument("--text1", default=None, help="column/field giving in1 (pairs)")
     p.add_argument("--label", default=None, help="column/field of the label: makes training records")
-    p.add_argument("--classes", default=None, help="comma-separated label names, mapped to 0, 1, ... in order")
-    p.add_argument("--max-len", type=_positive_int, default=None, help="truncate sequences to this many tokens")
+    p.add_argument(
+        "--classes", default=None, help="comma-separated label names, mapped to 0, 1, ... in order"
+    )
+    p.add_argument(
+        "--max-len", type=_positive_int, default=None, help="truncate sequences to this many tokens"
+    )
     p.add_argument("--boundaries", action="store_true", help="wrap each text in <s> ... </s>")
     p.set_defaults(run=_run_tokenize)
 
 
 def _run_tokenize(args: argparse.Namespace) -> int:
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    count = text.tokenize_file(args.input, args.output, text.read_vocab(args.vocab), text0=args.text0,
-                               text1=args.text1, label=args.label, classes=classes, max_len=args.max_len,
-                               add_boundaries=args.boundaries)
+    count = text.tokenize_file(
+        args.input,
+        args.output,
+        text.read_vocab(args.vocab),
+        text0=args.text0,
+        text1=args.text1,
+        label=args.label,
+        classes=classes,
+        max_len=args.max_len,
+        add_boundaries=args.boundaries,
+    )
     print(f"{count} records written to {args.output}")
     return 0
 
 
 #: Each command registers itself here: a function adding its sub-parser.
-COMMANDS: list[Callable] = [_train_parser, _quickstart_parser, _hyperparameters_parser, _serve_parser,
-                            _transform_parser, _vocab_parser, _tokenize_parser]
+COMMANDS: list[Callable] = [
+    _train_parser,
+    _quickstart_parser,
+    _hyperparameters_parser,
+    _serve_parser,
+    _transform_parser,
+    _vocab_parser,
+    _tokenize_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="object2vec", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser = argparse.ArgumentParser(
+        prog="object2vec", description=__doc__.split("\n\n")[0].replace("\n", " ")
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .api import Object2Vec
 from .errors import Object2VecError
@@ -29,8 +30,9 @@ from .training import distributed
 ML_ROOT_ENV = "OBJECT2VEC_ML_ROOT"
 DEFAULT_ML_ROOT = "/opt/ml"
 CHANNELS = ("train", "validation", "test", "auxiliary")
-#: A container serves every interface: SageMaker sends requests from outside the container.
-SERVE_HOST, SERVE_PORT = "0.0.0.0", 8080
+#: A container serves every interface: SageMaker sends requests from outside the container (on
+#: the serving default port, ``serving.settings.DEFAULT_PORT``).
+SERVE_HOST = "0.0.0.0"
 
 
 class ContainerError(Object2VecError):
@@ -45,7 +47,9 @@ class Layout:
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def find(cls, ml_root: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> "Layout":
+    def find(
+        cls, ml_root: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None
+    ) -> Layout:
         """``ml_root``, else ``$OBJECT2VEC_ML_ROOT``, else ``/opt/ml``."""
         environ = dict(os.environ if environ is None else environ)
         return cls(Path(ml_root or environ.get(ML_ROOT_ENV) or DEFAULT_ML_ROOT), environ)
@@ -88,8 +92,15 @@ class Layout:
         return self.failure_file
 
 
-def train(layout: Layout, overrides: Mapping[str, str] = (), *, seed: int | None = None, device: str | None = None,
-          progress: bool | None = None, log: Callable[[str], None] = print) -> Path:
+def train(
+    layout: Layout,
+    overrides: Mapping[str, str] = (),
+    *,
+    seed: int | None = None,
+    device: str | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Run the training job the layout describes and write the model to its model directory.
 
     Exactly ``object2vec train --train ... --model-dir ...`` with the paths taken from the
@@ -101,9 +112,16 @@ def train(layout: Layout, overrides: Mapping[str, str] = (), *, seed: int | None
         train_channel = layout.channel("train")
         if train_channel is None:
             raise ContainerError(f"{layout.root / 'input' / 'data' / 'train'}: the job has no train channel")
-        model = Object2Vec(hyperparameters).fit(train_channel, layout.channel("validation"), layout.channel("test"),
-                                                layout.channel("auxiliary"), seed=seed, device=device,
-                                                progress=progress, log=log)
+        model = Object2Vec(hyperparameters).fit(
+            train_channel,
+            layout.channel("validation"),
+            layout.channel("test"),
+            layout.channel("auxiliary"),
+            seed=seed,
+            device=device,
+            progress=progress,
+            log=log,
+        )
         return model.save(layout.model_dir)
     except Exception as exc:
         if distributed.is_main_process():

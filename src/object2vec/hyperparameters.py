@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from .errors import Object2VecError, UsageError
 
@@ -150,16 +151,41 @@ def _encoder_params(side: int) -> list[Param]:
     first = side == 0
     networks = ENCODER_NETWORKS if first else ("enc0",) + ENCODER_NETWORKS
     return [
-        Param(f"{enc}_max_seq_len", "int", None, 1, 5000, required=first,
-              help="Maximum tokens per input; longer inputs are truncated." + ("" if first else " Default: enc0's.")),
-        Param(f"{enc}_vocab_size", "int", None, 2, 3_000_000, required=first,
-              help="Token IDs must lie in [0, vocab_size)." + ("" if first else " Default: enc0's.")),
-        Param(f"{enc}_network", "choice", "hcnn" if first else "enc0", choices=networks,
-              help="Encoder architecture" + ("." if first else "; 'enc0' copies enc0's (own weights).")),
+        Param(
+            f"{enc}_max_seq_len",
+            "int",
+            None,
+            1,
+            5000,
+            required=first,
+            help="Maximum tokens per input; longer inputs are truncated."
+            + ("" if first else " Default: enc0's."),
+        ),
+        Param(
+            f"{enc}_vocab_size",
+            "int",
+            None,
+            2,
+            3_000_000,
+            required=first,
+            help="Token IDs must lie in [0, vocab_size)." + ("" if first else " Default: enc0's."),
+        ),
+        Param(
+            f"{enc}_network",
+            "choice",
+            "hcnn" if first else "enc0",
+            choices=networks,
+            help="Encoder architecture" + ("." if first else "; 'enc0' copies enc0's (own weights)."),
+        ),
         Param(f"{enc}_token_embedding_dim", "int", 300, 2, 1000, help="Token embedding size."),
         Param(f"{enc}_layers", "int_or_auto", AUTO, 1, 4, help="Encoder depth (hcnn, bilstm)."),
         Param(f"{enc}_cnn_filter_width", "int", 3, 1, 9, help="hcnn convolution width."),
-        Param(f"{enc}_pretrained_embedding_file", "file", "", help="GloVe-style text file in the auxiliary channel."),
+        Param(
+            f"{enc}_pretrained_embedding_file",
+            "file",
+            "",
+            help="GloVe-style text file in the auxiliary channel.",
+        ),
         Param(f"{enc}_vocab_file", "file", "", help="JSON token->id vocabulary in the auxiliary channel."),
         Param(f"{enc}_freeze_pretrained_embedding", "bool", True, help="Keep pretrained rows fixed."),
     ]
@@ -171,8 +197,12 @@ SCHEMA: dict[str, Param] = {
         *_encoder_params(0),
         *_encoder_params(1),
         Param("enc_dim", "int", 4096, 4, 10000, help="Output size of both encoders."),
-        Param("comparator_list", "comparators", ("hadamard", "concat", "abs_diff"),
-              help="Ordered operators joining the two encodings."),
+        Param(
+            "comparator_list",
+            "comparators",
+            ("hadamard", "concat", "abs_diff"),
+            help="Ordered operators joining the two encodings.",
+        ),
         Param("mlp_layers", "int", 2, 0, 10, help="Hidden layers after the comparator."),
         Param("mlp_dim", "int", 512, 2, 10000, help="Width of each hidden layer."),
         Param("mlp_activation", "choice", "linear", choices=("tanh", "relu", "linear")),
@@ -188,9 +218,13 @@ SCHEMA: dict[str, Param] = {
         Param("early_stopping_tolerance", "float", 0.01, 1e-6, 0.1),
         Param("negative_sampling_rate", "int", 0, 0, 100, help="Negatives made per positive each epoch."),
         Param("tied_token_embedding_weight", "bool", False, help="One token table for both encoders."),
-        Param("tied_encoder_weight", "bool", False,
-              help="Beyond the reference: one encoder for in0 and in1 (shared parameters, a siamese network); "
-                   "enc1's architecture is enc0's; implies tied_token_embedding_weight."),
+        Param(
+            "tied_encoder_weight",
+            "bool",
+            False,
+            help="Beyond the reference: one encoder for in0 and in1 (shared parameters, a siamese network); "
+            "enc1's architecture is enc0's; implies tied_token_embedding_weight.",
+        ),
         Param("token_embedding_storage_type", "choice", "dense", choices=("dense", "row_sparse")),
         Param("bucket_width", "int", 0, 0, 100, help="Allowed length difference within a batch; 0 = off."),
     ]
@@ -251,7 +285,7 @@ class Hyperparameters(Mapping[str, Any]):
     def __repr__(self) -> str:
         return f"Hyperparameters({self._values!r})"
 
-    def replace(self, **changes: Any) -> "Hyperparameters":
+    def replace(self, **changes: Any) -> Hyperparameters:
         """A copy with some values changed, validated again."""
         merged = {**self.to_strings(), **{k: v for k, v in changes.items()}}
         return parse_hyperparameters(merged)
@@ -299,7 +333,8 @@ def parse_hyperparameters(raw: Mapping[str, Any] | None = None, **overrides: Any
     unknown = sorted(k for k in given if k not in SCHEMA and not str(k).startswith("_"))
     if unknown:
         raise HyperparameterError(
-            f"unknown hyperparameter {unknown[0]}={given[unknown[0]]!r}; valid names: {', '.join(sorted(SCHEMA))}"
+            f"unknown hyperparameter {unknown[0]}={given[unknown[0]]!r}; "
+            f"valid names: {', '.join(sorted(SCHEMA))}"
         )
     values: dict[str, Any] = {}
     for name, param in SCHEMA.items():
@@ -352,12 +387,18 @@ def _resolve_tied_encoder(values: dict[str, Any], given: Mapping[str, Any]) -> N
             "it cannot be combined with tied_token_embedding_weight=False"
         )
     _inherit_from_enc0(values, given, TIED_ENCODER_SETTINGS)
-    _require_enc1_as_enc0(values, TIED_ENCODER_SETTINGS, "tied_encoder_weight=True uses enc0 for both inputs",
-                          "or be left unset")
+    _require_enc1_as_enc0(
+        values,
+        TIED_ENCODER_SETTINGS,
+        "tied_encoder_weight=True uses enc0 for both inputs",
+        "or be left unset",
+    )
     values["tied_token_embedding_weight"] = True
 
 
-def _require_enc1_as_enc0(values: Mapping[str, Any], suffixes: tuple[str, ...], reason: str, remedy: str) -> None:
+def _require_enc1_as_enc0(
+    values: Mapping[str, Any], suffixes: tuple[str, ...], reason: str, remedy: str
+) -> None:
     """Refuse an enc1 setting that differs from enc0's where ``reason`` makes them one thing."""
     for suffix in suffixes:
         if values[f"enc1_{suffix}"] != values[f"enc0_{suffix}"]:
@@ -395,7 +436,11 @@ def _sparse_optimizer_supported(hp: Hyperparameters) -> None:
 def _pretrained_needs_vocab(hp: Hyperparameters) -> None:
     """A pretrained file's rows are placed by their tokens' IDs, which only a vocabulary gives."""
     for enc in hp.encoders:
-        if enc.pretrained_embedding_file and not enc.vocab_file and not (enc.side == 1 and hp.tied_token_embedding_weight):
+        if (
+            enc.pretrained_embedding_file
+            and not enc.vocab_file
+            and not (enc.side == 1 and hp.tied_token_embedding_weight)
+        ):
             raise HyperparameterError(
                 f"{enc.key('pretrained_embedding_file')}={enc.pretrained_embedding_file} needs "
                 f"{enc.key('vocab_file')} to map its tokens to IDs"
@@ -411,8 +456,12 @@ def _one_table_one_set_of_files(hp: Hyperparameters) -> None:
     if hp.enc1_pretrained_embedding_file:
         named += ("freeze_pretrained_embedding",)
     implied = " (implied by tied_encoder_weight=True)" if hp.tied_encoder_weight else ""
-    _require_enc1_as_enc0(hp, named, f"tied_token_embedding_weight=True{implied} shares one token table",
-                          "or leave enc1's files unset")
+    _require_enc1_as_enc0(
+        hp,
+        named,
+        f"tied_token_embedding_weight=True{implied} shares one token table",
+        "or leave enc1's files unset",
+    )
 
 
 CROSS_PARAMETER_RULES: tuple[Callable[[Hyperparameters], None], ...] = (

@@ -22,9 +22,9 @@ import os
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import orjson
@@ -52,7 +52,9 @@ def build_vocab(texts: Iterable[str], min_count: int = 1, max_size: int | None =
     if max_size is not None and max_size < len(RESERVED):
         raise TextError(f"max_size={max_size} leaves no room for the {len(RESERVED)} reserved tokens")
     counts = Counter(token for text in texts for token in tokenize(text))
-    words = sorted((w for w, c in counts.items() if c >= min_count and w not in RESERVED), key=lambda w: (-counts[w], w))
+    words = sorted(
+        (w for w, c in counts.items() if c >= min_count and w not in RESERVED), key=lambda w: (-counts[w], w)
+    )
     if max_size is not None:
         words = words[: max_size - len(RESERVED)]
     return {token: index for index, token in enumerate((*RESERVED, *words))}
@@ -85,13 +87,15 @@ def read_vocab(path: str | os.PathLike, vocab_size: int | None = None) -> dict[s
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TextError(f"{path}: not a valid JSON vocabulary ({exc})") from None
     if not isinstance(data, dict) or not data:
-        raise TextError(f"{path}: a vocabulary must be a non-empty JSON object {{\"token\": id, ...}}")
+        raise TextError(f'{path}: a vocabulary must be a non-empty JSON object {{"token": id, ...}}')
     seen: dict[int, str] = {}
     for token, index in data.items():
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise TextError(f"{path}: token {token!r} has id {index!r}; ids must be non-negative integers")
         if vocab_size is not None and index >= vocab_size:
-            raise TextError(f"{path}: token {token!r} has id {index}, outside [0, {vocab_size}) (encX_vocab_size)")
+            raise TextError(
+                f"{path}: token {token!r} has id {index}, outside [0, {vocab_size}) (encX_vocab_size)"
+            )
         if index in seen:
             raise TextError(f"{path}: tokens {seen[index]!r} and {token!r} share id {index}")
         seen[index] = token
@@ -126,8 +130,10 @@ def iter_vectors(path: str | os.PathLike, dim: int) -> Iterator[tuple[str, np.nd
                 if number == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
                     continue  # word2vec text header "<count> <dim>"
                 if len(parts) - 1 != dim:
-                    raise TextError(f"{path}:{number}: {len(parts) - 1} values for {parts[0]!r}, expected {dim} "
-                                    f"(encX_token_embedding_dim)")
+                    raise TextError(
+                        f"{path}:{number}: {len(parts) - 1} values for {parts[0]!r}, expected {dim} "
+                        f"(encX_token_embedding_dim)"
+                    )
                 try:
                     vector = np.asarray(parts[1:], dtype=np.float32)
                 except ValueError:
@@ -156,6 +162,7 @@ def pretrained_rows(vocab: dict[str, int], path: str | os.PathLike, dim: int) ->
 
 # ----- files of raw text -> training / inference JSON Lines -----------------------------------
 
+
 def read_text_records(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     """``(where, record)`` for each row of a TSV with a header row, each object of a JSON Lines
     file, or each non-empty line of plain text as ``{"text": line}`` (by extension:
@@ -179,7 +186,9 @@ def read_text_records(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
                         raise TextError(f"{path}:{number}: expected a JSON object")
                     yield f"{path}:{number}", record
         else:
-            for number, row in enumerate(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), start=2):
+            for number, row in enumerate(
+                csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), start=2
+            ):
                 yield f"{path}:{number}", row
 
 
@@ -197,7 +206,9 @@ def _label(value: object, classes: dict[str, int] | None, where: str) -> int | f
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise TextError(f"{where}: label {value!r} is not a number; name the classes (--classes A,B,C)") from None
+        raise TextError(
+            f"{where}: label {value!r} is not a number; name the classes (--classes A,B,C)"
+        ) from None
     return int(number) if number.is_integer() else number
 
 
@@ -209,9 +220,18 @@ def texts_of(path: str | os.PathLike, fields: Iterable[str]) -> Iterator[str]:
             yield str(_field(record, name, where))
 
 
-def tokenize_file(source: str | os.PathLike, target: str | os.PathLike, vocab: dict[str, int], *, text0: str,
-                  text1: str | None = None, label: str | None = None, classes: list[str] | None = None,
-                  max_len: int | None = None, add_boundaries: bool = False) -> int:
+def tokenize_file(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    vocab: dict[str, int],
+    *,
+    text0: str,
+    text1: str | None = None,
+    label: str | None = None,
+    classes: list[str] | None = None,
+    max_len: int | None = None,
+    add_boundaries: bool = False,
+) -> int:
     """Write ``target`` as JSON Lines of token IDs; returns the number of records.
 
     With ``label``: training records ``{"label", "in0", "in1"}`` (``text1`` required). Without:
@@ -231,7 +251,9 @@ def tokenize_file(source: str | os.PathLike, target: str | os.PathLike, vocab: d
                 row["label"] = _label(_field(record, label, where), mapping, where)
             for key, name in (("in0", text0), ("in1", text1)):
                 if name is not None:
-                    row[key] = encode(str(_field(record, name, where)), vocab, add_boundaries=add_boundaries)[:max_len]
+                    row[key] = encode(str(_field(record, name, where)), vocab, add_boundaries=add_boundaries)[
+                        :max_len
+                    ]
             out.write(orjson.dumps(row) + b"\n")
             count += 1
     return count

@@ -74,7 +74,9 @@ def _zero_frozen_grad(grad: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
         grad = grad.coalesce()
         rows = grad.indices()[0]
         values = grad.values() * (~frozen[rows]).unsqueeze(-1).to(grad.dtype)
-        return torch.sparse_coo_tensor(grad.indices(), values, grad.shape, is_coalesced=True, check_invariants=False)
+        return torch.sparse_coo_tensor(
+            grad.indices(), values, grad.shape, is_coalesced=True, check_invariants=False
+        )
     return grad * (~frozen).unsqueeze(-1).to(grad.dtype)
 
 
@@ -184,7 +186,8 @@ class HcnnEncoder(Encoder):
         self.depth = encoder_depth(config)
         self.filter_width = config.cnn_filter_width
         self.convs = nn.ModuleList(
-            nn.Conv1d(channels, channels, self.filter_width, dilation=2**i) for i in range(self.depth))
+            nn.Conv1d(channels, channels, self.filter_width, dilation=2**i) for i in range(self.depth)
+        )
         self.norms = nn.ModuleList(nn.LayerNorm(channels) for _ in range(self.depth))
         self.dropout = nn.Dropout(dropout)
         self.pooled_norm = nn.LayerNorm(2 * channels * (self.depth + 1))
@@ -217,15 +220,23 @@ class BiLstmEncoder(Encoder):
         super().__init__(embedding, enc_dim, config, dropout)
         hidden = embedding.embedding_dim
         self.depth = encoder_depth(config)
-        self.lstm = nn.LSTM(hidden, hidden, num_layers=self.depth, bidirectional=True, batch_first=True,
-                            dropout=dropout if self.depth > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            hidden,
+            hidden,
+            num_layers=self.depth,
+            bidirectional=True,
+            batch_first=True,
+            dropout=dropout if self.depth > 1 else 0.0,
+        )
         self.dropout = nn.Dropout(dropout)
         self.project = nn.Linear(4 * hidden, enc_dim)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         width = ids.shape[1]
         vectors = self.dropout(self.embedding(ids))
-        packed = pack_padded_sequence(vectors, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(
+            vectors, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        )
         states, _ = self.lstm(packed)
         states, _ = pad_packed_sequence(states, batch_first=True, total_length=width)
         return self.project(masked_mean_max(states, padding_mask(lengths, width)))
@@ -238,7 +249,9 @@ ENCODERS: dict[str, type[Encoder]] = {
 }
 
 
-def build_encoder(config: EncoderConfig, embedding: nn.Embedding, enc_dim: int, dropout: float = 0.0) -> Encoder:
+def build_encoder(
+    config: EncoderConfig, embedding: nn.Embedding, enc_dim: int, dropout: float = 0.0
+) -> Encoder:
     """The encoder ``config.network`` names. The schema only admits known names; this guard is for
     a build of the package whose registry lacks one (refused, never silently swapped)."""
     builder = ENCODERS.get(config.network)

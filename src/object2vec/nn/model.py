@@ -35,7 +35,8 @@ class Object2VecNet(nn.Module):
         tables = self._token_tables(hp)
         sides = (0,) if hp.tied_encoder_weight else (0, 1)  # tied: enc1 is enc0 itself
         self.encoders = nn.ModuleList(
-            build_encoder(self._encoder_config(hp, side), tables[side], hp.enc_dim, hp.dropout) for side in sides
+            build_encoder(self._encoder_config(hp, side), tables[side], hp.enc_dim, hp.dropout)
+            for side in sides
         )
         if hp.tied_token_embedding_weight and not hp.tied_encoder_weight:
             self._mirror_start()
@@ -58,8 +59,9 @@ class Object2VecNet(nn.Module):
         with unit-scale word rows, this is worth 3 points of entailment accuracy (README).
         """
         params0, params1 = (dict(e.named_parameters()) for e in self.encoders)  # the shared table included
-        if type(self.encoders[0]) is not type(self.encoders[1]) or \
-                {k: v.shape for k, v in params0.items()} != {k: v.shape for k, v in params1.items()}:
+        if type(self.encoders[0]) is not type(self.encoders[1]) or {
+            k: v.shape for k, v in params0.items()
+        } != {k: v.shape for k, v in params1.items()}:
             return
         with torch.no_grad():
             for name, value in params0.items():
@@ -74,7 +76,9 @@ class Object2VecNet(nn.Module):
             shared = make_token_table(hp.enc0_vocab_size, hp.enc0_token_embedding_dim, hp.row_sparse, std)
             return [shared, shared]
         return [
-            make_token_table(enc.vocab_size, enc.token_embedding_dim, hp.row_sparse, token_init_std(enc.max_seq_len))
+            make_token_table(
+                enc.vocab_size, enc.token_embedding_dim, hp.row_sparse, token_init_std(enc.max_seq_len)
+            )
             for enc in hp.encoders
         ]
 
@@ -125,7 +129,9 @@ class Object2VecNet(nn.Module):
         out = self.outputs(a, b)
         return out if self.regression else out.softmax(-1)
 
-    def forward(self, in0: torch.Tensor, len0: torch.Tensor, in1: torch.Tensor, len1: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, in0: torch.Tensor, len0: torch.Tensor, in1: torch.Tensor, len1: torch.Tensor
+    ) -> torch.Tensor:
         """Class logits ``[B, num_classes]`` or regression values ``[B]``."""
         return self.outputs(self.encode(0, in0, len0), self.encode(1, in1, len1))
 

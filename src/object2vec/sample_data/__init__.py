@@ -15,9 +15,19 @@ import numpy as np
 import orjson
 
 
-def latent_pairs(n: int, vocab0: int = 50, vocab1: int = 60, *, max_len0: int = 1, max_len1: int = 1,
-                 task: str = "binary", num_classes: int = 2, latent_dim: int = 4, seed: int = 0,
-                 same_kind: bool = False) -> list[dict]:
+def latent_pairs(
+    n: int,
+    vocab0: int = 50,
+    vocab1: int = 60,
+    *,
+    max_len0: int = 1,
+    max_len1: int = 1,
+    task: str = "binary",
+    num_classes: int = 2,
+    latent_dim: int = 4,
+    seed: int = 0,
+    same_kind: bool = False,
+) -> list[dict]:
     """``n`` records ``{"label", "in0", "in1"}``.
 
     ``same_kind=True`` gives both sides one token space (token i means the same in in0 and in1,

@@ -10,7 +10,7 @@ batches (no work wasted on padding), and returned in the caller's order.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -35,8 +35,9 @@ class InputError(Object2VecError):
         self.field = field
 
 
-def to_column(sequences: Sequence[Sequence[int]], field: str, vocab_size: int, max_len: int,
-              validate: bool = True) -> SequenceColumn:
+def to_column(
+    sequences: Sequence[Sequence[int]], field: str, vocab_size: int, max_len: int, validate: bool = True
+) -> SequenceColumn:
     """Validate ``sequences`` and store them truncated to ``max_len``. ``validate=False`` is for
     lists of int lists a caller has already checked (the HTTP protocol does, naming the request's
     instance index)."""
@@ -84,21 +85,33 @@ class Predictor:
     everything); the rest runs on the CPU. On a CPU it changes nothing.
     """
 
-    def __init__(self, hp: Hyperparameters, net: Object2VecNet, device: torch.device | str | None = None,
-                 preferred_mode: str | None = None, metrics: dict | None = None):
+    def __init__(
+        self,
+        hp: Hyperparameters,
+        net: Object2VecNet,
+        device: torch.device | str | None = None,
+        preferred_mode: str | None = None,
+        metrics: dict | None = None,
+    ):
         self.hp = hp
         self.net = net.eval()
         self.metrics = metrics or {}
         self.device = resolve_device(device)
         self.preferred_mode = preferred_mode or os.environ.get("INFERENCE_PREFERRED_MODE") or None
         if self.preferred_mode is not None and self.preferred_mode not in PREFERRED_MODES:
-            raise ValueError(f"INFERENCE_PREFERRED_MODE={self.preferred_mode!r}; valid: {', '.join(PREFERRED_MODES)}")
+            raise ValueError(
+                f"INFERENCE_PREFERRED_MODE={self.preferred_mode!r}; valid: {', '.join(PREFERRED_MODES)}"
+            )
         self.encoder_device, self.head_device = placement(self.device, self.preferred_mode)
         self.net.place(self.encoder_device, self.head_device)
 
     @classmethod
-    def load(cls, model_dir: str | os.PathLike, device: torch.device | str | None = None,
-             preferred_mode: str | None = None) -> "Predictor":
+    def load(
+        cls,
+        model_dir: str | os.PathLike,
+        device: torch.device | str | None = None,
+        preferred_mode: str | None = None,
+    ) -> Predictor:
         hp, net, metrics = artifact.load(model_dir)
         return cls(hp, net, device, preferred_mode, metrics)
 
@@ -126,8 +139,9 @@ class Predictor:
             yield order[start : start + batch_size]
 
     @torch.inference_mode()
-    def embed(self, in0=None, in1=None, *, max_len: int | None = None,
-              batch_size: int = INFERENCE_BATCH_SIZE) -> np.ndarray:
+    def embed(
+        self, in0=None, in1=None, *, max_len: int | None = None, batch_size: int = INFERENCE_BATCH_SIZE
+    ) -> np.ndarray:
         """Encoder embeddings of the sequences given as ``in0`` (enc0) or ``in1`` (enc1):
         a float32 array ``[n, enc_dim]``."""
         if (in0 is None) == (in1 is None):
@@ -136,8 +150,15 @@ class Predictor:
         return self._embed_column(side, self._column(side, in0 if side == 0 else in1, max_len), batch_size)
 
     @torch.inference_mode()
-    def predict(self, in0, in1, *, max_len0: int | None = None, max_len1: int | None = None,
-                batch_size: int = INFERENCE_BATCH_SIZE) -> np.ndarray:
+    def predict(
+        self,
+        in0,
+        in1,
+        *,
+        max_len0: int | None = None,
+        max_len1: int | None = None,
+        batch_size: int = INFERENCE_BATCH_SIZE,
+    ) -> np.ndarray:
         """Scores of pairs: probabilities ``[n, num_classes]`` (softmax) or values ``[n]``
         (regression), float32."""
         col0, col1 = self._column(0, in0, max_len0), self._column(1, in1, max_len1)
@@ -146,8 +167,9 @@ class Predictor:
         return self._score_columns(col0, col1, batch_size)
 
     @torch.inference_mode()
-    def infer(self, in0: Sequence, in1: Sequence, *, validate: bool = True,
-              batch_size: int = INFERENCE_BATCH_SIZE) -> list[np.ndarray]:
+    def infer(
+        self, in0: Sequence, in1: Sequence, *, validate: bool = True, batch_size: int = INFERENCE_BATCH_SIZE
+    ) -> list[np.ndarray]:
         """Answer a mixed list of instances, one float32 vector per instance in order: the pair
         scores where both ``in0[i]`` and ``in1[i]`` are given (length num_classes, or 1 for
         regression), else the embedding of the one given (length ``enc_dim``).
@@ -161,16 +183,22 @@ class Predictor:
         results: list[np.ndarray | None] = [None] * len(in0)
         pairs = [i for i, (a, b) in enumerate(zip(in0, in1)) if a is not None and b is not None]
         if pairs:
-            scores = self._score_columns(self._column(0, [in0[i] for i in pairs], None, validate),
-                                         self._column(1, [in1[i] for i in pairs], None, validate), batch_size)
+            scores = self._score_columns(
+                self._column(0, [in0[i] for i in pairs], None, validate),
+                self._column(1, [in1[i] for i in pairs], None, validate),
+                batch_size,
+            )
             for i, row in zip(pairs, scores.reshape(len(pairs), -1)):
                 results[i] = row
         for side, given in ((0, in0), (1, in1)):
             other = in1 if side == 0 else in0
-            rows = [i for i, (mine, theirs) in enumerate(zip(given, other)) if mine is not None and theirs is None]
+            rows = [
+                i for i, (mine, theirs) in enumerate(zip(given, other)) if mine is not None and theirs is None
+            ]
             if rows:
-                vectors = self._embed_column(side, self._column(side, [given[i] for i in rows], None, validate),
-                                             batch_size)
+                vectors = self._embed_column(
+                    side, self._column(side, [given[i] for i in rows], None, validate), batch_size
+                )
                 for i, row in zip(rows, vectors):
                     results[i] = row
         missing = [i for i, row in enumerate(results) if row is None]
@@ -194,7 +222,9 @@ class Predictor:
             (ids0, len0), (ids1, len1) = col0.padded(rows), col1.padded(rows)
             a = self.net.encode(0, ids0.to(device), len0.to(device))
             b = self.net.encode(1, ids1.to(device), len1.to(device))
-            out[rows] = self._head_scores(a.to(self.head_device), b.to(self.head_device)).float().cpu().numpy()
+            out[rows] = (
+                self._head_scores(a.to(self.head_device), b.to(self.head_device)).float().cpu().numpy()
+            )
         return out
 
     def _head_scores(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

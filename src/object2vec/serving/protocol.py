@@ -19,8 +19,9 @@ instance index and field.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -31,7 +32,9 @@ from ..errors import Object2VecError
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
 #: Media types read as one instance (or one result) per line.
-JSONLINES_ALIASES = frozenset({JSONLINES, "application/x-jsonlines", "application/jsonl", "application/x-ndjson"})
+JSONLINES_ALIASES = frozenset(
+    {JSONLINES, "application/x-jsonlines", "application/jsonl", "application/x-ndjson"}
+)
 SUPPORTED = f"{JSON} or {JSONLINES}"
 MAX_SEQLEN_RANGE = (1, 5000)
 SCORES, EMBEDDINGS = "scores", "embeddings"
@@ -146,8 +149,14 @@ def _describe(index: int | None, line: int | None) -> str:
     return f"instance {index}" if line is None else f"instance {index} (line {line})"
 
 
-def check_sequence(value: Any, index: int | None, field: str, vocab_size: int, cap: int | None = None,
-                   line: int | None = None) -> TokenIds:
+def check_sequence(
+    value: Any,
+    index: int | None,
+    field: str,
+    vocab_size: int,
+    cap: int | None = None,
+    line: int | None = None,
+) -> TokenIds:
     """A non-empty list of integer token IDs in ``[0, vocab_size)``, cut to ``cap``; else a 400
     naming the instance and field."""
     problem = token_problem(value, vocab_size)
@@ -156,18 +165,27 @@ def check_sequence(value: Any, index: int | None, field: str, vocab_size: int, c
     return value if cap is None else value[:cap]
 
 
-def check_instance(obj: Any, index: int | None, vocab_sizes: Sequence[int], caps: Sequence[int | None] = (None, None),
-                   line: int | None = None) -> Instance:
+def check_instance(
+    obj: Any,
+    index: int | None,
+    vocab_sizes: Sequence[int],
+    caps: Sequence[int | None] = (None, None),
+    line: int | None = None,
+) -> Instance:
     """One instance object -> ``(in0 or None, in1 or None)``, validated. Other keys (a ``label``
     left in a batch-transform file) are ignored."""
     if not isinstance(obj, dict):
-        raise RequestError(f"{_describe(index, line)} must be an object with 'in0' and/or 'in1', got {short_repr(obj)}",
-                           index=index)
+        raise RequestError(
+            f"{_describe(index, line)} must be an object with 'in0' and/or 'in1', got {short_repr(obj)}",
+            index=index,
+        )
     present = [obj.get(field) is not None for field in FIELDS]
     if not any(present):
         raise RequestError(f"{_describe(index, line)} has neither 'in0' nor 'in1'", index=index)
-    in0, in1 = (check_sequence(obj[f], index, f, vocab_sizes[s], caps[s], line) if present[s] else None
-                for s, f in enumerate(FIELDS))
+    in0, in1 = (
+        check_sequence(obj[f], index, f, vocab_sizes[s], caps[s], line) if present[s] else None
+        for s, f in enumerate(FIELDS)
+    )
     return in0, in1
 
 
@@ -196,7 +214,9 @@ def decode_objects(body: bytes, fmt: BodyFormat) -> list[tuple[Any, int | None]]
         if not isinstance(document, dict) or "instances" not in document:
             raise RequestError('the body must be a JSON object {"instances": [...]}; "instances" is missing')
         if not isinstance(document["instances"], list):
-            raise RequestError(f'"instances" must be a list of objects, got {short_repr(document["instances"])}')
+            raise RequestError(
+                f'"instances" must be a list of objects, got {short_repr(document["instances"])}'
+            )
         objects = [(obj, None) for obj in document["instances"]]
     if not objects:
         raise RequestError("the request holds no instances")
@@ -205,8 +225,10 @@ def decode_objects(body: bytes, fmt: BodyFormat) -> list[tuple[Any, int | None]]
 
 def decode_request(body: bytes, fmt: BodyFormat, vocab_sizes: Sequence[int]) -> Request:
     """A request body -> validated :class:`Request`; every client mistake is a :class:`RequestError`."""
-    instances = [check_instance(obj, i, vocab_sizes, fmt.caps, line)
-                 for i, (obj, line) in enumerate(decode_objects(body, fmt))]
+    instances = [
+        check_instance(obj, i, vocab_sizes, fmt.caps, line)
+        for i, (obj, line) in enumerate(decode_objects(body, fmt))
+    ]
     return Request(request_mode(instances), [i[0] for i in instances], [i[1] for i in instances])
 
 
@@ -219,7 +241,8 @@ def request_mode(instances: Sequence[Instance]) -> str:
     raise RequestError(
         f"instance {first_pair} has both in0 and in1 (pair scores) but instance {first_single} has only one "
         "(an embedding); one request must be all pairs or all single inputs, send them separately",
-        index=max(first_pair, first_single))
+        index=max(first_pair, first_single),
+    )
 
 
 def encode_predictions(rows: Sequence[np.ndarray], key: str, accept: str) -> bytes:

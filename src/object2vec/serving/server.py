@@ -21,10 +21,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Awaitable, Callable, Iterator
 
 import numpy as np
 from starlette.applications import Starlette
@@ -43,6 +43,7 @@ from .settings import (
     DEFAULT_MAX_PAYLOAD_MB,
     DEFAULT_PORT,
     MB,
+    STRATEGIES,
     ServeSettings,
     default_model_dir,
 )
@@ -66,8 +67,12 @@ class MicroBatcher:
     requests meanwhile) and hands each request its rows.
     """
 
-    def __init__(self, run: Callable[[list, list], list[np.ndarray]],
-                 max_instances: int = DEFAULT_MAX_BATCH_INSTANCES, max_wait_s: float = DEFAULT_BATCH_WAIT_MS / 1000):
+    def __init__(
+        self,
+        run: Callable[[list, list], list[np.ndarray]],
+        max_instances: int = DEFAULT_MAX_BATCH_INSTANCES,
+        max_wait_s: float = DEFAULT_BATCH_WAIT_MS / 1000,
+    ):
         self.run = run
         self.max_instances = max_instances
         self.max_wait_s = max_wait_s
@@ -137,7 +142,9 @@ class MicroBatcher:
         in0 = [seq for job in batch for seq in job.in0]
         in1 = [seq for job in batch for seq in job.in1]
         try:
-            rows = await asyncio.get_running_loop().run_in_executor(self._executor, partial(self.run, in0, in1))
+            rows = await asyncio.get_running_loop().run_in_executor(
+                self._executor, partial(self.run, in0, in1)
+            )
         except Exception as exc:  # a bug must fail these requests, never the worker
             for job in batch:
                 if not job.future.done():
@@ -154,7 +161,9 @@ def error_response(status: int, message: str) -> Response:
     return Response(protocol.error_body(message), status_code=status, media_type=protocol.JSON)
 
 
-def json_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+def json_errors(
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
     """Client mistakes -> their 4xx; anything else -> a 500 for this request, logged."""
 
     async def guarded(request: Request) -> Response:
@@ -189,16 +198,24 @@ async def read_body(request: Request, limit: int) -> bytes:
 def create_app(predictor: Predictor, settings: ServeSettings) -> Starlette:
     """The ASGI application answering with ``predictor``."""
     vocab_sizes = (predictor.hp.enc0_vocab_size, predictor.hp.enc1_vocab_size)
-    batcher = MicroBatcher(partial(predictor.infer, validate=False), settings.max_batch_instances,
-                           settings.batch_wait_ms / 1000)
+    batcher = MicroBatcher(
+        partial(predictor.infer, validate=False), settings.max_batch_instances, settings.batch_wait_ms / 1000
+    )
 
     async def ping(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type=protocol.JSON)
 
     async def execution_parameters(request: Request) -> Response:
-        return Response(protocol.encode_object({
-            "MaxConcurrentTransforms": settings.workers, "BatchStrategy": "MultiRecord",
-            "MaxPayloadInMB": max(1, int(settings.max_payload_mb))}), media_type=protocol.JSON)
+        return Response(
+            protocol.encode_object(
+                {
+                    "MaxConcurrentTransforms": settings.workers,
+                    "BatchStrategy": STRATEGIES[0],
+                    "MaxPayloadInMB": max(1, int(settings.max_payload_mb)),
+                }
+            ),
+            media_type=protocol.JSON,
+        )
 
     @json_errors
     async def invocations(request: Request) -> Response:
@@ -213,20 +230,24 @@ def create_app(predictor: Predictor, settings: ServeSettings) -> Starlette:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return error_response(exc.status_code, str(exc.detail))
 
-    app = Starlette(routes=[
-        Route("/ping", ping, methods=["GET"]),
-        Route("/execution-parameters", execution_parameters, methods=["GET"]),
-        Route("/invocations", invocations, methods=["POST"]),
-        Route("/endpoints/{name}/invocations", invocations, methods=["POST"]),
-    ], exception_handlers={HTTPException: http_error})
+    app = Starlette(
+        routes=[
+            Route("/ping", ping, methods=["GET"]),
+            Route("/execution-parameters", execution_parameters, methods=["GET"]),
+            Route("/invocations", invocations, methods=["POST"]),
+            Route("/endpoints/{name}/invocations", invocations, methods=["POST"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )
     app.state.predictor, app.state.settings, app.state.batcher = predictor, settings, batcher
     return app
 
 
 def load_app(settings: ServeSettings) -> Starlette:
     """Load the model named by ``settings`` and build its app (one call per serving process)."""
-    predictor = Predictor.load(settings.model_dir, device=settings.device or None,
-                               preferred_mode=settings.preferred_mode or None)
+    predictor = Predictor.load(
+        settings.model_dir, device=settings.device or None, preferred_mode=settings.preferred_mode or None
+    )
     inference_threads(settings.workers, settings.threads or None)
     return create_app(predictor, settings)
 
@@ -236,21 +257,37 @@ def app_from_env() -> Starlette:
     return load_app(ServeSettings.from_env())
 
 
-def serve(model_dir: str | os.PathLike | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          workers: int = 1, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
-          batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS, threads: int | None = None,
-          device: str | None = None, preferred_mode: str | None = None, access_log: bool = False,
-          log_level: str = "info") -> None:
+def serve(
+    model_dir: str | os.PathLike | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    workers: int = 1,
+    max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+    threads: int | None = None,
+    device: str | None = None,
+    preferred_mode: str | None = None,
+    access_log: bool = False,
+    log_level: str = "info",
+) -> None:
     """Serve a model directory (or model.tar.gz; default: ``default_model_dir()``) until stopped."""
     import uvicorn
 
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     root = resolve_model_dir(model_dir if model_dir is not None else default_model_dir())
-    settings = ServeSettings(str(root), workers, max_payload_mb, batch_wait_ms, threads=threads or 0,
-                             device=device or "",
-                             preferred_mode=preferred_mode or os.environ.get("INFERENCE_PREFERRED_MODE", ""))
-    options = dict(host=host, port=port, access_log=access_log, log_level=log_level, timeout_graceful_shutdown=10)
+    settings = ServeSettings(
+        str(root),
+        workers,
+        max_payload_mb,
+        batch_wait_ms,
+        threads=threads or 0,
+        device=device or "",
+        preferred_mode=preferred_mode or os.environ.get("INFERENCE_PREFERRED_MODE", ""),
+    )
+    options = dict(
+        host=host, port=port, access_log=access_log, log_level=log_level, timeout_graceful_shutdown=10
+    )
     if workers == 1:  # load here, so a broken model is a clean error before anything listens
         uvicorn.run(load_app(settings), **options)
         return

@@ -20,7 +20,8 @@ DEFAULT_PORT = 8080
 DEFAULT_HOST = "127.0.0.1"
 #: Where a SageMaker-style container finds its model when no directory is named.
 DEFAULT_MODEL_DIR = "/opt/ml/model"
-#: Batch transform's ways of grouping records: as many as fit the payload limit, or one by one.
+#: Batch transform's ways of grouping records: as many as fit the payload limit (the default), or
+#: one by one.
 STRATEGIES = ("MultiRecord", "SingleRecord")
 ENV_PREFIX = "OBJECT2VEC_SERVE_"
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -52,8 +52,10 @@ class TransformSummary:
         return self.errors == 0
 
     def __str__(self) -> str:
-        return (f"{len(self.written)} file(s) written, {len(self.skipped)} already complete and skipped, "
-                f"{self.lines} line(s), {self.errors} error line(s)")
+        return (
+            f"{len(self.written)} file(s) written, {len(self.skipped)} already complete and skipped, "
+            f"{self.lines} line(s), {self.errors} error line(s)"
+        )
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,11 @@ def input_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".")
-                      for part in p.relative_to(path).parts))
+        return sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
     raise TransformError(f"{path}: no such file or directory")
 
 
@@ -111,17 +116,22 @@ def _decode_line(line: bytes, number: int, job: Job) -> tuple[list[protocol.Inst
     """The instances on one line, and the request mode for a JSON document line (None for one
     JSON Lines instance, whose mode is its own)."""
     if len(line) + 1 > job.max_payload_bytes:
-        raise protocol.RequestError(f"the record is {len(line)} bytes, over the payload limit of "
-                                  f"{job.max_payload_bytes} bytes")
+        raise protocol.RequestError(
+            f"the record is {len(line)} bytes, over the payload limit of {job.max_payload_bytes} bytes"
+        )
     if not line.strip():
         raise protocol.RequestError("empty line; expected a JSON object")
     if job.body.lines:
-        return [protocol.check_instance(protocol.load_json(line), None, job.vocab_sizes, job.body.caps, number)], None
+        return [
+            protocol.check_instance(protocol.load_json(line), None, job.vocab_sizes, job.body.caps, number)
+        ], None
     request = protocol.decode_request(line, protocol.BodyFormat(False, *job.body.caps), job.vocab_sizes)
     return [(a, b) for a, b in zip(request.in0, request.in1)], request.mode
 
 
-def answer_batch(predictor: Predictor, lines: Sequence[bytes], numbers: Sequence[int], job: Job) -> list[bytes]:
+def answer_batch(
+    predictor: Predictor, lines: Sequence[bytes], numbers: Sequence[int], job: Job
+) -> list[bytes]:
     """One output line (without newline) per input line; all good lines in one model pass."""
     decoded: list[tuple[list[protocol.Instance], str | None] | str] = []
     for line, number in zip(lines, numbers):
@@ -131,8 +141,11 @@ def answer_batch(predictor: Predictor, lines: Sequence[bytes], numbers: Sequence
             message = str(exc)
             decoded.append(message if message.startswith("line ") else f"line {number}: {message}")
     instances = [instance for item in decoded if not isinstance(item, str) for instance in item[0]]
-    rows = iter(predictor.infer([i[0] for i in instances], [i[1] for i in instances], validate=False)
-                if instances else [])
+    rows = iter(
+        predictor.infer([i[0] for i in instances], [i[1] for i in instances], validate=False)
+        if instances
+        else []
+    )
     out = []
     for item in decoded:
         if isinstance(item, str):
@@ -140,11 +153,17 @@ def answer_batch(predictor: Predictor, lines: Sequence[bytes], numbers: Sequence
         elif item[1] is None:  # one JSON Lines instance
             out.append(protocol.encode_object({protocol.instance_mode(item[0][0]): next(rows)}))
         else:
-            out.append(protocol.encode_predictions([next(rows) for _ in item[0]], item[1], protocol.JSON).rstrip(b"\n"))
+            out.append(
+                protocol.encode_predictions([next(rows) for _ in item[0]], item[1], protocol.JSON).rstrip(
+                    b"\n"
+                )
+            )
     return out
 
 
-def _ordered(executor: Executor, tasks: Iterable[Callable[[], list[bytes]]], window: int) -> Iterator[list[bytes]]:
+def _ordered(
+    executor: Executor, tasks: Iterable[Callable[[], list[bytes]]], window: int
+) -> Iterator[list[bytes]]:
     """Run ``tasks`` on ``executor`` with at most ``window`` in flight; results in task order."""
     pending: deque[Future] = deque()
     for task in tasks:
@@ -155,15 +174,18 @@ def _ordered(executor: Executor, tasks: Iterable[Callable[[], list[bytes]]], win
         yield pending.popleft().result()
 
 
-def transform_file(predictor: Predictor, source: Path, target: Path, job: Job, executor: Executor, window: int,
-                   bar: tqdm) -> tuple[int, int]:
+def transform_file(
+    predictor: Predictor, source: Path, target: Path, job: Job, executor: Executor, window: int, bar: tqdm
+) -> tuple[int, int]:
     """Write ``target`` (via ``.partial``, renamed at the end); returns (lines, error lines)."""
     lines = read_lines(source)
     partial = target.with_name(target.name + PARTIAL_SUFFIX)
     target.parent.mkdir(parents=True, exist_ok=True)
     errors = 0
-    tasks = (lambda rows=rows: answer_batch(predictor, [lines[i] for i in rows], [i + 1 for i in rows], job)
-             for rows in plan_batches(lines, job.max_payload_bytes, job.single_record))
+    tasks = (
+        lambda rows=rows: answer_batch(predictor, [lines[i] for i in rows], [i + 1 for i in rows], job)
+        for rows in plan_batches(lines, job.max_payload_bytes, job.single_record)
+    )
     with open(partial, "wb") as out:
         for answers in _ordered(executor, tasks, window):
             errors += sum(answer.startswith(b'{"error"') for answer in answers)
@@ -183,14 +205,27 @@ def _job(predictor: Predictor, content_type: str, accept: str, max_payload_mb: f
         protocol.parse_accept(accept)  # both accepted types give one JSON object per line
     except protocol.RequestError as exc:
         raise TransformError(str(exc)) from None
-    return Job(body, (predictor.hp.enc0_vocab_size, predictor.hp.enc1_vocab_size), int(max_payload_mb * MB),
-               strategy == "SingleRecord")
+    return Job(
+        body,
+        (predictor.hp.enc0_vocab_size, predictor.hp.enc1_vocab_size),
+        int(max_payload_mb * MB),
+        strategy == "SingleRecord",
+    )
 
 
-def transform(predictor: Predictor, input_path: str | os.PathLike, output_dir: str | os.PathLike, *,
-              content_type: str = protocol.JSONLINES, accept: str = protocol.JSONLINES, max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
-              strategy: str = "MultiRecord", concurrency: int = 1, progress: bool | None = None,
-              log: Logger = print) -> TransformSummary:
+def transform(
+    predictor: Predictor,
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    content_type: str = protocol.JSONLINES,
+    accept: str = protocol.JSONLINES,
+    max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
+    strategy: str = STRATEGIES[0],
+    concurrency: int = 1,
+    progress: bool | None = None,
+    log: Logger = print,
+) -> TransformSummary:
     """Transform a file, or every file under a directory, into ``output_dir/<relative name>.out``."""
     job = _job(predictor, content_type, accept, max_payload_mb, strategy)
     if concurrency < 1:
@@ -207,8 +242,12 @@ def transform(predictor: Predictor, input_path: str | os.PathLike, output_dir: s
         else:
             todo.append((source, target))
     total = sum(count_lines(source) for source, _ in todo)
-    with ThreadPoolExecutor(concurrency) as executor, tqdm(total=total, unit="line", desc="transform",
-                                                          disable=None if progress is None else not progress) as bar:
+    with (
+        ThreadPoolExecutor(concurrency) as executor,
+        tqdm(
+            total=total, unit="line", desc="transform", disable=None if progress is None else not progress
+        ) as bar,
+    ):
         for source, target in todo:
             lines, errors = transform_file(predictor, source, target, job, executor, 2 * concurrency, bar)
             summary.written.append(target)
@@ -219,8 +258,13 @@ def transform(predictor: Predictor, input_path: str | os.PathLike, output_dir: s
     return summary
 
 
-def run_transform(model_dir: str | os.PathLike, input_path: str | os.PathLike, output_dir: str | os.PathLike,
-                  device: str | None = None, **options) -> TransformSummary:
+def run_transform(
+    model_dir: str | os.PathLike,
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    device: str | None = None,
+    **options,
+) -> TransformSummary:
     """Load a model directory (or model.tar.gz) and :func:`transform` with it, sharing this
     process's CPU cores among the ``concurrency`` batches in flight."""
     predictor = Predictor.load(model_dir, device=device)

@@ -7,4 +7,13 @@ from .data import DataError, PairDataset, load_pairs
 from .fit import TrainResult, fit, seed_everything
 from .network import build_network
 
-__all__ = ["DataError", "distributed", "PairDataset", "TrainResult", "build_network", "fit", "load_pairs", "seed_everything"]
+__all__ = [
+    "DataError",
+    "distributed",
+    "PairDataset",
+    "TrainResult",
+    "build_network",
+    "fit",
+    "load_pairs",
+    "seed_everything",
+]

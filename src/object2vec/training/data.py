@@ -11,9 +11,9 @@ from __future__ import annotations
 import gzip
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import orjson
@@ -67,7 +67,33 @@ class PairDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, indices: np.ndarray) -> "PairDataset":
+    @classmethod
+    def from_sequences(
+        cls,
+        in0: Sequence[Sequence[int]],
+        in1: Sequence[Sequence[int]],
+        labels,
+        regression: bool = False,
+        source: str = "",
+    ) -> PairDataset:
+        """Pairs already in memory (token lists and labels), taken as given: no validation, no
+        truncation (:func:`load_pairs` does both for files)."""
+        dtype = np.float32 if regression else np.int64
+        return cls(
+            SequenceColumn.from_lists(in0), SequenceColumn.from_lists(in1), np.asarray(labels, dtype), source
+        )
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict], regression: bool = False) -> PairDataset:
+        """Records ``{"label", "in0", "in1"}`` already in memory (see :meth:`from_sequences`)."""
+        return cls.from_sequences(
+            [r["in0"] for r in records],
+            [r["in1"] for r in records],
+            [r["label"] for r in records],
+            regression,
+        )
+
+    def subset(self, indices: np.ndarray) -> PairDataset:
         """The records at ``indices`` (used to give each distributed rank its shard)."""
         return PairDataset(self.in0.take(indices), self.in1.take(indices), self.labels[indices], self.source)
 
@@ -82,12 +108,16 @@ def _check_tokens(value: object, field: str, vocab_size: int, where: str) -> lis
 def _check_label(value: object, regression: bool, num_classes: int, where: str) -> float | int:
     if regression:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DataError(f"{where}: field 'label' must be a finite number for mean_squared_error, got {value!r}")
+            raise DataError(
+                f"{where}: field 'label' must be a finite number for mean_squared_error, got {value!r}"
+            )
         return float(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_classes:
-        raise DataError(f"{where}: field 'label' must be an integer class in [0, {num_classes}), got {value!r}")
+        raise DataError(
+            f"{where}: field 'label' must be an integer class in [0, {num_classes}), got {value!r}"
+        )
     return value
 
 
@@ -109,8 +139,7 @@ def load_pairs(path: str | os.PathLike, hp: Hyperparameters) -> PairDataset:
         labels.append(_check_label(record["label"], regression, hp.num_classes, where))
     if not labels:
         raise DataError(f"{path}: no records")
-    dtype = np.float32 if regression else np.int64
-    return PairDataset(SequenceColumn.from_lists(in0), SequenceColumn.from_lists(in1), np.asarray(labels, dtype), str(path))
+    return PairDataset.from_sequences(in0, in1, labels, regression, str(path))
 
 
 @dataclass
@@ -123,7 +152,7 @@ class Batch:
     len1: torch.Tensor
     labels: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.in0), move(self.len0), move(self.in1), move(self.len1), move(self.labels))
 
@@ -131,7 +160,9 @@ class Batch:
         return len(self.labels)
 
 
-def epoch_pairs(data: PairDataset, negative_rate: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def epoch_pairs(
+    data: PairDataset, negative_rate: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The (in0 index, in1 index, label) triples of one epoch.
 
     With ``negative_rate = k`` each positive record (label != 0) also yields k negatives: its in0
@@ -152,8 +183,13 @@ def epoch_pairs(data: PairDataset, negative_rate: int, rng: np.random.Generator)
     return idx0, idx1, labels
 
 
-def batch_order(lengths0: np.ndarray, lengths1: np.ndarray, batch_size: int, bucket_width: int,
-                rng: np.random.Generator | None) -> list[np.ndarray]:
+def batch_order(
+    lengths0: np.ndarray,
+    lengths1: np.ndarray,
+    batch_size: int,
+    bucket_width: int,
+    rng: np.random.Generator | None,
+) -> list[np.ndarray]:
     """Split positions ``0..n-1`` into mini-batches.
 
     Without bucketing: a shuffled (or, with ``rng=None``, sequential) split. With
@@ -175,8 +211,15 @@ def batch_order(lengths0: np.ndarray, lengths1: np.ndarray, batch_size: int, buc
     return batches
 
 
-def iterate_batches(data: PairDataset, batch_size: int, *, shuffle: bool = False, negative_rate: int = 0,
-                    bucket_width: int = 0, rng: np.random.Generator | None = None) -> Iterator[Batch]:
+def iterate_batches(
+    data: PairDataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    negative_rate: int = 0,
+    bucket_width: int = 0,
+    rng: np.random.Generator | None = None,
+) -> Iterator[Batch]:
     """Yield the padded mini-batches of one pass over ``data``."""
     rng = rng if rng is not None else np.random.default_rng()
     idx0, idx1, labels = epoch_pairs(data, negative_rate, rng)

@@ -62,8 +62,14 @@ def local_device(device: str | torch.device | None) -> torch.device:
     if chosen.type != "cuda" or world_size() == 1:
         return chosen
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if chosen.index is not None and chosen.index != local_rank and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
-        raise UsageError(f"--device {chosen}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda")
+    if (
+        chosen.index is not None
+        and chosen.index != local_rank
+        and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1
+    ):
+        raise UsageError(
+            f"--device {chosen}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda"
+        )
     return torch.device("cuda", local_rank)
 
 
@@ -105,7 +111,8 @@ class Context:
         return backend_for(self.device)
 
     def check(self, hp: Hyperparameters) -> None:
-        """The hyperparameter rules that depend on this run (:func:`~object2vec.hyperparameters.check_run`)."""
+        """The hyperparameter rules that depend on this run
+        (:func:`~object2vec.hyperparameters.check_run`)."""
         check_run(hp, self.world_size)
 
     def shard(self, data: PairDataset | None, *, equal: bool = True, name: str = "") -> PairDataset | None:
@@ -154,7 +161,11 @@ def sum_across_ranks(*values: float) -> tuple[float, ...]:
 
 
 def _all_reduce(values: list[float], op) -> list[float]:
-    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    on = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
     tensor = torch.tensor(values, dtype=torch.float64, device=on)
     dist.all_reduce(tensor, op=op)
     dist.broadcast(tensor, src=0)
@@ -182,7 +193,8 @@ def teardown(*, wait: bool = True) -> None:
     every rank to get here, so no rank closes its connections while another still uses them
     (gloo aborts a process whose peer vanished mid-call)."""
     if dist.is_available() and dist.is_initialized():
-        gc.collect()  # free DistributedDataParallel's reducer (kept in reference cycles) while the group lives
+        # free DistributedDataParallel's reducer (kept in reference cycles) while the group lives
+        gc.collect()
         if wait:
             dist.barrier()
         dist.destroy_process_group()

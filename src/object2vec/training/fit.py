@@ -16,6 +16,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 from torch import nn
@@ -161,7 +162,7 @@ class WeightAverage:
     HORIZON = 0.25  # of an epoch's steps ...
     MIN_HORIZON_STEPS = 100  # ... but at least this many (large batches make short epochs)
 
-    def __init__(self, net: "Object2VecNet", hp: Hyperparameters, steps_per_epoch: int):
+    def __init__(self, net: Object2VecNet, hp: Hyperparameters, steps_per_epoch: int):
         skip = {id(t.weight) for t in net.token_tables} if hp.row_sparse else set()
         self.params = [p for p in net.parameters() if p.requires_grad and id(p) not in skip]
         self.shadow = [p.detach().clone() for p in self.params]
@@ -218,17 +219,33 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="sample", unit_scale=True, leave=False, dynamic_ncols=True)
 
 
-def train_epoch(net, optimizers, train: PairDataset, hp: Hyperparameters, rng, device, bar=None, *,
-                model: nn.Module | None = None, max_batches: int | None = None,
-                average: "WeightAverage | None" = None) -> tuple[float, int]:
+def train_epoch(
+    net,
+    optimizers,
+    train: PairDataset,
+    hp: Hyperparameters,
+    rng,
+    device,
+    bar=None,
+    *,
+    model: nn.Module | None = None,
+    max_batches: int | None = None,
+    average: WeightAverage | None = None,
+) -> tuple[float, int]:
     """One pass over ``train``; returns (mean training loss, samples seen). ``model`` runs the
     forward pass (default ``net``; its DistributedDataParallel wrapper under torchrun), and
     ``max_batches`` caps the pass so every rank takes the same number of steps."""
     net.train()
     model = net if model is None else model
     total, seen = 0.0, 0
-    batches = iterate_batches(train, hp.mini_batch_size, shuffle=True, rng=rng,
-                              negative_rate=hp.negative_sampling_rate, bucket_width=hp.bucket_width)
+    batches = iterate_batches(
+        train,
+        hp.mini_batch_size,
+        shuffle=True,
+        rng=rng,
+        negative_rate=hp.negative_sampling_rate,
+        bucket_width=hp.bucket_width,
+    )
     for batch in itertools.islice(batches, max_batches):
         batch = batch.to(device)
         for opt in optimizers:
@@ -247,9 +264,18 @@ def train_epoch(net, optimizers, train: PairDataset, hp: Hyperparameters, rng, d
     return total / max(seen, 1), seen
 
 
-def fit(net: Object2VecNet, hp: Hyperparameters, train: PairDataset, validation: PairDataset | None = None,
-        test: PairDataset | None = None, *, seed: int | None = None, device: torch.device | str | None = None,
-        log: Logger = print, progress: bool | None = None) -> TrainResult:
+def fit(
+    net: Object2VecNet,
+    hp: Hyperparameters,
+    train: PairDataset,
+    validation: PairDataset | None = None,
+    test: PairDataset | None = None,
+    *,
+    seed: int | None = None,
+    device: torch.device | str | None = None,
+    log: Logger = print,
+    progress: bool | None = None,
+) -> TrainResult:
     """Train ``net`` in place and return the final metrics (``validation:*``, ``test:*``)."""
     run = distributed.setup(device)  # under torchrun: join the process group, take this rank's shards
     run.check(hp)
@@ -262,7 +288,9 @@ def fit(net: Object2VecNet, hp: Hyperparameters, train: PairDataset, validation:
     model = run.wrap(net)
     steps = run.steps_per_epoch(epoch_size(train, hp.negative_sampling_rate), hp.mini_batch_size)
     optimizers = make_optimizers(net, hp)
-    average = WeightAverage(net, hp, steps or math.ceil(epoch_size(train, hp.negative_sampling_rate) / hp.mini_batch_size))
+    average = WeightAverage(
+        net, hp, steps or math.ceil(epoch_size(train, hp.negative_sampling_rate) / hp.mini_batch_size)
+    )
     stopper = EarlyStopping(hp.early_stopping_patience, hp.early_stopping_tolerance)
     progress = (sys.stderr.isatty() if progress is None else progress) and run.is_main
     history: list[dict[str, float]] = []
@@ -270,13 +298,18 @@ def fit(net: Object2VecNet, hp: Hyperparameters, train: PairDataset, validation:
     for epoch in range(1, hp.epochs + 1):
         bar = _progress(epoch_size(train, hp.negative_sampling_rate), f"epoch {epoch}/{hp.epochs}", progress)
         epoch_start = time.perf_counter()
-        train_loss, seen = train_epoch(net, optimizers, train, hp, rng, device, bar, model=model, max_batches=steps,
-                                        average=average)
+        train_loss, seen = train_epoch(
+            net, optimizers, train, hp, rng, device, bar, model=model, max_batches=steps, average=average
+        )
         if bar is not None:
             bar.close()
         train_loss, seen = run.mean_loss(train_loss, seen)
         samples += seen
-        record = {"epoch": epoch, "train:loss": train_loss, "samples_per_second": seen / (time.perf_counter() - epoch_start)}
+        record = {
+            "epoch": epoch,
+            "train:loss": train_loss,
+            "samples_per_second": seen / (time.perf_counter() - epoch_start),
+        }
         with average.applied():
             if validation is not None:
                 record.update({f"validation:{k}": v for k, v in evaluate(net, validation, device).items()})
@@ -284,8 +317,10 @@ def fit(net: Object2VecNet, hp: Hyperparameters, train: PairDataset, validation:
         history.append(record)
         log(_format_epoch(record, hp.epochs))
         if stop:
-            log(f"early stopping after epoch {epoch}: no improvement of {hp.early_stopping_tolerance} "
-                f"in {hp.early_stopping_patience} epochs")
+            log(
+                f"early stopping after epoch {epoch}: no improvement of {hp.early_stopping_tolerance} "
+                f"in {hp.early_stopping_patience} epochs"
+            )
             break
     seconds = time.perf_counter() - started
     average.commit()
@@ -295,7 +330,9 @@ def fit(net: Object2VecNet, hp: Hyperparameters, train: PairDataset, validation:
     metrics = final_metrics(net, validation, test, device)
     for name, value in metrics.items():
         log(f"{name}={value:.6g}")
-    return TrainResult(metrics, history, stopper.best_epoch or len(history), samples / max(seconds, 1e-9), seconds)
+    return TrainResult(
+        metrics, history, stopper.best_epoch or len(history), samples / max(seconds, 1e-9), seconds
+    )
 
 
 def final_metrics(net, validation: PairDataset | None, test: PairDataset | None, device) -> dict[str, float]:
@@ -307,7 +344,7 @@ def final_metrics(net, validation: PairDataset | None, test: PairDataset | None,
 
 
 def _strip(record: dict[str, float], prefix: str) -> dict[str, float]:
-    return {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in record.items() if k.startswith(prefix)}
 
 
 def _format_epoch(record: dict[str, float], epochs: int) -> str:

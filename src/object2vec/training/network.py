@@ -37,14 +37,20 @@ def build_network(
         vocab = text.read_vocab(vocab_file, enc.vocab_size)
         files.append(vocab_file)
         if enc.pretrained_embedding_file:
-            _load_pretrained(net, enc, vocab, auxiliary_file(auxiliary, enc, "pretrained_embedding_file"), log)
+            _load_pretrained(
+                net, enc, vocab, auxiliary_file(auxiliary, enc, "pretrained_embedding_file"), log
+            )
     return net, list(dict.fromkeys(files))  # two untied encoders may share one vocabulary file
 
 
-def _load_pretrained(net: Object2VecNet, enc: EncoderConfig, vocab: dict[str, int], path: Path, log: Logger) -> None:
+def _load_pretrained(
+    net: Object2VecNet, enc: EncoderConfig, vocab: dict[str, int], path: Path, log: Logger
+) -> None:
     rows = text.pretrained_rows(vocab, path, enc.token_embedding_dim)
     table = net.encoder(enc.side).embedding
-    load_rows(table, torch.from_numpy(rows.ids), torch.from_numpy(rows.vectors), enc.freeze_pretrained_embedding)
+    load_rows(
+        table, torch.from_numpy(rows.ids), torch.from_numpy(rows.vectors), enc.freeze_pretrained_embedding
+    )
     frozen = " (frozen)" if enc.freeze_pretrained_embedding else ""
     log(f"enc{enc.side}: {rows.found} of {len(vocab)} vocabulary tokens found in {path.name}{frozen}")
 

@@ -32,6 +32,26 @@ def parse_key_values(pairs: Sequence[str]) -> dict[str, str]:
     return values
 
 
+def _options(args: argparse.Namespace, *names: str) -> dict:
+    """The named command-line options, as the keyword arguments of the API call they feed (each
+    option is spelled as its parameter)."""
+    return {name: getattr(args, name) for name in names}
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+
+
+def _add_device_and_progress(p: argparse.ArgumentParser) -> None:
+    _add_device(p)
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model on JSON Lines pairs")
     p.add_argument("--train", help="training data: a JSON Lines file (.gz ok) or a directory of them")
@@ -41,13 +61,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--hyperparameters", metavar="FILE.json", help="SageMaker-style hyperparameters.json")
     p.add_argument("--model-dir", help="where to write the model directory")
     p.add_argument("--seed", type=int, default=None, help="make the run repeatable")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: when stderr is a terminal)",
-    )
+    _add_device_and_progress(p)
     p.add_argument(
         "--ml-root",
         default=None,
@@ -152,7 +166,7 @@ def _serve_parser(sub) -> None:
         default=None,
         help="torch threads per worker (default: $OMP_NUM_THREADS, else CPU cores / workers)",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    _add_device(p)
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(run=_run_serve)
 
@@ -161,17 +175,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     from .serving.server import serve  # the HTTP server's libraries only when serving
 
     model_dir, host = serve_target(args.model_dir, args.host, args.ml_root)
-    serve(
-        model_dir,
-        host=host,
-        port=args.port,
-        workers=args.workers,
-        max_payload_mb=args.max_payload_mb,
-        batch_wait_ms=args.batch_wait_ms,
-        threads=args.threads,
-        device=args.device,
-        access_log=args.access_log,
-    )
+    options = ("port", "workers", "max_payload_mb", "batch_wait_ms", "threads", "device", "access_log")
+    serve(model_dir, host=host, **_options(args, *options))
     return 0
 
 
@@ -195,29 +200,13 @@ def _transform_parser(sub) -> None:
     )
     p.add_argument("--strategy", choices=STRATEGIES, default=STRATEGIES[0])
     p.add_argument("--concurrency", type=_positive_int, default=1, help="batches answered at the same time")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: when stderr is a terminal)",
-    )
+    _add_device_and_progress(p)
     p.set_defaults(run=_run_transform)
 
 
 def _run_transform(args: argparse.Namespace) -> int:
-    summary = run_transform(
-        args.model_dir,
-        args.input,
-        args.output,
-        device=args.device,
-        content_type=args.content_type,
-        accept=args.accept,
-        max_payload_mb=args.max_payload_mb,
-        strategy=args.strategy,
-        concurrency=args.concurrency,
-        progress=args.progress,
-    )
+    options = ("device", "content_type", "accept", "max_payload_mb", "strategy", "concurrency", "progress")
+    summary = run_transform(args.model_dir, args.input, args.output, **_options(args, *options))
     print(f"transform: {summary}", file=sys.stdout if summary.ok else sys.stderr)
     return 0 if summary.ok else 1
 

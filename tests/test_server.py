@@ -265,13 +265,13 @@ def test_routes_and_unknown_paths(client):
 
 def test_concurrent_small_requests_share_forward_passes(model, loop, monkeypatch):
     passes = []
-    infer = model.predictor.infer
+    answer = model.predictor.answer
 
-    def counting_infer(in0, in1, **kwargs):
-        passes.append(len(in0))
-        return infer(in0, in1, **kwargs)
+    def counting_answer(batch, **kwargs):
+        passes.append(sum(part.size for part in batch))
+        return answer(batch, **kwargs)
 
-    monkeypatch.setattr(model.predictor, "infer", counting_infer)
+    monkeypatch.setattr(model.predictor, "answer", counting_answer)
     client = Client(create_app(model.predictor, ServeSettings("unused", batch_wait_ms=50)), loop)
     bodies = [{"instances": [{"in0": [i + 1], "in1": [i + 2]}]} for i in range(16)]
     responses = client.post_all(bodies)
@@ -286,13 +286,13 @@ def test_concurrent_small_requests_share_forward_passes(model, loop, monkeypatch
 
 def test_an_internal_failure_is_a_500_for_that_request_only(model, loop, monkeypatch):
     calls = []
-    infer = model.predictor.infer
+    answer = model.predictor.answer
 
-    def failing_once(in0, in1, **kwargs):
-        calls.append(len(in0))
-        return 1 / 0 if len(calls) == 1 else infer(in0, in1, **kwargs)
+    def failing_once(batch, **kwargs):
+        calls.append(len(batch))
+        return 1 / 0 if len(calls) == 1 else answer(batch, **kwargs)
 
-    monkeypatch.setattr(model.predictor, "infer", failing_once)
+    monkeypatch.setattr(model.predictor, "answer", failing_once)
     client = Client(create_app(model.predictor, ServeSettings("unused")), loop)
     failed = client.post(EMBEDDING_EXAMPLE)
     assert failed.status_code == 500 and failed.json() == {"error": "internal error: ZeroDivisionError"}

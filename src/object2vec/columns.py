@@ -7,13 +7,17 @@ same everywhere and only the message's prefix differs.
 
 A :class:`SequenceColumn` stores many variable-length sequences back to back in one int64 array
 with offsets, which keeps millions of records cheap and lets padded batches be built with numpy
-alone.
+alone. :meth:`SequenceColumn.checked` applies the same rule to a whole column at once (one numpy
+check instead of one Python comparison per token), and asks :func:`token_problem` only when that
+check fails, to name the first offending sequence.
 """
 
 from __future__ import annotations
 
+import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -54,6 +58,35 @@ def token_problem(value: Any, vocab_size: int) -> str | None:
     return None
 
 
+class InvalidSequence(ValueError):
+    """Sequence ``index`` of a column breaks the token rule; ``problem`` is :func:`token_problem`'s
+    answer, which the caller prefixes with its own idea of where the sequence sits."""
+
+    def __init__(self, index: int, problem: str):
+        super().__init__(f"sequence {index} {problem}")
+        self.index = index
+        self.problem = problem
+
+
+def _flat_int_lists(sequences: Sequence[Any], may_hold_bools: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """(tokens, lengths) when every sequence is a list of Python ints that fit int64, else None.
+
+    ``array('q', ...)`` converts in C and refuses floats, strings, None and ints beyond int64 with
+    an exception; only booleans (an int subclass) would pass, so their absence is checked too,
+    unless the caller knows there are none (a JSON body without the literals true/false).
+    """
+    if not all(type(seq) is list for seq in sequences):
+        return None
+    flat = list(chain.from_iterable(sequences))
+    try:
+        tokens = np.frombuffer(array.array("q", flat), dtype=np.int64)
+    except (TypeError, OverflowError):
+        return None
+    if may_hold_bools and bool in set(map(type, flat)):
+        return None
+    return tokens, np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+
+
 @dataclass
 class SequenceColumn:
     """Variable-length token sequences stored flat: ``tokens[offsets[i]:offsets[i+1]]``."""
@@ -69,6 +102,48 @@ class SequenceColumn:
         tokens = np.fromiter((t for s in sequences for t in s), dtype=np.int64, count=int(offsets[-1]))
         return cls(tokens, offsets)
 
+    @classmethod
+    def from_lengths(cls, tokens: np.ndarray, lengths: np.ndarray) -> SequenceColumn:
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return cls(tokens, offsets)
+
+    @classmethod
+    def checked(
+        cls, sequences: Sequence[Any], vocab_size: int, may_hold_bools: bool = True
+    ) -> SequenceColumn:
+        """``sequences`` as a column, each checked by the rule of :func:`token_problem`; else
+        :class:`InvalidSequence` for the first that breaks it.
+
+        Lists of ints (what JSON parsing gives) are converted in C and checked with one numpy
+        min/max per column; anything else (tuples, arrays, a bad value) is checked sequence by
+        sequence, so the error is always :func:`token_problem`'s, for the first offender.
+        ``may_hold_bools=False`` skips the search for booleans; only say so when none can be there.
+        """
+        flat = _flat_int_lists(sequences, may_hold_bools)
+        if flat is not None:
+            tokens, lengths = flat
+            if not len(lengths) or (
+                lengths.min() > 0 and (not len(tokens) or (tokens.min() >= 0 and tokens.max() < vocab_size))
+            ):
+                return cls.from_lengths(tokens, lengths)
+        for index, sequence in enumerate(sequences):
+            problem = token_problem(sequence, vocab_size)
+            if problem is not None:
+                raise InvalidSequence(index, problem)
+        return cls.from_lists(sequences)
+
+    @classmethod
+    def concat(cls, columns: Sequence[SequenceColumn]) -> SequenceColumn:
+        """The sequences of ``columns`` one after another, as one column."""
+        if len(columns) == 1:
+            return columns[0]
+        if not columns:
+            return cls(np.zeros(0, np.int64), np.zeros(1, np.int64))
+        return cls.from_lengths(
+            np.concatenate([c.tokens for c in columns]), np.concatenate([c.lengths for c in columns])
+        )
+
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
@@ -78,6 +153,15 @@ class SequenceColumn:
 
     def get(self, index: int) -> np.ndarray:
         return self.tokens[self.offsets[index] : self.offsets[index + 1]]
+
+    def truncated(self, max_len: int | None) -> SequenceColumn:
+        """Every sequence cut to its first ``max_len`` tokens (``None``: no limit); the column
+        itself when none is longer."""
+        lengths = self.lengths
+        if max_len is None or not len(lengths) or lengths.max() <= max_len:
+            return self
+        position = np.arange(len(self.tokens)) - np.repeat(self.offsets[:-1], lengths)
+        return SequenceColumn.from_lengths(self.tokens[position < max_len], np.minimum(lengths, max_len))
 
     def take(self, indices: np.ndarray) -> SequenceColumn:
         """The sequences at ``indices``, in that order, as a new column."""
@@ -93,3 +177,22 @@ class SequenceColumn:
         gather = np.where(valid, starts[:, None] + positions[None, :], 0)
         ids = np.where(valid, self.tokens[gather] if len(self.tokens) else 0, 0)
         return torch.from_numpy(ids), torch.from_numpy(lengths)
+
+
+@dataclass
+class Instances:
+    """Inference instances held as columns, all of one kind.
+
+    ``pairs``: every instance gives in0 and in1 (pair scores); else every instance gives exactly
+    one of them (its encoder's embedding). ``columns[s]`` holds the side-``s`` sequences that
+    were given, in instance order, and ``rows[s]`` the instance index of each; ``None`` when every
+    instance gives side ``s`` (no index array to build or follow in the common case).
+    """
+
+    size: int
+    pairs: bool
+    columns: tuple[SequenceColumn, SequenceColumn]
+    rows: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+
+    def __len__(self) -> int:
+        return self.size

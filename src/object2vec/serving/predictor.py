@@ -1,10 +1,13 @@
-"""A loaded model for inference: embed one side or score pairs; ID lists in, numpy out.
+"""A loaded model for inference: embed one side or score pairs; token sequences in, numpy out.
 
 Inputs are validated here (every ID an integer in [0, vocab_size), no empty sequence) so that
 callers (the Python API, the HTTP server, batch transform) all refuse bad input the same way,
 with the index of the offending instance and the field. Sequences are truncated to the model's
-``max_seq_len`` (or a tighter per-call cap, ``infer_max_seqlens``), sorted by length into
-batches (no work wasted on padding), and returned in the caller's order.
+``max_seq_len`` (or a tighter per-call cap, ``infer_max_seqlens``) and encoded with no work on
+padding (:mod:`object2vec.nn.inference`); answers come back in the caller's order.
+
+The server hands over already validated columns (:class:`~object2vec.columns.Instances`) through
+:meth:`Predictor.answer`; the list-based calls build the same columns and go the same way.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import numpy as np
 import torch
 
 from .. import artifact
-from ..columns import SequenceColumn, token_problem
+from ..columns import Instances, InvalidSequence, SequenceColumn
 from ..errors import Object2VecError
 from ..hyperparameters import Hyperparameters
 from ..nn import Object2VecNet
+from ..nn.inference import encode_column
 from ..runtime import resolve_device
 
 INFERENCE_BATCH_SIZE = 1024
@@ -36,19 +40,25 @@ class InputError(Object2VecError):
 
 
 def to_column(
-    sequences: Sequence[Sequence[int]], field: str, vocab_size: int, max_len: int, validate: bool = True
+    sequences: Sequence[Sequence[int]],
+    field: str,
+    vocab_size: int,
+    max_len: int,
+    validate: bool = True,
+    indices: Sequence[int] | None = None,
 ) -> SequenceColumn:
-    """Validate ``sequences`` and store them truncated to ``max_len``. ``validate=False`` is for
-    lists of int lists a caller has already checked (the HTTP protocol does, naming the request's
-    instance index)."""
+    """Validate ``sequences`` and store them truncated to ``max_len``; a bad one is an
+    :class:`InputError` naming its instance (``indices[i]`` when the sequences are a subset of a
+    call's instances). ``validate=False`` is for input a caller has already checked."""
     if isinstance(sequences, np.ndarray):
         sequences = list(sequences)
-    if validate:
-        for index, seq in enumerate(sequences):
-            problem = token_problem(seq, vocab_size)
-            if problem is not None:
-                raise InputError(f"instance {index}: '{field}' {problem}", index, field)
-    return SequenceColumn.from_lists([seq[:max_len] for seq in sequences])
+    if not validate:
+        return SequenceColumn.from_lists(sequences).truncated(max_len)
+    try:
+        return SequenceColumn.checked(sequences, vocab_size).truncated(max_len)
+    except InvalidSequence as exc:
+        index = exc.index if indices is None else indices[exc.index]
+        raise InputError(f"instance {index}: '{field}' {exc.problem}", index, field) from None
 
 
 def placement(device: torch.device, preferred_mode: str | None) -> tuple[torch.device, torch.device]:
@@ -128,15 +138,11 @@ class Predictor:
         limit = self.hp.encoder(side).max_seq_len
         return limit if cap is None else min(limit, cap)
 
-    def _column(self, side: int, sequences, cap: int | None, validate: bool = True) -> SequenceColumn:
+    def _column(
+        self, side: int, sequences, cap: int | None, validate: bool = True, indices=None
+    ) -> SequenceColumn:
         vocab_size = self.hp.encoder(side).vocab_size
-        return to_column(sequences, f"in{side}", vocab_size, self._max_len(side, cap), validate)
-
-    @staticmethod
-    def _batches(lengths: np.ndarray, batch_size: int):
-        order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(order), batch_size):
-            yield order[start : start + batch_size]
+        return to_column(sequences, f"in{side}", vocab_size, self._max_len(side, cap), validate, indices)
 
     @torch.inference_mode()
     def embed(
@@ -174,60 +180,106 @@ class Predictor:
         scores where both ``in0[i]`` and ``in1[i]`` are given (length num_classes, or 1 for
         regression), else the embedding of the one given (length ``enc_dim``).
 
-        Each kind runs as one batched pass over all its instances, which is what lets the server
-        answer many small concurrent requests with one forward pass. ``validate=False`` skips the
-        token checks for input the caller has validated already.
+        Pairs and single inputs are answered by :meth:`answer`, each kind in one pass.
+        ``validate=False`` skips the token checks for input the caller has validated already.
         """
         if len(in0) != len(in1):
             raise InputError(f"in0 has {len(in0)} entries but in1 has {len(in1)}")
-        results: list[np.ndarray | None] = [None] * len(in0)
-        pairs = [i for i, (a, b) in enumerate(zip(in0, in1)) if a is not None and b is not None]
-        if pairs:
-            scores = self._score_columns(
-                self._column(0, [in0[i] for i in pairs], None, validate),
-                self._column(1, [in1[i] for i in pairs], None, validate),
-                batch_size,
-            )
-            for i, row in zip(pairs, scores.reshape(len(pairs), -1)):
-                results[i] = row
-        for side, given in ((0, in0), (1, in1)):
-            other = in1 if side == 0 else in0
-            rows = [
-                i for i, (mine, theirs) in enumerate(zip(given, other)) if mine is not None and theirs is None
-            ]
-            if rows:
-                vectors = self._embed_column(
-                    side, self._column(side, [given[i] for i in rows], None, validate), batch_size
-                )
-                for i, row in zip(rows, vectors):
-                    results[i] = row
-        missing = [i for i, row in enumerate(results) if row is None]
+        given = [(a is not None, b is not None) for a, b in zip(in0, in1)]
+        missing = [i for i, (a, b) in enumerate(given) if not (a or b)]
         if missing:
             raise InputError(f"instance {missing[0]} has neither in0 nor in1", missing[0])
-        return results  # type: ignore[return-value]
+        pairs = [i for i, (a, b) in enumerate(given) if a and b]
+        singles = [i for i, (a, b) in enumerate(given) if a != b]
+        rows0 = [i for i in singles if given[i][0]]
+        rows1 = [i for i in singles if given[i][1]]
+
+        def column(side: int, rows: list[int]) -> SequenceColumn:
+            sequences = in0 if side == 0 else in1
+            return self._column(side, [sequences[i] for i in rows], None, validate, rows)
+
+        parts = [
+            Instances(len(pairs), True, (column(0, pairs), column(1, pairs))),
+            Instances(
+                len(singles),
+                False,
+                (column(0, rows0), column(1, rows1)),
+                tuple(np.searchsorted(singles, rows) for rows in (rows0, rows1)),
+            ),
+        ]
+        results: list[np.ndarray] = [None] * len(in0)  # type: ignore[list-item]
+        for indices, answers in zip((pairs, singles), self.answer(parts, batch_size)):
+            for i, row in zip(indices, answers):
+                results[i] = row
+        return results
+
+    @torch.inference_mode()
+    def answer(self, batch: Sequence[Instances], batch_size: int = INFERENCE_BATCH_SIZE) -> list[np.ndarray]:
+        """One float32 array per element of ``batch``, rows in instance order: pair scores
+        ``[n, num_classes]`` (``[n, 1]`` for regression) for pairs, else embeddings
+        ``[n, enc_dim]``. Sequences are cut to the model's ``max_seq_len`` here.
+
+        Pairs of every element are scored in one pass and each encoder embeds its inputs of every
+        element in one pass, which is what lets the server answer many small concurrent
+        requests together.
+        """
+        answers: list[np.ndarray | None] = [None] * len(batch)
+        pairs = [i for i, part in enumerate(batch) if part.pairs and part.size]
+        if pairs:
+            col0, col1 = (
+                self._capped(side, SequenceColumn.concat([batch[i].columns[side] for i in pairs]))
+                for side in (0, 1)
+            )
+            scores = self._score_columns(col0, col1, batch_size).reshape(len(col0), -1)
+            for i, block in zip(pairs, _split(scores, [batch[i].size for i in pairs])):
+                answers[i] = block
+        singles = [i for i, part in enumerate(batch) if not part.pairs or not part.size]
+        for side in (0, 1):
+            columns = [batch[i].columns[side] for i in singles]
+            if not sum(map(len, columns)):
+                continue
+            vectors = self._embed_column(side, self._capped(side, SequenceColumn.concat(columns)), batch_size)
+            for i, block in zip(singles, _split(vectors, list(map(len, columns)))):
+                rows = batch[i].rows[side]
+                if rows is None:  # every instance gives this side: the block is the answer
+                    answers[i] = block
+                elif len(block):
+                    if answers[i] is None:
+                        answers[i] = np.empty((batch[i].size, self.embedding_dim), dtype=np.float32)
+                    answers[i][rows] = block
+        for i in singles:
+            if answers[i] is None:
+                answers[i] = np.empty((0, self.embedding_dim), dtype=np.float32)
+        return answers  # type: ignore[return-value]
+
+    def _capped(self, side: int, column: SequenceColumn) -> SequenceColumn:
+        return column.truncated(self.hp.encoder(side).max_seq_len)
+
+    def _encode(self, side: int, column: SequenceColumn, batch_size: int) -> torch.Tensor:
+        return encode_column(self.net.encoder(side), column, self.encoder_device, batch_size)
 
     def _embed_column(self, side: int, column: SequenceColumn, batch_size: int) -> np.ndarray:
-        out = np.empty((len(column), self.embedding_dim), dtype=np.float32)
-        for rows in self._batches(column.lengths, batch_size):
-            ids, lengths = column.padded(rows)
-            vectors = self.net.encode(side, ids.to(self.encoder_device), lengths.to(self.encoder_device))
-            out[rows] = vectors.float().cpu().numpy()
-        return out
+        return self._encode(side, column, batch_size).float().cpu().numpy()
 
     def _score_columns(self, col0: SequenceColumn, col1: SequenceColumn, batch_size: int) -> np.ndarray:
+        """Each side encoded on its own (sorted by its own lengths), then the head in chunks."""
+        a, b = self._encode(0, col0, batch_size), self._encode(1, col1, batch_size)
+        a, b = a.to(self.head_device), b.to(self.head_device)
+        chunks = [
+            self._head_scores(a[start : start + batch_size], b[start : start + batch_size])
+            for start in range(0, len(a), batch_size)
+        ]
         shape = (len(col0),) if self.net.regression else (len(col0), self.hp.num_classes)
-        out = np.empty(shape, dtype=np.float32)
-        device = self.encoder_device
-        for rows in self._batches(col0.lengths + col1.lengths, batch_size):
-            (ids0, len0), (ids1, len1) = col0.padded(rows), col1.padded(rows)
-            a = self.net.encode(0, ids0.to(device), len0.to(device))
-            b = self.net.encode(1, ids1.to(device), len1.to(device))
-            out[rows] = (
-                self._head_scores(a.to(self.head_device), b.to(self.head_device)).float().cpu().numpy()
-            )
-        return out
+        if not chunks:
+            return np.empty(shape, dtype=np.float32)
+        return torch.cat(chunks).float().cpu().numpy().reshape(shape)
 
     def _head_scores(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The network's ``scores`` from the two encodings, on the head's device (which may differ
         from the encoders' under INFERENCE_PREFERRED_MODE=embedding)."""
         return self.net.score_encodings(a, b)
+
+
+def _split(rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """``rows`` cut into consecutive blocks of ``sizes`` rows (views, no copies)."""
+    return np.split(rows, np.cumsum(sizes)[:-1]) if sizes else []

@@ -15,6 +15,13 @@ kinds of vector under one key.
 Everything here is a pure function of bytes and headers (no torch, no model): errors are
 :class:`RequestError` with the HTTP status the client should get and a message naming the
 instance index and field.
+
+Speed: a 1,000-instance request holds about 18,000 token IDs, so nothing here touches tokens one
+by one in Python. A body is parsed by orjson, each side's sequences become one flat int64 column
+checked with one numpy min/max (:meth:`SequenceColumn.checked`), and only a request that fails
+that check is walked instance by instance to name the first mistake (:func:`check_instance`, the
+one source of error messages). Answers are written by one ``orjson.dumps`` of the 2-D float32
+result and two byte replacements (:func:`encode_rows`), with the same bytes as one object per row.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..columns import short_repr, token_problem
+from ..columns import Instances, InvalidSequence, SequenceColumn, short_repr, token_problem
 from ..errors import Object2VecError
 
 JSON = "application/json"
@@ -68,15 +75,32 @@ class BodyFormat:
 
 
 @dataclass
-class Request:
-    """Decoded, validated instances: ``in0[i]``/``in1[i]`` are token lists or ``None``."""
+class Request(Instances):
+    """Decoded, validated instances as columns (see :class:`~object2vec.columns.Instances`),
+    already cut to ``infer_max_seqlens``."""
 
-    mode: str  # SCORES or EMBEDDINGS
-    in0: list[TokenIds | None]
-    in1: list[TokenIds | None]
+    @property
+    def mode(self) -> str:
+        return SCORES if self.pairs else EMBEDDINGS
 
-    def __len__(self) -> int:
-        return len(self.in0)
+    @property
+    def in0(self) -> list[TokenIds | None]:
+        """in0 of each instance as a token list, or ``None`` where not given."""
+        return self._lists(0)
+
+    @property
+    def in1(self) -> list[TokenIds | None]:
+        return self._lists(1)
+
+    def _lists(self, side: int) -> list[TokenIds | None]:
+        column, rows = self.columns[side], self.rows[side]
+        sequences = np.split(column.tokens, column.offsets[1:-1]) if len(column) else []
+        if rows is None:
+            return [s.tolist() for s in sequences]
+        out: list[TokenIds | None] = [None] * self.size
+        for row, sequence in zip(rows.tolist(), sequences):
+            out[row] = sequence.tolist()
+        return out
 
 
 def parse_media_type(header: str | None) -> tuple[str, dict[str, str]]:
@@ -205,10 +229,15 @@ def split_lines(body: bytes) -> list[tuple[int, bytes]]:
     return [(number, line) for number, line in enumerate(body.split(b"\n"), 1) if line.strip()]
 
 
-def decode_objects(body: bytes, fmt: BodyFormat) -> list[tuple[Any, int | None]]:
-    """The raw instance objects of a body, each with its line number (JSON Lines) or None."""
+def decode_objects(body: bytes, fmt: BodyFormat) -> tuple[list[Any], list[int] | None]:
+    """The raw instance objects of a body, and their line numbers (JSON Lines) or None."""
     if fmt.lines:
-        objects = [(load_json(line, f"line {number}: "), number) for number, line in split_lines(body)]
+        numbered = split_lines(body)
+        try:
+            objects = list(map(orjson.loads, (line for _, line in numbered)))
+        except orjson.JSONDecodeError:  # find the line, for the message
+            objects = [load_json(line, f"line {number}: ") for number, line in numbered]
+        lines: list[int] | None = [number for number, _ in numbered]
     else:
         document = load_json(body, "")
         if not isinstance(document, dict) or "instances" not in document:
@@ -217,19 +246,72 @@ def decode_objects(body: bytes, fmt: BodyFormat) -> list[tuple[Any, int | None]]
             raise RequestError(
                 f'"instances" must be a list of objects, got {short_repr(document["instances"])}'
             )
-        objects = [(obj, None) for obj in document["instances"]]
+        objects, lines = document["instances"], None
     if not objects:
         raise RequestError("the request holds no instances")
-    return objects
+    return objects, lines
 
 
 def decode_request(body: bytes, fmt: BodyFormat, vocab_sizes: Sequence[int]) -> Request:
-    """A request body -> validated :class:`Request`; every client mistake is a :class:`RequestError`."""
+    """A request body -> validated :class:`Request`; every client mistake is a :class:`RequestError`.
+
+    The columnar check decides for the whole request at once; a request it refuses is decoded
+    again instance by instance, which raises the error for the first mistake (or, for input the
+    columnar check does not take, such as a boolean somewhere in the body, gives the same request).
+    """
+    objects, lines = decode_objects(body, fmt)
+    # orjson makes booleans only from the literals true/false: without them no token can be one
+    may_hold_bools = b"true" in body or b"false" in body
+    request = _decode_columns(objects, fmt, vocab_sizes, may_hold_bools)
+    return request if request is not None else _decode_each(objects, lines, fmt, vocab_sizes)
+
+
+def _decode_columns(
+    objects: list[Any], fmt: BodyFormat, vocab_sizes: Sequence[int], may_hold_bools: bool
+) -> Request | None:
+    """The request when it is valid as a whole by columnar checks; None when any check fails."""
+    if not all(type(obj) is dict for obj in objects):
+        return None
+    given = [[obj.get(field) for obj in objects] for field in FIELDS]
+    size = len(objects)
+    missing = [sequences.count(None) for sequences in given]
+    if missing == [0, 0]:
+        pairs, rows = True, (None, None)
+    elif missing[0] + missing[1] == size and size in missing:  # all one side: in0-only or in1-only
+        none = np.zeros(0, dtype=np.int64)
+        pairs, rows = False, (none, None) if missing[0] else (None, none)
+    elif missing[0] + missing[1] == size:  # each gives exactly one only if none gives both
+        has0 = np.fromiter((s is not None for s in given[0]), dtype=bool, count=size)
+        has1 = np.fromiter((s is not None for s in given[1]), dtype=bool, count=size)
+        if (has0 == has1).any():
+            return None
+        pairs, rows = False, (np.flatnonzero(has0), np.flatnonzero(has1))
+    else:
+        return None
+    columns = []
+    for side in (0, 1):
+        sequences = given[side] if missing[side] == 0 else [s for s in given[side] if s is not None]
+        try:
+            column = SequenceColumn.checked(sequences, vocab_sizes[side], may_hold_bools)
+        except InvalidSequence:
+            return None
+        columns.append(column.truncated(fmt.caps[side]))
+    return Request(size, pairs, (columns[0], columns[1]), rows)
+
+
+def _decode_each(
+    objects: list[Any], lines: list[int] | None, fmt: BodyFormat, vocab_sizes: Sequence[int]
+) -> Request:
+    """Instance by instance, in order: the first mistake is the error the client gets."""
     instances = [
-        check_instance(obj, i, vocab_sizes, fmt.caps, line)
-        for i, (obj, line) in enumerate(decode_objects(body, fmt))
+        check_instance(obj, i, vocab_sizes, fmt.caps, None if lines is None else lines[i])
+        for i, obj in enumerate(objects)
     ]
-    return Request(request_mode(instances), [i[0] for i in instances], [i[1] for i in instances])
+    pairs = request_mode(instances) == SCORES
+    side_rows = [[i for i, instance in enumerate(instances) if instance[s] is not None] for s in (0, 1)]
+    columns = tuple(SequenceColumn.from_lists([instances[i][s] for i in side_rows[s]]) for s in (0, 1))
+    rows = tuple(None if len(r) == len(instances) else np.array(r, dtype=np.int64) for r in side_rows)
+    return Request(len(instances), pairs, columns, rows)  # type: ignore[arg-type]
 
 
 def request_mode(instances: Sequence[Instance]) -> str:
@@ -245,12 +327,24 @@ def request_mode(instances: Sequence[Instance]) -> str:
     )
 
 
-def encode_predictions(rows: Sequence[np.ndarray], key: str, accept: str) -> bytes:
-    """Result rows (float32 vectors) -> the response body for ``accept``."""
-    objects = [{key: row} for row in rows]
+def encode_rows(rows: np.ndarray, key: str, accept: str) -> bytes:
+    """A 2-D float32 result (one row per instance) -> the response body for ``accept``.
+
+    One ``orjson.dumps`` writes every number (``[[r0...],[r1...]]``); each row's brackets are
+    then widened into ``{"key":[...]}`` by two single-byte replacements (numbers never contain
+    brackets). The bytes are those of one object per row written by :func:`encode_object`.
+    """
+    matrix = orjson.dumps(np.ascontiguousarray(rows, dtype=np.float32), option=orjson.OPT_SERIALIZE_NUMPY)
+    close = b"]}\n" if accept == JSONLINES else b"]}"
+    objects = matrix[1:-1].replace(b"]", close).replace(b"[", b'{"' + key.encode() + b'":[')
     if accept == JSONLINES:
-        return b"".join(encode_object(obj) + b"\n" for obj in objects)
-    return orjson.dumps({"predictions": objects}, option=orjson.OPT_SERIALIZE_NUMPY)
+        return objects.replace(b"\n,{", b"\n{")
+    return b'{"predictions":[' + objects + b"]}"
+
+
+def encode_predictions(rows: Sequence[np.ndarray], key: str, accept: str) -> bytes:
+    """Result rows (float32 vectors of one length) -> the response body for ``accept``."""
+    return encode_rows(np.stack(rows) if len(rows) else np.zeros((0, 0), np.float32), key, accept)
 
 
 def encode_object(obj: Any) -> bytes:

@@ -12,6 +12,8 @@ MB = 1024 * 1024
 DEFAULT_MAX_PAYLOAD_MB = 6.0
 #: The longest a forward pass waits to gather requests that are already being read.
 DEFAULT_BATCH_WAIT_MS = 2.0
+#: The longest a request waits in the micro-batch queue before it is answered 503 (busy).
+DEFAULT_MAX_QUEUE_MS = 10_000.0
 #: The most instances one micro-batched forward pass answers.
 DEFAULT_MAX_BATCH_INSTANCES = 1024
 #: SageMaker sends inference traffic to this port of the container.
@@ -41,6 +43,7 @@ class ServeSettings:
     max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
     max_batch_instances: int = DEFAULT_MAX_BATCH_INSTANCES
+    max_queue_ms: float = DEFAULT_MAX_QUEUE_MS
     threads: int = 0  # torch threads per worker; 0: OMP_NUM_THREADS, else cores / workers
     device: str = ""
     preferred_mode: str = ""

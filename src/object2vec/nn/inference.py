@@ -1,0 +1,85 @@
+"""Inference-only encoder paths: the encodings of each encoder's ``forward``, with no work on padding.
+
+Serving sees sequences of mixed lengths (5 to 32 tokens in a typical text request). Padding every
+sequence of a request to its longest one wastes work in proportion: about 40% of the positions for
+uniform lengths of 5..32, and convolutions and recurrences pay for every position. Here:
+
+- ``pooled_embedding``: one ``embedding_bag`` over the flat token column (a mean per sequence,
+  nothing padded or materialised per token), then the encoder's projection;
+- every other encoder: its own ``forward`` over length-sorted chunks whose padded size stays
+  within :data:`TOKEN_BUDGET` tokens, so each chunk holds sequences of nearly equal length.
+
+A sequence's encoding does not depend on what it is batched with (every encoder masks padding;
+``tests/test_encoders.py`` checks it), so these paths give the eager encodings: exactly, or within
+float32 rounding for the pooled mean (sum order and the division differ; ``tests/test_inference.py``
+bounds the difference by 1e-6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..columns import SequenceColumn
+from .encoders import Encoder, PooledEmbeddingEncoder
+
+#: The most padded positions (rows x longest row) one chunk of a sequence encoder runs on. Large
+#: enough that per-call overhead is small against the arithmetic, small enough that sorted chunks
+#: hold sequences of nearly one length (measured on hcnn and bilstm, README "Serving performance").
+TOKEN_BUDGET = 8192
+
+
+def length_chunks(sorted_lengths: np.ndarray, max_rows: int, budget: int = TOKEN_BUDGET) -> Iterator[slice]:
+    """Consecutive slices of ascending ``sorted_lengths`` with at most ``max_rows`` rows and a padded
+    size (rows x the last, longest row) within ``budget`` (a longer single row goes alone)."""
+    start, total = 0, len(sorted_lengths)
+    while start < total:
+        window = sorted_lengths[start : start + max_rows]
+        cost = np.arange(1, len(window) + 1) * window  # ascending: rows grow and so does the longest
+        end = start + max(1, int(np.searchsorted(cost, budget, side="right")))
+        yield slice(start, end)
+        start = end
+
+
+@torch.inference_mode()
+def encode_column(
+    encoder: Encoder, column: SequenceColumn, device: torch.device, batch_size: int
+) -> torch.Tensor:
+    """``[len(column), enc_dim]`` encodings of ``column``'s sequences, in column order, on ``device``."""
+    if isinstance(encoder, PooledEmbeddingEncoder):
+        return _pooled(encoder, column, device, batch_size)
+    return _in_length_order(encoder, column, device, batch_size)
+
+
+def _pooled(
+    encoder: PooledEmbeddingEncoder, column: SequenceColumn, device: torch.device, batch_size: int
+) -> torch.Tensor:
+    """Mean token vector per sequence straight from the flat column, ``batch_size`` sequences per
+    call (bounded memory), projected. Reads the table's weight directly: at inference it is fixed."""
+    outputs = []
+    for start in range(0, len(column), batch_size):
+        offsets = column.offsets[start : start + batch_size + 1]
+        tokens = torch.from_numpy(column.tokens[offsets[0] : offsets[-1]]).to(device)
+        starts = torch.from_numpy(offsets[:-1] - offsets[0]).to(device)
+        pooled = F.embedding_bag(tokens, encoder.embedding.weight, starts, mode="mean")
+        outputs.append(encoder.project(pooled))
+    if not outputs:
+        return torch.zeros(0, encoder.enc_dim, device=device)
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def _in_length_order(
+    encoder: Encoder, column: SequenceColumn, device: torch.device, batch_size: int
+) -> torch.Tensor:
+    """The encoder's own forward over length-sorted chunks of nearly equal length."""
+    lengths = column.lengths
+    order = np.argsort(lengths, kind="stable")
+    out = torch.empty(len(column), encoder.enc_dim, device=device)
+    for chunk in length_chunks(lengths[order], batch_size):
+        rows = order[chunk]
+        ids, true_lengths = column.padded(rows)
+        out[torch.from_numpy(rows).to(device)] = encoder(ids.to(device), true_lengths.to(device))
+    return out

@@ -15,6 +15,7 @@ check fails, to name the first offending sequence.
 from __future__ import annotations
 
 import array
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -68,14 +69,24 @@ class InvalidSequence(ValueError):
         self.problem = problem
 
 
-def _flat_int_lists(sequences: Sequence[Any], may_hold_bools: bool) -> tuple[np.ndarray, np.ndarray] | None:
-    """(tokens, lengths) when every sequence is a list of Python ints that fit int64, else None.
+#: Below this many tokens Python's own min/max is cheaper than numpy's per-call overhead.
+SMALL_COLUMN = 512
+
+
+def _valid_int_lists(
+    sequences: Sequence[Any], vocab_size: int, may_hold_bools: bool
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(tokens, lengths) when every sequence is a non-empty list of Python ints in
+    ``[0, vocab_size)``, else None (the caller then finds the offender one sequence at a time).
 
     ``array('q', ...)`` converts in C and refuses floats, strings, None and ints beyond int64 with
     an exception; only booleans (an int subclass) would pass, so their absence is checked too,
     unless the caller knows there are none (a JSON body without the literals true/false).
     """
     if not all(type(seq) is list for seq in sequences):
+        return None
+    lengths = list(map(len, sequences))
+    if lengths and min(lengths) == 0:
         return None
     flat = list(chain.from_iterable(sequences))
     try:
@@ -84,7 +95,11 @@ def _flat_int_lists(sequences: Sequence[Any], may_hold_bools: bool) -> tuple[np.
         return None
     if may_hold_bools and bool in set(map(type, flat)):
         return None
-    return tokens, np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    if flat:
+        low, high = (min(flat), max(flat)) if len(flat) < SMALL_COLUMN else (tokens.min(), tokens.max())
+        if low < 0 or high >= vocab_size:
+            return None
+    return tokens, np.array(lengths, dtype=np.int64)
 
 
 @dataclass
@@ -120,13 +135,9 @@ class SequenceColumn:
         sequence, so the error is always :func:`token_problem`'s, for the first offender.
         ``may_hold_bools=False`` skips the search for booleans; only say so when none can be there.
         """
-        flat = _flat_int_lists(sequences, may_hold_bools)
-        if flat is not None:
-            tokens, lengths = flat
-            if not len(lengths) or (
-                lengths.min() > 0 and (not len(tokens) or (tokens.min() >= 0 and tokens.max() < vocab_size))
-            ):
-                return cls.from_lengths(tokens, lengths)
+        valid = _valid_int_lists(sequences, vocab_size, may_hold_bools)
+        if valid is not None:
+            return cls.from_lengths(*valid)
         for index, sequence in enumerate(sequences):
             problem = token_problem(sequence, vocab_size)
             if problem is not None:
@@ -147,7 +158,7 @@ class SequenceColumn:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    @property
+    @functools.cached_property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 

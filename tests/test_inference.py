@@ -1,0 +1,160 @@
+"""The serving fast paths give the answers of the eager float32 path: encoders without padding work,
+columnar token checks, columnar request decoding and byte-for-byte answer encoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from object2vec.columns import InvalidSequence, SequenceColumn, token_problem
+from object2vec.hyperparameters import parse_hyperparameters
+from object2vec.nn import Object2VecNet
+from object2vec.nn.inference import encode_column, length_chunks
+from object2vec.serving import protocol
+from object2vec.serving.predictor import Predictor
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+VOCAB = 300
+
+
+def network(encoder: str, max_len: int = 24) -> Object2VecNet:
+    torch.manual_seed(0)
+    hp = parse_hyperparameters(
+        {
+            "enc0_network": encoder,
+            "enc1_network": "enc0",
+            "enc0_vocab_size": str(VOCAB),
+            "enc1_vocab_size": str(VOCAB),
+            "enc0_max_seq_len": str(max_len),
+            "enc1_max_seq_len": str(max_len),
+            "enc0_token_embedding_dim": "16",
+            "enc1_token_embedding_dim": "16",
+            "enc0_layers": "2",
+            "enc1_layers": "2",
+            "enc_dim": "12",
+            "mlp_dim": "8",
+            "num_classes": "3",
+        }
+    )
+    return Object2VecNet(hp).eval()
+
+
+def sequences(n: int, max_len: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, VOCAB, size=rng.integers(1, max_len + 1)).tolist() for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    "encoder, max_len", [("pooled_embedding", 24), ("pooled_embedding", 1), ("hcnn", 24), ("bilstm", 24)]
+)
+@pytest.mark.parametrize("batch_size", [7, 1024])
+def test_encodings_match_the_eager_padded_forward(encoder, max_len, batch_size):
+    net = network(encoder, max_len)
+    column = SequenceColumn.from_lists(sequences(150, max_len))
+    ids, lengths = column.padded(np.arange(len(column)))  # one batch, padded to the longest
+    with torch.inference_mode():
+        eager = net.encoder(0)(ids, lengths)
+    fast = encode_column(net.encoder(0), column, torch.device("cpu"), batch_size)
+    assert fast.shape == eager.shape and fast.dtype == torch.float32
+    torch.testing.assert_close(fast, eager, rtol=1e-6, atol=1e-6)
+
+
+def test_predictor_scores_match_the_network_within_1e6():
+    net = network("hcnn")
+    predictor = Predictor(net.hp, net, device="cpu")
+    in0, in1 = sequences(60, 24, seed=1), sequences(60, 24, seed=2)
+    col0, col1 = SequenceColumn.from_lists(in0), SequenceColumn.from_lists(in1)
+    with torch.inference_mode():
+        rows = np.arange(60)
+        expected = net.scores(*col0.padded(rows), *col1.padded(rows)).numpy()
+    np.testing.assert_allclose(predictor.predict(in0, in1), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_length_chunks_cover_every_row_within_the_budget():
+    lengths = np.sort(np.random.default_rng(0).integers(1, 300, size=1000))
+    chunks = list(length_chunks(lengths, max_rows=64, budget=2048))
+    assert [c.start for c in chunks] == [0] + [c.stop for c in chunks[:-1]] and chunks[-1].stop == 1000
+    for chunk in chunks:
+        rows = chunk.stop - chunk.start
+        assert rows <= 64 and (rows == 1 or rows * lengths[chunk.stop - 1] <= 2048)
+    assert list(length_chunks(np.array([5000]), 64, 2048)) == [slice(0, 1)]  # too long: alone
+
+
+BAD_COLUMNS = [
+    [[1, 2], [3, True]],
+    [[1], [2.0]],
+    [[1], []],
+    [[1], [VOCAB]],
+    [[1], [-1]],
+    [[1], "x"],
+    [[1], None],
+    [[1], [2**70]],
+    [[1], [[2]]],
+    [[1], ["7"]],
+]
+
+
+@pytest.mark.parametrize("column", BAD_COLUMNS, ids=[repr(c)[:30] for c in BAD_COLUMNS])
+@pytest.mark.parametrize("size", [1, 600])  # Python's min/max below SMALL_COLUMN tokens, numpy above
+def test_columnar_check_names_the_sequence_token_problem_names(column, size):
+    column = [[3] * size] + column
+    with pytest.raises(InvalidSequence) as info:
+        SequenceColumn.checked(column, VOCAB)
+    assert info.value.index == 2 and info.value.problem == token_problem(column[2], VOCAB)
+
+
+def test_columnar_check_keeps_valid_input_of_every_kind():
+    valid = [[0, 1], (2, 3), np.array([VOCAB - 1]), [np.int32(5)]]
+    column = SequenceColumn.checked(valid, VOCAB)
+    assert column.tokens.tolist() == [0, 1, 2, 3, VOCAB - 1, 5] and column.lengths.tolist() == [2, 2, 1, 1]
+    assert SequenceColumn.checked([[1, 2, 3], [4]], VOCAB, may_hold_bools=False).lengths.tolist() == [3, 1]
+
+
+def test_truncated_and_concat():
+    column = SequenceColumn.from_lists([[1, 2, 3], [4], [5, 6, 7, 8]])
+    assert column.truncated(2).tokens.tolist() == [1, 2, 4, 5, 6]
+    assert column.truncated(2).lengths.tolist() == [2, 1, 2]
+    assert column.truncated(4) is column and column.truncated(None) is column
+    joined = SequenceColumn.concat([column, column.truncated(1)])
+    assert joined.lengths.tolist() == [3, 1, 4, 1, 1, 1] and joined.get(4).tolist() == [4]
+
+
+def random_body(rng: np.random.Generator, kind: str, n: int) -> dict:
+    def seq():
+        return rng.integers(0, 1100, size=rng.integers(1, 9)).tolist()
+
+    if kind == "pairs":
+        return {"instances": [{"in0": seq(), "in1": seq()} for _ in range(n)]}
+    if kind == "in1":
+        return {"instances": [{"in1": seq(), "label": 1} for _ in range(n)]}
+    return {"instances": [{"in0": seq()} if rng.random() < 0.5 else {"in1": seq()} for _ in range(n)]}
+
+
+@pytest.mark.parametrize("kind", ["pairs", "in1", "mixed sides"])
+@pytest.mark.parametrize("caps", [(None, None), (3, 2)])
+def test_columnar_decoding_equals_instance_by_instance(kind, caps):
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 700):
+        body = orjson.dumps(random_body(rng, kind, n))
+        fmt = protocol.BodyFormat(False, *caps)
+        fast = protocol.decode_request(body, fmt, (1100, 1100))
+        objects, lines = protocol.decode_objects(body, fmt)
+        exact = protocol._decode_each(objects, lines, fmt, (1100, 1100))
+        assert (fast.mode, fast.size, fast.in0, fast.in1) == (exact.mode, exact.size, exact.in0, exact.in1)
+
+
+def test_answers_are_the_bytes_of_one_object_per_row():
+    rows = np.random.default_rng(0).standard_normal((50, 7)).astype(np.float32)
+    rows[0, :6] = [np.nan, np.inf, -np.inf, -0.0, 1e-45, 3.4028235e38]
+    for accept in (protocol.JSON, protocol.JSONLINES):
+        for key in (protocol.SCORES, protocol.EMBEDDINGS):
+            for block in (rows, rows[:1], rows[:, :1]):
+                objects = [protocol.encode_object({key: row}) for row in block]
+                expected = (
+                    b"".join(o + b"\n" for o in objects)
+                    if accept == protocol.JSONLINES
+                    else b'{"predictions":[' + b",".join(objects) + b"]}"
+                )
+                assert protocol.encode_rows(block, key, accept) == expected

@@ -23,14 +23,13 @@ from urllib.parse import urlsplit
 import numpy as np
 import orjson
 
-#: wrk script: POST bodies in turn (each line of the file named by the first argument is one body),
-#: and print the latency percentiles and status counts as one JSON line when done. With one
-#: connection per thread, requests and responses alternate, so ``kinds`` (the second file, one
-#: label per body) lets the status of each answer be counted against the kind of body it answered.
+#: wrk script: POST the bodies in turn (each line of the file named by the first argument is
+#: ``content type<TAB>body``) and print the latency percentiles and error counts as one JSON line.
+#: No response() callback: wrk then skips handing each answer to Lua, which for multi-megabyte
+#: answers would be most of its cost. (wrk cannot pair an answer with its request when the server
+#: closes a connection, so checks of each answer's status use the client processes below.)
 WRK_SCRIPT = r"""
-local bodies, kinds, sent, queue, threads, limit = {}, {}, 0, {}, {}, 0
-counts = {}  -- a global, so done() can read each thread's with thread:get
-function setup(thread) table.insert(threads, thread) end
+local bodies = {}
 function init(args)
   local i = 0
   for line in io.lines(args[1]) do
@@ -38,91 +37,38 @@ function init(args)
     local ctype, body = line:match("^([^\t]*)\t(.*)$")
     bodies[i] = wrk.format("POST", "/invocations", {["Content-Type"] = ctype}, body)
   end
-  if args[2] ~= "-" then local j = 0; for k in io.lines(args[2]) do j = j + 1; kinds[j] = k end end
-  limit = tonumber(args[3]) or 0
   next_index = math.random(#bodies)
 end
 function request()
   next_index = next_index % #bodies + 1
-  table.insert(queue, kinds[next_index] or "any")
   return bodies[next_index]
 end
-function response(status, headers, body)
-  local kind = table.remove(queue, 1) or "any"
-  local key = kind .. " " .. status
-  counts[key] = (counts[key] or 0) + 1
-  sent = sent + 1
-  if limit > 0 and sent >= limit then wrk.thread:stop() end
-end
 function done(summary, latency, requests)
-  local totals = {}
-  for _, thread in ipairs(threads) do
-    local c = thread:get("counts")
-    for k, v in pairs(c) do totals[k] = (totals[k] or 0) + v end
-  end
-  local parts = {}
-  for k, v in pairs(totals) do table.insert(parts, string.format('"%s": %d', k, v)) end
   io.write(string.format(
     'WRK_RESULT {"requests": %d, "seconds": %.6f, "p50_ms": %.3f, "p99_ms": %.3f, "p999_ms": %.3f, '
       .. '"max_ms": %.3f, "connect_errors": %d, "read_errors": %d, "write_errors": %d, "timeouts": %d, '
-      .. '"status_errors": %d, "counts": {%s}}\n',
+      .. '"status_errors": %d, "counts": {}}\n',
     summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e3, latency:percentile(99) / 1e3,
     latency:percentile(99.9) / 1e3, latency.max / 1e3, summary.errors.connect, summary.errors.read,
-    summary.errors.write, summary.errors.timeout, summary.errors.status, table.concat(parts, ", ")))
+    summary.errors.write, summary.errors.timeout, summary.errors.status))
 end
 """
-#: the script without a response() callback: wrk then skips handing each body to Lua, which for
-#: multi-megabyte answers is most of its cost (status counts then come from wrk's own error count)
-WRK_FAST_SCRIPT = re.sub(r"function response\(.*?\nend\n", "", WRK_SCRIPT, flags=re.S)
 
 
 def have_wrk() -> bool:
     return shutil.which("wrk") is not None
 
 
-def write_bodies(directory: Path, bodies: list[tuple[str, bytes]], kinds: list[str] | None = None) -> tuple:
-    """Bodies (content type, body without newlines) as wrk's input files."""
-    body_file = directory / f"bodies-{time.monotonic_ns()}.tsv"
-    body_file.write_bytes(b"".join(ct.encode() + b"\t" + body + b"\n" for ct, body in bodies))
-    kind_file = "-"
-    if kinds is not None:
-        kind_file = directory / f"kinds-{time.monotonic_ns()}.txt"
-        kind_file.write_text("".join(k + "\n" for k in kinds))
-    return body_file, kind_file
-
-
 def run_wrk(
-    url: str,
-    bodies: list[tuple[str, bytes]],
-    connections: int,
-    seconds: float,
-    kinds: list[str] | None = None,
-    limit_per_thread: int = 0,
-    threads: int | None = None,
-    timeout_s: float = 30,
+    url: str, bodies: list[tuple[str, bytes]], connections: int, seconds: float, timeout_s: float = 30
 ) -> dict:
-    """wrk for ``seconds`` (or until each thread has ``limit_per_thread`` answers); its JSON summary."""
+    """wrk for ``seconds`` on ``connections`` connections (two threads); its JSON summary."""
     with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        script = directory / "script.lua"
-        counting = kinds is not None or limit_per_thread > 0
-        script.write_text(WRK_SCRIPT if counting else WRK_FAST_SCRIPT)
-        body_file, kind_file = write_bodies(directory, bodies, kinds)
-        threads = threads or (connections if counting else min(connections, 2))
-        command = [
-            "wrk",
-            f"-t{threads}",
-            f"-c{connections}",
-            f"-d{max(1, round(seconds))}s",
-            f"--timeout={timeout_s}s",
-            "-s",
-            str(script),
-            url,
-            "--",
-            str(body_file),
-            str(kind_file),
-            str(limit_per_thread),
-        ]
+        script, body_file = Path(tmp) / "script.lua", Path(tmp) / "bodies.tsv"
+        script.write_text(WRK_SCRIPT)
+        body_file.write_bytes(b"".join(ct.encode() + b"\t" + body + b"\n" for ct, body in bodies))
+        command = ["wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
+        command += [f"--timeout={timeout_s}s", "-s", str(script), url, "--", str(body_file)]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     match = re.search(r"^WRK_RESULT (.*)$", output, re.M)
     if match is None:
@@ -135,33 +81,52 @@ def run_wrk(
 # --- Python client processes (when wrk is not installed) -------------------------------------
 
 
-def _post(sock: socket.socket, reader, host: str, content_type: str, body: bytes) -> int:
-    sock.sendall(
-        b"POST /invocations HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s"
-        % (host.encode(), content_type.encode(), len(body), body)
-    )
-    status = int(reader.readline().split()[1])
-    length = 0
+def _post(sock: socket.socket, reader, host: str, content_type: str, body: bytes) -> tuple[int, bool]:
+    """(status, whether the server closes the connection after it)."""
+    request = b"POST /invocations HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+    try:
+        sock.sendall(request % (host.encode(), content_type.encode(), len(body)) + body)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused before it was all read (over the payload limit): the answer is still there
+    status_line = reader.readline()
+    if not status_line:
+        raise ConnectionError("the server closed the connection without an answer")
+    length, close = 0, False
     while (line := reader.readline()) not in (b"\r\n", b""):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+        elif name.lower() == b"connection" and value.strip().lower() == b"close":
+            close = True
     reader.read(length)
-    return status
+    return int(status_line.split()[1]), close
 
 
-def _client(url: str, bodies, kinds, count: int, seconds: float, queue) -> None:
+def _connect(url: str):
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname, parts.port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    reader = sock.makefile("rb")
+    return sock, sock.makefile("rb"), parts.hostname
+
+
+def _client(url: str, bodies, kinds, count: int, seconds: float, queue) -> None:
+    """Send ``bodies`` in turn on one keep-alive connection (a new one whenever the server closes
+    it); answers' statuses counted per kind, and connection failures as status 0."""
+    sock, reader, host = _connect(url)
     times, counts, deadline, i = [], {}, time.monotonic() + seconds, 0
-    while (count and i < count) or (not count and time.monotonic() < deadline):
+    while (not count or i < count) and time.monotonic() < deadline:
         start = time.perf_counter()
-        status = _post(sock, reader, parts.hostname, *bodies[i % len(bodies)])
+        try:
+            status, close = _post(sock, reader, host, *bodies[i % len(bodies)])
+        except OSError:
+            status, close = 0, True
         times.append(time.perf_counter() - start)
         key = f"{kinds[i % len(kinds)] if kinds else 'any'} {status}"
         counts[key] = counts.get(key, 0) + 1
         i += 1
+        if close:
+            sock.close()
+            sock, reader, host = _connect(url)
     sock.close()
     queue.put((times, counts))
 
@@ -173,24 +138,22 @@ def run_clients(
     seconds: float,
     kinds: list[str] | None = None,
     limit_per_client: int = 0,
+    split: bool = False,
 ) -> dict:
-    """The same measurement as :func:`run_wrk` from ``connections`` Python client processes."""
+    """The same measurement as :func:`run_wrk` from ``connections`` Python client processes;
+    ``split``: each client sends its own share of ``bodies``, each body once."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    offsets = np.random.default_rng(0).integers(0, len(bodies), connections)
+    if split:
+        shares = np.array_split(np.arange(len(bodies)), connections)
+        work = [([bodies[i] for i in s], [kinds[i] for i in s] if kinds else None, len(s)) for s in shares]
+    else:
+        offsets = np.random.default_rng(0).integers(0, len(bodies), connections)
+        rotate = lambda items, o: items[o:] + items[:o]  # noqa: E731
+        work = [(rotate(bodies, o), rotate(kinds, o) if kinds else None, limit_per_client) for o in offsets]
     processes = [
-        context.Process(
-            target=_client,
-            args=(
-                url,
-                bodies[o:] + bodies[:o],
-                (kinds[o:] + kinds[:o]) if kinds else None,
-                limit_per_client,
-                seconds,
-                queue,
-            ),
-        )
-        for o in offsets
+        context.Process(target=_client, args=(url, share, share_kinds, count, seconds, queue))
+        for share, share_kinds, count in work
     ]
     start = time.perf_counter()
     for process in processes:
@@ -212,7 +175,7 @@ def run_clients(
         "p99_ms": float(np.percentile(times, 99)),
         "p999_ms": float(np.percentile(times, 99.9)),
         "max_ms": float(times.max()),
-        "connect_errors": 0,
+        "connect_errors": sum(v for k, v in counts.items() if k.endswith(" 0")),  # no answer
         "read_errors": 0,
         "write_errors": 0,
         "timeouts": 0,
@@ -221,9 +184,11 @@ def run_clients(
 
 
 def load(url: str, bodies, connections: int, seconds: float, kinds=None, limit: int = 0) -> dict:
-    """Load from wrk when installed, else from client processes; ``limit``: total answers to stop at."""
-    if have_wrk():
-        return run_wrk(url, bodies, connections, seconds, kinds, -(-limit // connections) if limit else 0)
+    """Load for ``seconds`` from wrk when installed, else from client processes. ``kinds`` (a
+    label per body, to count each answer's status against the kind of body it answered) or
+    ``limit`` (total answers to stop at) need the client processes."""
+    if have_wrk() and kinds is None and not limit:
+        return run_wrk(url, bodies, connections, seconds)
     return run_clients(url, bodies, connections, seconds, kinds, -(-limit // connections) if limit else 0)
 
 

@@ -16,7 +16,13 @@ from .api import Object2Vec
 from .container import Layout, serve_target
 from .errors import Object2VecError, UsageError
 from .hyperparameters import describe_schema, load_hyperparameters_file
-from .serving.settings import DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_PAYLOAD_MB, DEFAULT_PORT, STRATEGIES
+from .serving.settings import (
+    DEFAULT_BATCH_WAIT_MS,
+    DEFAULT_MAX_PAYLOAD_MB,
+    DEFAULT_MAX_QUEUE_MS,
+    DEFAULT_PORT,
+    STRATEGIES,
+)
 from .serving.transform import run_transform
 from .training import distributed
 
@@ -161,6 +167,12 @@ def _serve_parser(sub) -> None:
         help="longest wait to gather concurrent requests into one forward pass",
     )
     p.add_argument(
+        "--max-queue-ms",
+        type=float,
+        default=DEFAULT_MAX_QUEUE_MS,
+        help="a request queued longer than this for a forward pass gets 503 (busy)",
+    )
+    p.add_argument(
         "--threads",
         type=_positive_int,
         default=None,
@@ -175,7 +187,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     from .serving.server import serve  # the HTTP server's libraries only when serving
 
     model_dir, host = serve_target(args.model_dir, args.host, args.ml_root)
-    options = ("port", "workers", "max_payload_mb", "batch_wait_ms", "threads", "device", "access_log")
+    options = ("port", "workers", "max_payload_mb", "batch_wait_ms", "max_queue_ms", "threads", "device")
+    options += ("access_log",)
     serve(model_dir, host=host, **_options(args, *options))
     return 0
 

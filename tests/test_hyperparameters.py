@@ -153,13 +153,20 @@ def outside(kind: str, low: float, high: float) -> tuple[float, float]:
     return low - 1, high + 1
 
 
+def own_network(name: str) -> dict[str, str]:
+    """enc1's network named, so an enc1 setting may differ from enc0's (under the default
+    ``enc1_network=enc0`` it must equal it)."""
+    return {"enc1_network": "hcnn"} if name.startswith("enc1_") else {}
+
+
 @pytest.mark.parametrize("name", sorted(NUMERIC))
 def test_boundaries_are_valid(name):
     kind, _, low, high = NUMERIC[name]
     for bound in (low, high):
         for raw in (bound, str(bound)):
-            assert parse(**{name: raw})[name] == bound, (name, raw)
-            assert type(parse(**{name: raw})[name]) is (float if kind == "float" else int)
+            hp = parse(**own_network(name), **{name: raw})
+            assert hp[name] == bound, (name, raw)
+            assert type(hp[name]) is (float if kind == "float" else int)
 
 
 @pytest.mark.parametrize("name", sorted(NUMERIC))
@@ -313,8 +320,44 @@ def test_enc1_network_enc0_copies_enc0_architecture_and_settings():
     assert hp.encoder(1).network == "bilstm"
 
 
-def test_enc1_network_enc0_keeps_enc1_values_given_explicitly():
-    hp = parse(enc0_network="pooled_embedding", enc0_token_embedding_dim="64", enc1_token_embedding_dim="8")
+@pytest.mark.parametrize("network", [{}, {"enc1_network": "enc0"}])
+@pytest.mark.parametrize(
+    "conflict, named",
+    [
+        ({"enc0_token_embedding_dim": "64", "enc1_token_embedding_dim": "8"}, "enc1_token_embedding_dim=8"),
+        ({"enc0_layers": "2", "enc1_layers": "3"}, "enc1_layers=3"),
+        ({"enc1_layers": "1"}, "enc1_layers=1"),  # enc0's is auto
+        ({"enc1_cnn_filter_width": "5"}, "enc1_cnn_filter_width=5"),
+    ],
+)
+def test_enc1_network_enc0_refuses_enc1_settings_that_contradict_enc0s(network, conflict, named):
+    """The reference: enc1 then takes enc0's network "including the hyperparameter values", so
+    a different enc1 value would be ignored; it is refused instead (the rule until now let it
+    win silently)."""
+    with pytest.raises(HyperparameterError) as err:
+        parse(enc0_network="hcnn", **network, **conflict)
+    assert_names(str(err.value), "enc1_network=enc0", named, "enc1_network=hcnn")
+    assert ("(the default)" in str(err.value)) == (not network)
+
+
+def test_enc1_network_enc0_accepts_enc1_settings_equal_to_enc0s():
+    hp = parse(
+        enc0_network="bilstm",
+        enc1_network="enc0",
+        enc0_token_embedding_dim="64",
+        enc1_token_embedding_dim="64",
+        enc1_layers="auto",
+    )
+    assert (hp.enc1_network, hp.enc1_token_embedding_dim, hp.enc1_layers) == ("bilstm", 64, "auto")
+
+
+def test_a_named_enc1_network_keeps_enc1_values_given_explicitly():
+    hp = parse(
+        enc0_network="pooled_embedding",
+        enc1_network="pooled_embedding",
+        enc0_token_embedding_dim="64",
+        enc1_token_embedding_dim="8",
+    )
     assert (hp.enc1_network, hp.enc0_token_embedding_dim, hp.enc1_token_embedding_dim) == (
         "pooled_embedding",
         64,

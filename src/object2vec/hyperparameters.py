@@ -175,7 +175,8 @@ def _encoder_params(side: int) -> list[Param]:
             "choice",
             "hcnn" if first else "enc0",
             choices=networks,
-            help="Encoder architecture" + ("." if first else "; 'enc0' copies enc0's (own weights)."),
+            help="Encoder architecture"
+            + ("." if first else "; 'enc0': enc0's, with its settings (own weights)."),
         ),
         Param(f"{enc}_token_embedding_dim", "int", 300, 2, 1000, help="Token embedding size."),
         Param(f"{enc}_layers", "int_or_auto", AUTO, 1, 4, help="Encoder depth (hcnn, bilstm)."),
@@ -326,8 +327,8 @@ def parse_hyperparameters(raw: Mapping[str, Any] | None = None, **overrides: Any
     """Validate a string map (or Python values) into :class:`Hyperparameters`.
 
     enc1's max_seq_len and vocab_size default to enc0's; ``enc1_network=enc0`` is resolved to
-    enc0's architecture and hyperparameters, so the rest of the code never sees ``enc0`` as a
-    network name.
+    enc0's architecture and hyperparameters (an enc1 setting that contradicts them is refused),
+    so the rest of the code never sees ``enc0`` as a network name.
     """
     given = {**(raw or {}), **overrides}
     unknown = sorted(k for k in given if k not in SCHEMA and not str(k).startswith("_"))
@@ -364,11 +365,29 @@ def _inherit_from_enc0(values: dict[str, Any], given: Mapping[str, Any], suffixe
             values[f"enc1_{suffix}"] = values[f"enc0_{suffix}"]
 
 
+#: The settings ``enc1_network=enc0`` gives enc1 along with enc0's network.
+ENC0_NETWORK_SETTINGS = ("token_embedding_dim", "layers", "cnn_filter_width")
+
+
 def _resolve_enc1(values: dict[str, Any], given: Mapping[str, Any]) -> None:
+    """enc1's sizes default to enc0's. ``enc1_network=enc0`` (the default) gives enc1 enc0's
+    network "including the hyperparameter values" (the reference), with its own weights; an enc1
+    setting given with a different value would be silently overridden, so it is refused."""
     _inherit_from_enc0(values, given, ("max_seq_len", "vocab_size"))
-    if values["enc1_network"] == "enc0":
-        values["enc1_network"] = values["enc0_network"]
-        _inherit_from_enc0(values, given, ("token_embedding_dim", "layers", "cnn_filter_width"))
+    if values["enc1_network"] != "enc0":
+        return
+    values["enc1_network"] = values["enc0_network"]
+    _inherit_from_enc0(values, given, ENC0_NETWORK_SETTINGS)
+    if values["tied_encoder_weight"]:
+        return  # its own rule refuses the same conflicts, and names itself
+    default = " (the default)" if _is_unset(given, "enc1_network") else ""
+    _require_enc1_as_enc0(
+        values,
+        ENC0_NETWORK_SETTINGS,
+        f"enc1_network=enc0{default} gives enc1 enc0's network and its settings",
+        f"or leave it unset; name enc1's network, e.g. enc1_network={values['enc0_network']}, "
+        "to give enc1 settings of its own",
+    )
 
 
 #: enc1 settings that must equal enc0's when both inputs go through one encoder.

@@ -63,13 +63,14 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-#: A final (or per-epoch) metric line as training prints it: ``validation:accuracy=0.9``.
+#: A metric line as training prints it: ``validation:accuracy=0.9`` (each epoch, and the saved
+#: model's values last).
 METRIC_LINE = re.compile(r"^(validation|test):(accuracy|cross_entropy|mean_squared_error)=(\S+)$", re.M)
 
 
 def parse_metric_lines(text: str) -> dict[str, float]:
     """``{"validation:accuracy": 0.9, ...}`` from a training log; a metric printed several times
-    (once per epoch) keeps its last value, the final one."""
+    (once per epoch, then the saved model's) keeps its last value, the saved model's."""
     return {f"{channel}:{name}": float(value) for channel, name, value in METRIC_LINE.findall(text)}
 
 

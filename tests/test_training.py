@@ -382,6 +382,15 @@ def test_padding_content_is_masked_in_the_network(sequence_model):
 METRIC_LINE = re.compile(r"^(validation|test):([a-z_]+)=([-+0-9.eE]+|nan|inf)$")
 
 
+def metric_series(lines: list[str]) -> dict[str, list[float]]:
+    """Every value of every ``<channel>:<metric>=<value>`` line, in order."""
+    series: dict[str, list[float]] = {}
+    for match in map(re.compile(r"^(\w+:\w+)=(\S+)$").match, lines):
+        if match:
+            series.setdefault(match.group(1), []).append(float(match.group(2)))
+    return series
+
+
 @pytest.mark.parametrize("output", ["softmax", "mean_squared_error"])
 def test_metrics_keys_values_and_printed_lines(output):
     regression = output == "mean_squared_error"
@@ -411,10 +420,18 @@ def test_metrics_keys_values_and_printed_lines(output):
         assert model.metrics["test:accuracy"] == pytest.approx(np.mean(outputs.argmax(1) == labels), abs=1e-9)
         cross_entropy = -np.mean(np.log(outputs[np.arange(len(labels)), labels]))
         assert model.metrics["test:cross_entropy"] == pytest.approx(cross_entropy, rel=1e-4)
+    # Each epoch: a compact line, then one line per metric (train:loss and validation:*); the
+    # saved model's validation:* and test:* come last.
     epoch_lines = [line for line in lines if line.startswith("epoch ")]
-    assert len(epoch_lines) == 3 and all(
-        "train:loss=" in line and "samples_per_second=" in line for line in epoch_lines
-    )
+    assert len(epoch_lines) == 3 and all("samples_per_second=" in line for line in epoch_lines)
+    assert not any(":" in line.split(" ", 2)[2] for line in epoch_lines)  # no metric twice
+    series = metric_series(lines)
+    assert len(series["train:loss"]) == 3
+    for name in names:
+        epochs = [record[f"validation:{name}"] for record in model.result.history]
+        saved = model.metrics[f"validation:{name}"]
+        assert series[f"validation:{name}"] == pytest.approx([*epochs, saved], rel=1e-5)  # 6 digits
+        assert series[f"test:{name}"] == pytest.approx([model.metrics[f"test:{name}"]], rel=1e-5)
 
 
 def test_no_progress_bar_when_disabled(capsys):

@@ -5,6 +5,10 @@ Early stopping follows the reference: the validation loss must improve by at lea
 weights of the best epoch are restored at the end either way, the best being the reference's
 tuning objective: the highest ``validation:accuracy`` for softmax (ties broken by cross-entropy),
 the lowest ``validation:mean_squared_error`` for regression (see :func:`objective`).
+
+The log has one ``<channel>:<metric>=<value>`` line per metric: ``train:loss`` and every
+``validation:*`` metric once per epoch, then the saved model's ``validation:*`` and ``test:*``
+metrics last (a tuning job takes a metric's last value, which is thus the saved model's).
 """
 
 from __future__ import annotations
@@ -315,7 +319,8 @@ def fit(
                 record.update({f"validation:{k}": v for k, v in evaluate(net, validation, device).items()})
             stop = validation is not None and stopper.update(epoch, _strip(record, "validation:"), net)
         history.append(record)
-        log(_format_epoch(record, hp.epochs))
+        for line in _format_epoch(record, hp.epochs):
+            log(line)
         if stop:
             log(
                 f"early stopping after epoch {epoch}: no improvement of {hp.early_stopping_tolerance} "
@@ -328,8 +333,8 @@ def fit(
         net.load_state_dict(stopper.best_state)
         log(f"restored the best epoch ({stopper.best_epoch})")
     metrics = final_metrics(net, validation, test, device)
-    for name, value in metrics.items():
-        log(f"{name}={value:.6g}")
+    for name, value in metrics.items():  # last: a tuning job takes a metric's last value
+        log(_metric_line(name, value))
     return TrainResult(
         metrics, history, stopper.best_epoch or len(history), samples / max(seconds, 1e-9), seconds
     )
@@ -347,7 +352,16 @@ def _strip(record: dict[str, float], prefix: str) -> dict[str, float]:
     return {k[len(prefix) :]: v for k, v in record.items() if k.startswith(prefix)}
 
 
-def _format_epoch(record: dict[str, float], epochs: int) -> str:
-    parts = [f"epoch {record['epoch']}/{epochs}"]
-    parts += [f"{k}={v:.6g}" for k, v in record.items() if k not in ("epoch",)]
-    return " ".join(parts)
+def _metric_line(name: str, value: float) -> str:
+    """``validation:cross_entropy=0.4123``: alone on its line, so the ``metric_definitions`` of a
+    SageMaker training job (``^validation:cross_entropy=(\\S+)``) read it."""
+    return f"{name}={value:.6g}"
+
+
+def _format_epoch(record: dict[str, float], epochs: int) -> list[str]:
+    """An epoch's log lines: a compact line for people (``epoch 3/10 samples_per_second=...``),
+    then one metric line per ``<channel>:<metric>`` (``train:loss``, ``validation:*``), so a
+    job's metrics hold one value per epoch. The compact line repeats no metric, so a pattern
+    without ``^`` does not count it twice."""
+    header = f"epoch {record['epoch']}/{epochs} samples_per_second={record['samples_per_second']:.6g}"
+    return [header] + [_metric_line(k, v) for k, v in record.items() if ":" in k]

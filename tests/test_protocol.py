@@ -60,23 +60,40 @@ def test_unsupported_content_type_is_415(header):
     assert info.value.status == 415 and "application/jsonlines" in str(info.value)
 
 
+@pytest.mark.parametrize("default", [JSON, JSONLINES])
 @pytest.mark.parametrize(
     "header, expected",
     [
-        (None, JSON),
-        ("", JSON),
-        ("*/*", JSON),
-        ("application/*", JSON),
+        # missing or a wildcard: the default (the container's, else the request's own type)
+        (None, None),
+        ("", None),
+        ("*/*", None),
+        ("application/*", None),
+        ("application/jsonlines;q=0.5, */*", None),
         ("application/json", JSON),
         ("application/jsonlines", JSONLINES),
         ("application/jsonlines; charset=utf-8", JSONLINES),
         ("text/html, application/jsonlines;q=0.9, */*;q=0.1", JSONLINES),
+        ("text/html, application/json;q=0.9, */*;q=0.1", JSON),
         ("application/json;q=0.2, application/jsonlines", JSONLINES),
         ("application/jsonlines;q=0, application/json", JSON),
     ],
 )
-def test_accept_negotiation(header, expected):
-    assert protocol.parse_accept(header) == expected
+def test_accept_negotiation(header, expected, default):
+    assert protocol.parse_accept(header, default) == (expected or default)
+
+
+def test_a_missing_accept_defaults_to_the_configured_type_else_the_requests_own():
+    """SageMaker's containers: SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT, else JSON Lines in ->
+    JSON Lines out and JSON in -> JSON out (until now a missing Accept always meant JSON)."""
+    lines, document = protocol.parse_content_type(JSONLINES), protocol.parse_content_type(JSON)
+    assert protocol.default_accept(lines) == JSONLINES
+    assert protocol.default_accept(document) == JSON
+    assert protocol.default_accept(protocol.parse_content_type(None)) == JSON
+    assert protocol.default_accept(protocol.parse_content_type("application/x-ndjson")) == JSONLINES
+    assert protocol.default_accept(lines, JSON) == JSON
+    assert protocol.default_accept(document, JSONLINES) == JSONLINES
+    assert protocol.parse_accept(None) == JSON  # without a default: JSON, as before
 
 
 @pytest.mark.parametrize("header", ["text/csv", "application/xml, text/html", "application/json;q=0"])

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 import object2vec
 from object2vec import Object2Vec
 from object2vec.sample_data import latent_pairs, write_jsonl
+from object2vec.serving import settings as settings_module
 from object2vec.serving.predictor import Predictor, placement
 from object2vec.serving.server import create_app
-from object2vec.serving.settings import ServeSettings
+from object2vec.serving.settings import Platform, ServeSettings, serve_settings
 
 JSON, JSONLINES = "application/json", "application/jsonlines"
 VOCAB = 1100  # the reference examples use token IDs up to 1016
@@ -122,7 +123,14 @@ def as_jsonlines(document: dict) -> bytes:
     return b"".join(orjson.dumps(instance) + b"\n" for instance in document["instances"])
 
 
+def answer_type(content_type: str | None, accept: str | None) -> str:
+    """The type an answer must have: Accept when it names one, else the request's own type (as
+    SageMaker's containers do without SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT)."""
+    return accept if accept in (JSON, JSONLINES) else (content_type or JSON)
+
+
 def results(response: httpx.Response, accept: str | None) -> list[dict]:
+    """The answers of a 200 response that must be of type ``accept`` (None: JSON)."""
     assert response.status_code == 200, response.text
     if accept == JSONLINES:
         assert response.headers["content-type"].startswith(JSONLINES)
@@ -131,13 +139,13 @@ def results(response: httpx.Response, accept: str | None) -> list[dict]:
     return orjson.loads(response.content)["predictions"]
 
 
-FORMATS = [(content, accept) for content in (JSON, JSONLINES) for accept in (None, JSON, JSONLINES)]
+FORMATS = [(content, accept) for content in (JSON, JSONLINES) for accept in (None, "*/*", JSON, JSONLINES)]
 
 
 @pytest.mark.parametrize("content_type, accept", FORMATS)
 def test_reference_scoring_example_round_trips(client, model, content_type, accept):
     body = orjson.dumps(SCORES_EXAMPLE) if content_type == JSON else as_jsonlines(SCORES_EXAMPLE)
-    answers = results(client.post(body, content_type, accept), accept)
+    answers = results(client.post(body, content_type, accept), answer_type(content_type, accept))
     scores = np.array([answer["scores"] for answer in answers], dtype=np.float32)
     assert scores.shape == (2, 3)
     np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)
@@ -150,12 +158,13 @@ def test_reference_scoring_example_round_trips(client, model, content_type, acce
 @pytest.mark.parametrize("content_type, accept", FORMATS)
 def test_reference_embedding_example_with_infer_max_seqlens(client, model, content_type, accept):
     body = orjson.dumps(EMBEDDING_EXAMPLE) if content_type == JSON else as_jsonlines(EMBEDDING_EXAMPLE)
-    answers = results(client.post(body, f"{content_type}; infer_max_seqlens=2,5", accept), accept)
+    expected_type = answer_type(content_type, accept)
+    answers = results(client.post(body, f"{content_type}; infer_max_seqlens=2,5", accept), expected_type)
     vectors = np.array([answer["embeddings"] for answer in answers], dtype=np.float32)
     sequences = [i["in0"] for i in EMBEDDING_EXAMPLE["instances"]]
     np.testing.assert_array_equal(vectors, model.embed(in0=[s[:2] for s in sequences]))
     assert vectors.shape == (3, model.predictor.embedding_dim)
-    uncapped = results(client.post(body, content_type, accept), accept)
+    uncapped = results(client.post(body, content_type, accept), expected_type)
     np.testing.assert_array_equal(
         np.array([a["embeddings"] for a in uncapped], dtype=np.float32), model.embed(in0=sequences)
     )
@@ -248,6 +257,54 @@ def test_payload_limit_defaults_to_6_mb(model, loop):
     assert client.post(body(5.9)).status_code == 200
     too_large = client.post(body(6.1))
     assert too_large.status_code == 413 and "6 MB" in too_large.json()["error"]
+
+
+def test_a_configured_default_accept_answers_requests_without_accept(model, loop):
+    """SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT decides for a missing or wildcard Accept only."""
+    platform = Platform.read({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": JSON})
+    client = Client(create_app(model.predictor, serve_settings("unused", platform=platform)), loop)
+    lines = as_jsonlines(SCORES_EXAMPLE)
+    for accept in (None, "*/*"):
+        assert len(results(client.post(lines, JSONLINES, accept), JSON)) == 2
+    assert len(results(client.post(lines, JSONLINES, JSONLINES), JSONLINES)) == 2
+
+
+def mini_batch(megabytes: float) -> bytes:
+    """A batch transform's MultiRecord mini-batch: JSON Lines pairs of about 1 KB each (the
+    model cuts in0 to its enc0_max_seq_len)."""
+    line = orjson.dumps({"in0": [7] * 330, "in1": [16, 21, 13]}) + b"\n"
+    return line * int(megabytes * 1024 * 1024 / len(line))
+
+
+def test_the_platform_payload_limit_admits_a_10_mb_mini_batch(model, loop):
+    """A transform job with max_payload=20 (SAGEMAKER_MAX_PAYLOAD_IN_MB=20) sends mini-batches
+    of up to 20 MB; the default limit (6 MB) refuses one of 10 MB."""
+    body = mini_batch(10)
+    assert len(body) > 10 * 1000 * 1000
+    platform = Platform.read({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "20"})
+    client = Client(create_app(model.predictor, serve_settings("unused", platform=platform)), loop)
+    answers = results(client.post(body, JSONLINES, None), JSONLINES)
+    assert len(answers) == body.count(b"\n") and all(len(a["scores"]) == 3 for a in answers)
+    assert client.get("/execution-parameters").json()["MaxPayloadInMB"] == 20
+    default = Client(create_app(model.predictor, serve_settings("unused", platform=Platform())), loop)
+    assert default.post(body, JSONLINES, None).status_code == 413
+
+
+def test_execution_parameters_say_what_the_server_does(model, loop, monkeypatch):
+    monkeypatch.setattr(settings_module, "cpu_cores", lambda: 8)
+    platform = Platform.read(
+        {
+            "SAGEMAKER_BATCH": "true",
+            "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "3",
+            "SAGEMAKER_MAX_PAYLOAD_IN_MB": "0",
+        }
+    )
+    client = Client(create_app(model.predictor, serve_settings("unused", platform=platform)), loop)
+    assert client.get("/execution-parameters").json() == {
+        "MaxConcurrentTransforms": 3,
+        "BatchStrategy": "MultiRecord",
+        "MaxPayloadInMB": 100,
+    }
 
 
 def test_routes_and_unknown_paths(client):
@@ -487,6 +544,20 @@ def test_boto3_invoke_endpoint_against_object2vec_serve(served, model, monkeypat
         [p["scores"] for p in orjson.loads(answer["Body"].read())["predictions"]], dtype=np.float32
     )
     np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)
+
+    # Without Accept (as batch transform sends) or with */*: the request's own type.
+    for accept in ({}, {"Accept": "*/*"}):
+        answer = runtime.invoke_endpoint(
+            EndpointName="object2vec-test", Body=as_jsonlines(SCORES_EXAMPLE), ContentType=JSONLINES, **accept
+        )
+        assert answer["ContentType"] == JSONLINES
+        lines = [orjson.loads(line) for line in answer["Body"].read().splitlines()]
+        assert [len(line["scores"]) for line in lines] == [3, 3]
+        answer = runtime.invoke_endpoint(
+            EndpointName="object2vec-test", Body=orjson.dumps(EMBEDDING_EXAMPLE), ContentType=JSON, **accept
+        )
+        assert answer["ContentType"] == JSON
+        assert len(orjson.loads(answer["Body"].read())["predictions"]) == 3
 
     with pytest.raises(ClientError) as info:
         runtime.invoke_endpoint(

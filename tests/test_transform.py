@@ -198,3 +198,60 @@ def test_cli_exit_status_follows_the_summary(model_dir, tmp_path, capsys):
     )
     assert "2 line(s), 0 error line(s)" in capsys.readouterr().out
     assert cli.main(args[:3] + ["--input", str(tmp_path / "missing"), "--output", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json", "application/jsonlines"])
+def test_accept_is_resolved_as_the_server_does_and_lines_stay_aligned(model, tmp_path, accept, monkeypatch):
+    """A missing or wildcard Accept is the container's default, else the content type; the
+    output is one object per input line whichever type it resolves to."""
+    monkeypatch.delenv("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", raising=False)
+    source, records = pairs_file(tmp_path)
+    summary = transform(
+        model.predictor, source, tmp_path / "out", accept=accept, progress=False, log=lambda *_: None
+    )
+    out = read_out(tmp_path / "out" / "pairs.jsonl.out")
+    assert len(out) == len(records) and summary.errors == 1 and "scores" in out[0]
+
+
+def test_a_bad_default_accept_variable_stops_the_command_in_one_line(
+    model_dir, tmp_path, monkeypatch, capsys
+):
+    source, _ = pairs_file(tmp_path)
+    monkeypatch.setenv("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "text/csv")
+    args = [
+        "transform",
+        "--model-dir",
+        str(model_dir),
+        "--input",
+        str(source),
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT='text/csv'" in err
+
+
+def test_the_platform_payload_limit_admits_a_10_mb_request_line(model_dir, tmp_path, monkeypatch, capsys):
+    """``--content-type application/json``: each line is a whole request (a mini-batch). With
+    SAGEMAKER_MAX_PAYLOAD_IN_MB=20 a 10 MB one is answered; the 6 MB default refuses it."""
+    instance = orjson.dumps({"in0": [1] * 500, "in1": [2, 3]})
+    count = 10 * 1024 * 1024 // (len(instance) + 1) + 1
+    source = tmp_path / "big.jsonl"
+    source.write_bytes(b'{"instances": [' + b",".join([instance] * count) + b"]}\n")
+    assert source.stat().st_size > 10 * 1024 * 1024
+    args = [
+        "transform",
+        "--model-dir",
+        str(model_dir),
+        "--input",
+        str(source),
+        "--content-type",
+        "application/json",
+    ]
+    assert cli.main([*args, "--output", str(tmp_path / "default"), "--no-progress"]) == 1
+    assert "over the payload limit" in read_out(tmp_path / "default" / "big.jsonl.out")[0]["error"]
+    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "20")
+    assert cli.main([*args, "--output", str(tmp_path / "platform"), "--no-progress"]) == 0
+    (answer,) = read_out(tmp_path / "platform" / "big.jsonl.out")
+    assert len(answer["predictions"]) == count and "scores" in answer["predictions"][0]

@@ -17,11 +17,17 @@ from .container import Layout, serve_target
 from .errors import Object2VecError, UsageError
 from .hyperparameters import describe_schema, load_hyperparameters_file
 from .serving.settings import (
+    BATCH_ENV,
+    DEFAULT_ACCEPT_ENV,
     DEFAULT_BATCH_WAIT_MS,
     DEFAULT_MAX_PAYLOAD_MB,
     DEFAULT_MAX_QUEUE_MS,
     DEFAULT_PORT,
+    MAX_CONCURRENT_TRANSFORMS_ENV,
+    MAX_PAYLOAD_ENV,
+    PORT_ENV,
     STRATEGIES,
+    transform_limits,
 )
 from .serving.transform import run_transform
 from .training import distributed
@@ -155,10 +161,22 @@ def _serve_parser(sub) -> None:
         default=None,
         help="without --model-dir: the SageMaker layout (default: $OBJECT2VEC_ML_ROOT, else /opt/ml)",
     )
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--workers", type=_positive_int, default=1, help="server processes, each with the model")
     p.add_argument(
-        "--max-payload-mb", type=float, default=DEFAULT_MAX_PAYLOAD_MB, help="larger request bodies get 413"
+        "--port", type=int, default=None, help=f"default: ${PORT_ENV} when set, else {DEFAULT_PORT}"
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help=f"server processes, each with the model (default: 1; in a batch transform, ${BATCH_ENV}, "
+        f"one per ${MAX_CONCURRENT_TRANSFORMS_ENV}, at most one per CPU core)",
+    )
+    p.add_argument(
+        "--max-payload-mb",
+        type=float,
+        default=None,
+        help=f"larger request bodies get 413 (default: ${MAX_PAYLOAD_ENV} when set, else "
+        f"{DEFAULT_MAX_PAYLOAD_MB:g})",
     )
     p.add_argument(
         "--batch-wait-ms",
@@ -204,20 +222,33 @@ def _transform_parser(sub) -> None:
         help="application/jsonlines (one instance per line) or application/json (one request "
         "document per line); may carry ;infer_max_seqlens=FWD,BCK",
     )
-    p.add_argument("--accept", default="application/jsonlines")
+    p.add_argument(
+        "--accept",
+        default=None,
+        help=f"application/jsonlines or application/json; checked only, the output is one object per "
+        f"line either way (default: ${DEFAULT_ACCEPT_ENV} when set, else the content type)",
+    )
     p.add_argument(
         "--max-payload-mb",
         type=float,
-        default=DEFAULT_MAX_PAYLOAD_MB,
-        help="the most bytes of records per model pass",
+        default=None,
+        help=f"the most bytes of records per model pass (default: ${MAX_PAYLOAD_ENV} when set, else "
+        f"{DEFAULT_MAX_PAYLOAD_MB:g})",
     )
     p.add_argument("--strategy", choices=STRATEGIES, default=STRATEGIES[0])
-    p.add_argument("--concurrency", type=_positive_int, default=1, help="batches answered at the same time")
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=None,
+        help=f"batches answered at the same time (default: ${MAX_CONCURRENT_TRANSFORMS_ENV} when set, "
+        "else 1)",
+    )
     _add_device_and_progress(p)
     p.set_defaults(run=_run_transform)
 
 
 def _run_transform(args: argparse.Namespace) -> int:
+    args.max_payload_mb, args.concurrency = transform_limits(args.max_payload_mb, args.concurrency)
     options = ("device", "content_type", "accept", "max_payload_mb", "strategy", "concurrency", "progress")
     summary = run_transform(args.model_dir, args.input, args.output, **_options(args, *options))
     print(f"transform: {summary}", file=sys.stdout if summary.ok else sys.stderr)

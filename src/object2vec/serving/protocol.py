@@ -4,7 +4,8 @@ Requests: ``Content-Type: application/json`` (``{"instances": [{"in0": [...], "i
 or ``application/jsonlines`` (one instance object per line), with an optional
 ``infer_max_seqlens=<FWD>,<BCK>`` parameter capping the in0 and in1 lengths. Responses follow
 ``Accept``: ``application/json`` -> ``{"predictions": [...]}``, ``application/jsonlines`` -> one
-object per line.
+object per line; a missing or wildcard Accept gets the container's default type, else the
+request's own (:func:`parse_accept`).
 
 The kind of inference comes from the data: every instance with both ``in0`` and ``in1`` -> pair
 scores; every instance with exactly one of them -> that encoder's embedding. An embedding request
@@ -43,6 +44,8 @@ JSONLINES_ALIASES = frozenset(
     {JSONLINES, "application/x-jsonlines", "application/jsonl", "application/x-ndjson"}
 )
 SUPPORTED = f"{JSON} or {JSONLINES}"
+#: Accept ranges that leave the answer's type to the server.
+WILDCARDS = frozenset({"*/*", "application/*"})
 MAX_SEQLEN_RANGE = (1, 5000)
 SCORES, EMBEDDINGS = "scores", "embeddings"
 FIELDS = ("in0", "in1")
@@ -148,21 +151,35 @@ def _accept_quality(params: dict[str, str]) -> float:
         return 0.0
 
 
-def parse_accept(header: str | None) -> str:
-    """The response type from ``Accept``: JSON when missing or a wildcard, JSON Lines when asked;
-    anything else is a 406."""
+def parse_accept(header: str | None, default: str = JSON) -> str:
+    """The response type from ``Accept``: JSON or JSON Lines when named (the highest ``q``
+    first), ``default`` when the header is missing or its best choice a wildcard (``*/*``,
+    ``application/*``); anything else is a 406.
+
+    SageMaker's batch transform sends no Accept unless the job sets one, and SageMaker's own
+    containers then answer in ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``, else in the request's
+    own type: the caller passes that as ``default`` (see :func:`default_accept`)."""
     if not header or not header.strip():
-        return JSON
+        return default
     ranges = [parse_media_type(part) for part in header.split(",") if part.strip()]
     ranges = sorted(((mime, _accept_quality(params)) for mime, params in ranges), key=lambda r: -r[1])
     for mime, quality in ranges:
         if quality <= 0:
             continue
-        if mime in (JSON, "*/*", "application/*"):
+        if mime in WILDCARDS:
+            return default
+        if mime == JSON:
             return JSON
         if mime in JSONLINES_ALIASES:
             return JSONLINES
     raise RequestError(f"Accept {header!r} is not supported; use {SUPPORTED}", status=406)
+
+
+def default_accept(body: BodyFormat, configured: str = "") -> str:
+    """The answer's type when Accept names none: ``configured`` (the container's
+    ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``) when set, else the request's own type, so JSON
+    Lines in gives JSON Lines out (one answer line per instance line) and JSON gives JSON."""
+    return configured or (JSONLINES if body.lines else JSON)
 
 
 def _describe(index: int | None, line: int | None) -> str:

@@ -50,13 +50,15 @@ from .settings import (
     DEFAULT_BATCH_WAIT_MS,
     DEFAULT_HOST,
     DEFAULT_MAX_BATCH_INSTANCES,
-    DEFAULT_MAX_PAYLOAD_MB,
     DEFAULT_MAX_QUEUE_MS,
-    DEFAULT_PORT,
     MB,
+    SAGEMAKER_MAX_PAYLOAD_MB,
     STRATEGIES,
+    Platform,
     ServeSettings,
     default_model_dir,
+    serve_port,
+    serve_settings,
 )
 
 logger = logging.getLogger("object2vec.server")
@@ -233,6 +235,18 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def execution_parameters_of(settings: ServeSettings) -> dict:
+    """What ``GET /execution-parameters`` tells a batch transform job that set none: the requests
+    answered at once (one per server process; more wait and share a pass), the batch strategy,
+    and the payload limit in whole MB (at most SageMaker's 100; a limit under 1 MB, possible only
+    with ``--max-payload-mb``, reads 1, the least SageMaker accepts but 0, "no limit")."""
+    return {
+        "MaxConcurrentTransforms": settings.workers,
+        "BatchStrategy": STRATEGIES[0],
+        "MaxPayloadInMB": min(SAGEMAKER_MAX_PAYLOAD_MB, max(1, int(settings.max_payload_mb))),
+    }
+
+
 def create_app(predictor: Predictor, settings: ServeSettings) -> Starlette:
     """The ASGI application answering with ``predictor``."""
     vocab_sizes = (predictor.hp.enc0_vocab_size, predictor.hp.enc1_vocab_size)
@@ -247,22 +261,15 @@ def create_app(predictor: Predictor, settings: ServeSettings) -> Starlette:
         return Response(b'{"status":"ok"}', media_type=protocol.JSON)
 
     async def execution_parameters(request: Request) -> Response:
-        return Response(
-            protocol.encode_object(
-                {
-                    "MaxConcurrentTransforms": settings.workers,
-                    "BatchStrategy": STRATEGIES[0],
-                    "MaxPayloadInMB": max(1, int(settings.max_payload_mb)),
-                }
-            ),
-            media_type=protocol.JSON,
-        )
+        return Response(protocol.encode_object(execution_parameters_of(settings)), media_type=protocol.JSON)
 
     @json_errors
     async def invocations(request: Request) -> Response:
         with batcher.reading():
             body_format = protocol.parse_content_type(request.headers.get("content-type"))
-            accept = protocol.parse_accept(request.headers.get("accept"))
+            accept = protocol.parse_accept(
+                request.headers.get("accept"), protocol.default_accept(body_format, settings.default_accept)
+            )
             body = await read_body(request, settings.max_payload_bytes)
             parsed = protocol.decode_request(body, body_format, vocab_sizes)
         rows = await batcher.submit(parsed)
@@ -331,9 +338,9 @@ def app_from_env() -> Starlette:
 def serve(
     model_dir: str | os.PathLike | None = None,
     host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    workers: int = 1,
-    max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
+    port: int | None = None,
+    workers: int | None = None,
+    max_payload_mb: float | None = None,
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
     max_queue_ms: float = DEFAULT_MAX_QUEUE_MS,
     threads: int | None = None,
@@ -342,22 +349,28 @@ def serve(
     access_log: bool = False,
     log_level: str = "info",
 ) -> None:
-    """Serve a model directory (or model.tar.gz; default: ``default_model_dir()``) until stopped."""
+    """Serve a model directory (or model.tar.gz; default: ``default_model_dir()``) until stopped.
+
+    ``port``, ``workers``, ``max_payload_mb`` and ``preferred_mode`` left as ``None`` come from
+    the SageMaker platform's variables when set, else the defaults (:mod:`.settings`)."""
     import uvicorn
 
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
+    platform = Platform.read()
     root = resolve_model_dir(model_dir if model_dir is not None else default_model_dir())
-    settings = ServeSettings(
+    settings = serve_settings(
         str(root),
-        workers,
-        max_payload_mb,
-        batch_wait_ms,
+        workers=workers,
+        max_payload_mb=max_payload_mb,
+        batch_wait_ms=batch_wait_ms,
         max_queue_ms=max_queue_ms,
-        threads=threads or 0,
-        device=device or "",
-        preferred_mode=preferred_mode or os.environ.get("INFERENCE_PREFERRED_MODE", ""),
+        threads=threads,
+        device=device,
+        preferred_mode=preferred_mode,
+        platform=platform,
     )
+    port = serve_port(port, platform)
     options = dict(
         host=host,
         port=port,
@@ -368,11 +381,13 @@ def serve(
     # uvicorn answers SIGTERM gracefully, then raises it again for the handler that was there
     # before; this one lets serve() return, so a stopped server exits 0 instead of dying by signal
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    if workers == 1:  # load here, so a broken model is a clean error before anything listens
+    parameters = protocol.encode_object(execution_parameters_of(settings)).decode()
+    print(f"serving {root} on port {port}: {parameters}", file=sys.stderr, flush=True)
+    if settings.workers == 1:  # load here, so a broken model is a clean error before anything listens
         uvicorn.run(load_app(settings), **options)
         return
     os.environ.update(settings.to_env())
-    uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, **options)
+    uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=settings.workers, **options)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from ..errors import Object2VecError
 from ..runtime import Logger
 from . import protocol
 from .predictor import Predictor, inference_threads
-from .settings import DEFAULT_MAX_PAYLOAD_MB, MB, STRATEGIES
+from .settings import DEFAULT_MAX_PAYLOAD_MB, MB, STRATEGIES, Platform
 
 OUTPUT_SUFFIX = ".out"
 PARTIAL_SUFFIX = ".partial"
@@ -195,14 +195,19 @@ def transform_file(
     return len(lines), errors
 
 
-def _job(predictor: Predictor, content_type: str, accept: str, max_payload_mb: float, strategy: str) -> Job:
+def _job(
+    predictor: Predictor, content_type: str, accept: str | None, max_payload_mb: float, strategy: str
+) -> Job:
+    """How to answer each line. Accept is resolved as the server resolves it (missing or a
+    wildcard: ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``, else the content type) and checked; both
+    types it may name give one JSON object per line here."""
     if strategy not in STRATEGIES:
         raise TransformError(f"--strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if not max_payload_mb > 0:
         raise TransformError(f"--max-payload-mb must be positive, got {max_payload_mb}")
     try:
         body = protocol.parse_content_type(content_type)
-        protocol.parse_accept(accept)  # both accepted types give one JSON object per line
+        protocol.parse_accept(accept, protocol.default_accept(body, Platform.read().default_accept))
     except protocol.RequestError as exc:
         raise TransformError(str(exc)) from None
     return Job(
@@ -219,7 +224,7 @@ def transform(
     output_dir: str | os.PathLike,
     *,
     content_type: str = protocol.JSONLINES,
-    accept: str = protocol.JSONLINES,
+    accept: str | None = None,
     max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
     strategy: str = STRATEGIES[0],
     concurrency: int = 1,

@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
-from object2vec import artifact
+import object2vec
+from object2vec import artifact, container
 from object2vec.cli import main
 from object2vec.container import Layout, serve_target
 from object2vec.sample_data import latent_pairs, write_jsonl
@@ -55,16 +57,34 @@ def make_ml_root(root: Path, hyperparameters: dict[str, str]) -> Path:
     return root
 
 
-def run_entrypoint(*args: str, ml_root: Path, **kwargs) -> subprocess.CompletedProcess | subprocess.Popen:
-    """The image's entrypoint, as `docker run IMAGE <args>`, with /opt/ml moved to ``ml_root``."""
+#: Variables of the test's own environment that would change what the entrypoint does.
+FOREIGN = (
+    "SM_MODEL_DIR",
+    "SM_OUTPUT_DIR",
+    "SM_INPUT_CONFIG_DIR",
+    "SM_HOSTS",
+    "SM_CURRENT_HOST",
+    "WORLD_SIZE",
+    "RANK",
+)
+
+
+def run_entrypoint(
+    *args: str, ml_root: Path, env: dict[str, str] | None = None, **kwargs
+) -> subprocess.CompletedProcess | subprocess.Popen:
+    """The image's entrypoint, as `docker run IMAGE <args>`, with /opt/ml moved to ``ml_root``
+    and ``env`` added to the environment."""
     env = {
-        **os.environ,
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k not in FOREIGN and not k.startswith(("SAGEMAKER_", "OBJECT2VEC_"))
+        },
         "OBJECT2VEC_ML_ROOT": str(ml_root),
         "OMP_NUM_THREADS": "1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        **(env or {}),
     }
-    for variable in ("SM_MODEL_DIR", "SM_OUTPUT_DIR", "SM_INPUT_CONFIG_DIR", "WORLD_SIZE", "RANK"):
-        env.pop(variable, None)
     if kwargs.pop("background", False):
         return subprocess.Popen(
             ["sh", str(ENTRYPOINT), *args],
@@ -126,7 +146,7 @@ def test_the_image_runs_the_entrypoint_these_tests_run():
     assert "COPY docker/entrypoint /usr/local/bin/object2vec-entrypoint" in dockerfile
     assert 'ENTRYPOINT ["object2vec-entrypoint"]' in dockerfile and "EXPOSE 8080" in dockerfile
     script = ENTRYPOINT.read_text()
-    assert "exec object2vec train" in script and "exec object2vec serve" in script
+    assert 'exec python3 -m object2vec.container "$@"' in script  # container.launch decides
 
 
 # --- train ---------------------------------------------------------------------------------
@@ -210,3 +230,174 @@ def test_serve_loads_the_tarred_model_and_answers_ping(trained_ml_root, tmp_path
         server.terminate()
         output = server.communicate(timeout=20)[0]
     assert "0.0.0.0" in output  # container mode listens on every interface
+
+
+# --- the launch: every GPU, every host -------------------------------------------------------
+
+
+def layout_with_hosts(root: Path, current: str, hosts=("algo-1", "algo-2"), **config) -> Layout:
+    """A training job's layout on ``current``, as SageMaker describes a job of several instances."""
+    (root / "input" / "config").mkdir(parents=True, exist_ok=True)
+    resource = {"current_host": current, "hosts": list(hosts), **config}
+    (root / "input" / "config" / "resourceconfig.json").write_text(json.dumps(resource))
+    return Layout.find(root, environ={})
+
+
+def command_options(launch: container.Launch) -> dict[str, str]:
+    """torchrun's ``--name=value`` options of a launch."""
+    return dict(arg[2:].split("=", 1) for arg in launch.command if arg.startswith("--") and "=" in arg)
+
+
+@pytest.mark.parametrize(
+    "variable, gpus, processes",
+    [
+        (None, 0, 1),  # a CPU machine: one process
+        (None, 1, 1),
+        (None, 8, 8),  # every GPU by default, as the reference
+        ("1", 8, 1),  # the opt-out
+        ("gpu", 4, 4),
+        ("auto", 4, 4),
+        ("3", 0, 3),  # CPU processes (gloo) when asked
+    ],
+)
+def test_train_runs_one_process_per_gpu_unless_told(tmp_path, variable, gpus, processes):
+    environ = {} if variable is None else {"OBJECT2VEC_NPROC_PER_NODE": variable}
+    launch = container.launch(["train", "--seed", "0"], Layout.find(tmp_path, environ=environ), lambda: gpus)
+    train = ["-m", "object2vec", "train", "--seed", "0"]
+    if processes == 1:
+        assert launch.command == [sys.executable, *train]
+    else:
+        assert launch.command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+        assert "--standalone" in launch.command and command_options(launch)["nproc_per_node"] == str(
+            processes
+        )
+        assert launch.command[-len(train) :] == train
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_process_count_is_refused(tmp_path, value):
+    with pytest.raises(container.ContainerError, match="OBJECT2VEC_NPROC_PER_NODE"):
+        container.launch(
+            ["train"], Layout.find(tmp_path, environ={"OBJECT2VEC_NPROC_PER_NODE": value}), lambda: 0
+        )
+
+
+def test_several_hosts_join_one_static_rendezvous(tmp_path):
+    for current, rank in (("algo-1", "0"), ("algo-2", "1"), ("algo-3", "2")):
+        layout = layout_with_hosts(tmp_path / current, current, hosts=("algo-1", "algo-2", "algo-3"))
+        launch = container.launch(["train"], layout, lambda: 4)
+        assert command_options(launch) == {
+            "nnodes": "3",
+            "node_rank": rank,
+            "nproc_per_node": "4",
+            "master_addr": "algo-1",
+            "master_port": "29500",
+        }
+        assert "--standalone" not in launch.command and launch.environ == {}
+        assert launch.command[-3:] == ["-m", "object2vec", "train"]
+
+
+def test_the_toolkit_variables_and_overrides_win(tmp_path):
+    layout_with_hosts(tmp_path, "algo-1", network_interface_name="eth0")
+    environ = {
+        "SM_HOSTS": '["algo-1", "algo-2"]',
+        "SM_CURRENT_HOST": "algo-2",
+        "OBJECT2VEC_MASTER_ADDR": "127.0.0.1",
+        "OBJECT2VEC_MASTER_PORT": "6001",
+    }
+    launch = container.launch(["train"], Layout.find(tmp_path, environ=environ), lambda: 0)
+    options = command_options(launch)
+    assert (options["node_rank"], options["master_addr"], options["master_port"]) == (
+        "1",
+        "127.0.0.1",
+        "6001",
+    )
+    from_file = container.launch(["train"], Layout.find(tmp_path, environ={}), lambda: 0)
+    assert command_options(from_file)["node_rank"] == "0"
+    assert from_file.environ == {"GLOO_SOCKET_IFNAME": "eth0", "NCCL_SOCKET_IFNAME": "eth0"}  # the instance's
+
+
+def test_one_host_or_serve_or_another_command(tmp_path):
+    single = layout_with_hosts(tmp_path, "algo-1", hosts=("algo-1",))
+    assert container.launch(["train"], single, lambda: 0).command == [
+        sys.executable,
+        "-m",
+        "object2vec",
+        "train",
+    ]
+    assert container.launch([], single).command == [sys.executable, "-m", "object2vec", "serve"]
+    assert container.launch(["serve", "--workers", "2"], single).command[-3:] == ["serve", "--workers", "2"]
+    assert container.launch(["object2vec", "hyperparameters"], single).command == [
+        "object2vec",
+        "hyperparameters",
+    ]
+
+
+@pytest.mark.parametrize(
+    "resource, message",
+    [
+        ("{not json", "invalid JSON"),
+        ('{"current_host": "algo-9", "hosts": ["algo-1", "algo-2"]}', "algo-9"),
+        ('{"current_host": "algo-1", "hosts": []}', "non-empty list"),
+        ('{"current_host": "algo-1", "hosts": ["algo-1", "algo-1"]}', "once"),
+    ],
+)
+def test_a_broken_resource_config_fails_the_job_in_one_line(tmp_path, resource, message):
+    root = make_ml_root(tmp_path / "ml", HYPERPARAMETERS)
+    (root / "input" / "config" / "resourceconfig.json").write_text(resource)
+    done = run_entrypoint("train", ml_root=root)
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert message in (root / "output" / "failure").read_text()
+
+
+#: Two processes step with twice the batch, half as often: more epochs at a higher rate.
+TWO_HOST_PARAMS = ("epochs=16", "learning_rate=0.02", "early_stopping_patience=5")
+
+
+def test_two_hosts_train_as_one_job(tmp_path, free_port):
+    """Two "instances" of a SageMaker training job, each an entrypoint with its own /opt/ml and
+    the same two-host resource config; the first host's name is mapped to loopback. They train
+    data-parallel (gloo, CPU) on disjoint halves, the first host writes the model, and it
+    loads and scores."""
+    port, shards = str(free_port()), tmp_path / "shards"
+    roots = {}
+    for host in ("algo-1", "algo-2"):
+        roots[host] = make_ml_root(tmp_path / host, HYPERPARAMETERS)  # FullyReplicated: same data
+        layout_with_hosts(roots[host], host)
+    environ = {
+        "OBJECT2VEC_MASTER_ADDR": "127.0.0.1",
+        "OBJECT2VEC_MASTER_PORT": port,
+        "OBJECT2VEC_NPROC_PER_NODE": "1",
+        "OBJECT2VEC_SHARD_LOG_DIR": str(shards),
+    }
+    hosts = {
+        host: run_entrypoint(
+            "train",
+            "--seed",
+            "0",
+            "--no-progress",
+            *TWO_HOST_PARAMS,
+            ml_root=root,
+            background=True,
+            env=environ,
+        )
+        for host, root in roots.items()
+    }
+    outputs = {host: process.communicate(timeout=240)[0] for host, process in hosts.items()}
+    for host, process in hosts.items():
+        assert process.returncode == 0, f"{host}:\n{outputs[host]}"
+    assert "--nnodes=2 --node_rank=0" in outputs["algo-1"] and "--node_rank=1" in outputs["algo-2"]
+
+    # Rank 0, on the first host, prints the metrics and writes the model; the other host neither.
+    assert "model saved to" in outputs["algo-1"] and "validation:accuracy=" in outputs["algo-1"]
+    assert "validation:accuracy=" not in outputs["algo-2"] and not (roots["algo-2"] / "model").exists()
+    halves = [set(json.loads((shards / f"rank{r}.json").read_text())["train"]["indices"]) for r in (0, 1)]
+    assert not halves[0] & halves[1] and len(halves[0]) == len(halves[1]) == 500
+
+    model = object2vec.load(roots["algo-1"] / "model", device="cpu")
+    records = latent_pairs(1200, latent_dim=2, seed=3)[1100:]  # the test channel
+    scores = model.predict([r["in0"] for r in records], [r["in1"] for r in records])
+    accuracy = float(np.mean(scores.argmax(1) == np.array([r["label"] for r in records])))
+    assert accuracy >= 0.8
+    saved = json.loads((roots["algo-1"] / "model" / "metrics.json").read_text())
+    assert accuracy == pytest.approx(saved["test:accuracy"], abs=1e-9)

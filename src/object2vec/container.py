@@ -10,26 +10,45 @@ SageMaker runs a bring-your-own training image as ``docker run IMAGE train`` wit
 and a hosting image as ``docker run IMAGE serve`` with the model unpacked in ``/opt/ml/model``
 and traffic on port 8080. The root is ``--ml-root``, else ``$OBJECT2VEC_ML_ROOT``, else
 ``/opt/ml``; the variables the SageMaker training toolkit sets (``SM_MODEL_DIR``,
-``SM_CHANNEL_<NAME>``, ``SM_INPUT_CONFIG_DIR``, ``SM_OUTPUT_DIR``) override single paths.
+``SM_CHANNEL_<NAME>``, ``SM_INPUT_CONFIG_DIR``, ``SM_OUTPUT_DIR``, ``SM_HOSTS``,
+``SM_CURRENT_HOST``) override single paths and values.
+
+The image's entrypoint is ``python3 -m object2vec.container <command>``: :func:`launch` turns the
+command and the job's environment into the process to run (:func:`main` execs it). ``train``
+runs one process per GPU of the machine through torchrun (``OBJECT2VEC_NPROC_PER_NODE`` sets
+another count; 1 opts out) and, in a job of several instances
+(``input/config/resourceconfig.json``), joins them in one torchrun rendezvous: as many nodes as
+hosts, this host's index as its node rank, the first host as the master.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .api import Object2Vec
 from .errors import Object2VecError
 from .hyperparameters import load_hyperparameters_file
-from .training import distributed
 
 ML_ROOT_ENV = "OBJECT2VEC_ML_ROOT"
 DEFAULT_ML_ROOT = "/opt/ml"
 CHANNELS = ("train", "validation", "test", "auxiliary")
+#: Training processes per machine: a number, or ``gpu``/``auto``/unset for one per visible GPU
+#: (at least one).
+NPROC_ENV = "OBJECT2VEC_NPROC_PER_NODE"
+#: The rendezvous of a multi-instance job: the first host, on this port, unless these say
+#: otherwise (a test maps the first host to 127.0.0.1).
+MASTER_ADDR_ENV = "OBJECT2VEC_MASTER_ADDR"
+MASTER_PORT_ENV = "OBJECT2VEC_MASTER_PORT"
+DEFAULT_MASTER_PORT = 29500
+#: What torchrun's workers, gloo and NCCL need to pick the instance's network interface.
+SOCKET_IFNAME_ENVS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 #: A container serves every interface: SageMaker sends requests from outside the container (on
 #: the serving default port, ``serving.settings.DEFAULT_PORT``).
 SERVE_HOST = "0.0.0.0"
@@ -70,6 +89,25 @@ class Layout:
     def failure_file(self) -> Path:
         return self._path("SM_OUTPUT_DIR", "output") / "failure"
 
+    @property
+    def resource_config_file(self) -> Path:
+        return self._path("SM_INPUT_CONFIG_DIR", "input", "config") / "resourceconfig.json"
+
+    def cluster(self) -> Cluster | None:
+        """The job's hosts: ``SM_HOSTS``/``SM_CURRENT_HOST`` when set, else resourceconfig.json,
+        else ``None`` (not a SageMaker training job, or an older one on a single host)."""
+        if self.environ.get("SM_HOSTS") and self.environ.get("SM_CURRENT_HOST"):
+            return Cluster.of(_json(self.environ["SM_HOSTS"], "SM_HOSTS"), self.environ["SM_CURRENT_HOST"])
+        path = self.resource_config_file
+        if not path.is_file():
+            return None
+        config = _json(path.read_text(encoding="utf-8"), str(path))
+        if not isinstance(config, dict):
+            raise ContainerError(f"{path}: expected a JSON object with current_host and hosts")
+        return Cluster.of(
+            config.get("hosts"), config.get("current_host"), config.get("network_interface_name")
+        )
+
     def channel(self, name: str) -> Path | None:
         """The directory of channel ``name``, or ``None`` when the job has no such channel."""
         path = self._path(f"SM_CHANNEL_{name.upper()}", "input", "data", name)
@@ -92,6 +130,138 @@ class Layout:
         return self.failure_file
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """The instances of a training job and which one this is (SageMaker names them ``algo-1``,
+    ``algo-2``, ...; every host sees the same list in the same order)."""
+
+    hosts: tuple[str, ...]
+    current_host: str
+    network_interface: str = ""
+
+    @classmethod
+    def of(cls, hosts: Any, current_host: Any, network_interface: Any = None) -> Cluster:
+        if not (isinstance(hosts, list) and hosts and all(isinstance(h, str) and h for h in hosts)):
+            raise ContainerError(f"the job's hosts must be a non-empty list of names, got {hosts!r}")
+        if len(set(hosts)) != len(hosts) or current_host not in hosts:
+            raise ContainerError(f"current host {current_host!r} must appear once among the hosts {hosts}")
+        return cls(
+            tuple(hosts), current_host, network_interface if isinstance(network_interface, str) else ""
+        )
+
+    @property
+    def node_rank(self) -> int:
+        return self.hosts.index(self.current_host)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A process to run: its command line and the variables to add to its environment."""
+
+    command: list[str]
+    environ: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        settings = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.environ.items())
+        return f"{settings} {shlex.join(self.command)}".strip()
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process can see (``CUDA_VISIBLE_DEVICES`` respected)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def processes_per_node(environ: Mapping[str, str], gpus: Callable[[], int] = visible_gpus) -> int:
+    """``OBJECT2VEC_NPROC_PER_NODE`` when it is a number, else one per visible GPU (at least one),
+    as the reference trains on every GPU of the instance."""
+    raw = environ.get(NPROC_ENV, "").strip().lower()
+    if raw in ("", "gpu", "auto"):
+        return max(1, gpus())
+    if not raw.isdigit() or int(raw) < 1:
+        raise ContainerError(f"{NPROC_ENV}={raw!r}: expected a number of processes (1 or more) or 'gpu'")
+    return int(raw)
+
+
+def train_launch(args: Sequence[str], layout: Layout, gpus: Callable[[], int] = visible_gpus) -> Launch:
+    """How ``docker run IMAGE train ARGS`` trains: one process, or torchrun with one process per
+    GPU on this machine and, across the hosts of a multi-instance job, a static rendezvous
+    (node rank = this host's index; master = the first host, or ``$OBJECT2VEC_MASTER_ADDR``)."""
+    train = ["-m", "object2vec", "train", *args]
+    nproc = processes_per_node(layout.environ, gpus)
+    cluster = layout.cluster()
+    if cluster is None or len(cluster.hosts) == 1:
+        if nproc == 1:
+            return Launch([sys.executable, *train])
+        return Launch(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={nproc}",
+                *train,
+            ]
+        )
+    master = layout.environ.get(MASTER_ADDR_ENV) or cluster.hosts[0]
+    port = layout.environ.get(MASTER_PORT_ENV) or str(DEFAULT_MASTER_PORT)
+    rendezvous = [
+        f"--nnodes={len(cluster.hosts)}",
+        f"--node_rank={cluster.node_rank}",
+        f"--nproc_per_node={nproc}",
+        f"--master_addr={master}",
+        f"--master_port={port}",
+    ]
+    interface = {
+        name: cluster.network_interface
+        for name in SOCKET_IFNAME_ENVS
+        if cluster.network_interface and not layout.environ.get(name)
+    }
+    return Launch([sys.executable, "-m", "torch.distributed.run", *rendezvous, *train], interface)
+
+
+def launch(argv: Sequence[str], layout: Layout, gpus: Callable[[], int] = visible_gpus) -> Launch:
+    """What ``docker run IMAGE ARGV`` runs: ``train`` (:func:`train_launch`), ``serve`` (the
+    default), or any other command as given (``docker run IMAGE object2vec hyperparameters``)."""
+    command, args = (argv[0], list(argv[1:])) if argv else ("serve", [])
+    if command == "train":
+        return train_launch(args, layout, gpus)
+    if command == "serve":
+        return Launch([sys.executable, "-m", "object2vec", "serve", *args])
+    return Launch([command, *args])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The image's entrypoint: replace this process by what :func:`launch` says (so the server
+    or torchrun is PID 1 and receives the container's signals). A job that cannot start prints
+    one line, records it as the training failure, and exits 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    layout = Layout.find()
+    try:
+        chosen = launch(argv, layout)
+    except ContainerError as exc:
+        print(f"object2vec container: error: {exc}", file=sys.stderr)
+        if argv[:1] == ["train"]:
+            layout.write_failure(exc)
+        return 2
+    if argv[:1] == ["train"]:  # the job's log shows how it was started
+        print(f"object2vec container: {chosen}", file=sys.stderr, flush=True)
+    os.environ.update(chosen.environ)
+    try:
+        os.execvp(chosen.command[0], chosen.command)
+    except OSError as exc:
+        print(f"object2vec container: error: cannot run {chosen.command[0]!r}: {exc}", file=sys.stderr)
+        return 127
+
+
+def _json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ContainerError(f"{where}: invalid JSON ({exc})") from None
+
+
 def train(
     layout: Layout,
     overrides: Mapping[str, str] = (),
@@ -107,6 +277,9 @@ def train(
     layout and ``overrides`` on top of hyperparameters.json. Any failure is first written to
     ``output/failure`` (by rank 0 under torchrun), then raised.
     """
+    from .api import Object2Vec  # torch and the network only when training
+    from .training import distributed
+
     try:
         hyperparameters = {**layout.read_hyperparameters(), **dict(overrides)}
         train_channel = layout.channel("train")
@@ -136,3 +309,7 @@ def serve_target(model_dir: str | None, host: str | None, ml_root: str | None = 
     if model_dir is not None:
         return model_dir, host or "127.0.0.1"
     return str(Layout.find(ml_root).model_dir), host or SERVE_HOST
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -369,6 +369,7 @@ def test_two_hosts_train_as_one_job(tmp_path, free_port):
         "OBJECT2VEC_MASTER_PORT": port,
         "OBJECT2VEC_NPROC_PER_NODE": "1",
         "OBJECT2VEC_SHARD_LOG_DIR": str(shards),
+        "GLOO_SOCKET_IFNAME": "lo",  # the processes talk over loopback only
     }
     hosts = {
         host: run_entrypoint(
@@ -401,3 +402,17 @@ def test_two_hosts_train_as_one_job(tmp_path, free_port):
     assert accuracy >= 0.8
     saved = json.loads((roots["algo-1"] / "model" / "metrics.json").read_text())
     assert accuracy == pytest.approx(saved["test:accuracy"], abs=1e-9)
+
+
+def test_channels_sharded_by_s3_key_are_split_within_each_host(tmp_path):
+    layout = layout_with_hosts(tmp_path, "algo-2")
+    channels = {
+        "train": {"S3DistributionType": "ShardedByS3Key", "TrainingInputMode": "File"},
+        "validation": {"S3DistributionType": "FullyReplicated", "TrainingInputMode": "File"},
+    }
+    (tmp_path / "input" / "config" / "inputdataconfig.json").write_text(json.dumps(channels))
+    assert container.launch(["train"], layout, lambda: 2).environ == {
+        "OBJECT2VEC_NODE_SHARDED_CHANNELS": "train"
+    }
+    one_host = layout_with_hosts(tmp_path, "algo-1", hosts=("algo-1",))
+    assert container.launch(["train"], one_host, lambda: 2).environ == {}  # one host holds every part

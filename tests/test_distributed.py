@@ -90,6 +90,21 @@ def test_sparse_tables_are_refused_with_several_processes(tiny_hp):
     Context(0, 2, torch.device("cuda", 0)).check(parse_hyperparameters(tiny_hp))
 
 
+def test_a_channel_each_machine_holds_its_own_part_of_is_split_within_the_machine(monkeypatch):
+    """SageMaker's ShardedByS3Key: machine 2 of 2 holds its own files, so its two processes
+    (ranks 2 and 3) split them between themselves; other channels are split among all ranks."""
+    from object2vec.training.data import PairDataset
+
+    data = PairDataset.from_records([{"label": i % 2, "in0": [i], "in1": [i]} for i in range(10)])
+    monkeypatch.setenv(distributed.NODE_SHARDED_ENV, "train")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    run = Context(3, 4, torch.device("cpu"))
+    assert run.shard(data, name="train").in0.tokens.tolist() == [1, 3, 5, 7, 9]  # this machine's half
+    assert run.shard(data, equal=False, name="validation").in0.tokens.tolist() == [3, 7]  # a quarter
+    assert len(run.shard(data, equal=False)) == 2  # an unnamed channel: a share of all ranks'
+
+
 def test_a_single_process_is_left_alone(no_torchrun):
     run = distributed.setup("cpu")
     assert (run.enabled, run.is_main, run.steps_per_epoch(100, 32)) == (False, True, None)

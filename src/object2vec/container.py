@@ -18,7 +18,10 @@ command and the job's environment into the process to run (:func:`main` execs it
 runs one process per GPU of the machine through torchrun (``OBJECT2VEC_NPROC_PER_NODE`` sets
 another count; 1 opts out) and, in a job of several instances
 (``input/config/resourceconfig.json``), joins them in one torchrun rendezvous: as many nodes as
-hosts, this host's index as its node rank, the first host as the master.
+hosts, this host's index as its node rank, the first host as the master. Every process keeps
+its own share of each channel: of all the records when every instance holds the whole channel
+(SageMaker's ``FullyReplicated``), of its instance's records when SageMaker splits the channel
+between instances (``ShardedByS3Key``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 
 from .errors import Object2VecError
 from .hyperparameters import load_hyperparameters_file
+from .training.distributed import NODE_SHARDED_ENV
 
 ML_ROOT_ENV = "OBJECT2VEC_ML_ROOT"
 DEFAULT_ML_ROOT = "/opt/ml"
@@ -92,6 +96,21 @@ class Layout:
     @property
     def resource_config_file(self) -> Path:
         return self._path("SM_INPUT_CONFIG_DIR", "input", "config") / "resourceconfig.json"
+
+    @property
+    def input_data_config_file(self) -> Path:
+        return self._path("SM_INPUT_CONFIG_DIR", "input", "config") / "inputdataconfig.json"
+
+    def node_sharded_channels(self) -> list[str]:
+        """The channels SageMaker splits between the instances (``S3DistributionType`` is
+        ``ShardedByS3Key`` in inputdataconfig.json): each instance holds a different part."""
+        path = self.input_data_config_file
+        config = _json(path.read_text(encoding="utf-8"), str(path)) if path.is_file() else {}
+        return [
+            name
+            for name, channel in (config.items() if isinstance(config, dict) else ())
+            if isinstance(channel, dict) and channel.get("S3DistributionType") == "ShardedByS3Key"
+        ]
 
     def cluster(self) -> Cluster | None:
         """The job's hosts: ``SM_HOSTS``/``SM_CURRENT_HOST`` when set, else resourceconfig.json,
@@ -213,12 +232,14 @@ def train_launch(args: Sequence[str], layout: Layout, gpus: Callable[[], int] = 
         f"--master_addr={master}",
         f"--master_port={port}",
     ]
-    interface = {
+    environ = {
         name: cluster.network_interface
         for name in SOCKET_IFNAME_ENVS
         if cluster.network_interface and not layout.environ.get(name)
     }
-    return Launch([sys.executable, "-m", "torch.distributed.run", *rendezvous, *train], interface)
+    if sharded := layout.node_sharded_channels():
+        environ[NODE_SHARDED_ENV] = ",".join(sharded)
+    return Launch([sys.executable, "-m", "torch.distributed.run", *rendezvous, *train], environ)
 
 
 def launch(argv: Sequence[str], layout: Layout, gpus: Callable[[], int] = visible_gpus) -> Launch:

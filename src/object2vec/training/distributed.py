@@ -31,9 +31,12 @@ from ..hyperparameters import Hyperparameters, check_run
 from ..runtime import Logger, resolve_device
 from .data import PairDataset
 
-#: When set, every rank writes ``rank<r>.json`` there: the record indices of its training shard
-#: (an audit of the sharding; the tests use it to show the shards are disjoint).
+#: When set, every rank writes ``rank<r>.json`` there: the record indices of its shard of each
+#: channel (an audit of the sharding; the tests use it to show the shards are disjoint).
 SHARD_LOG_ENV = "OBJECT2VEC_SHARD_LOG_DIR"
+#: Channels whose files differ from machine to machine (SageMaker's ``ShardedByS3Key``), comma
+#: separated: each machine holds its own part, which only its own processes split among them.
+NODE_SHARDED_ENV = "OBJECT2VEC_NODE_SHARDED_CHANNELS"
 
 
 def world_size() -> int:
@@ -116,10 +119,15 @@ class Context:
         check_run(hp, self.world_size)
 
     def shard(self, data: PairDataset | None, *, equal: bool = True, name: str = "") -> PairDataset | None:
-        """This rank's records of ``data`` (see :func:`shard_indices`); ``data`` itself when alone."""
+        """This rank's records of channel ``name`` (see :func:`shard_indices`): a share of all
+        ranks', or of this machine's ranks' for a channel each machine holds its own part of
+        (``OBJECT2VEC_NODE_SHARDED_CHANNELS``); ``data`` itself when alone."""
         if data is None or not self.enabled:
             return data
-        indices = shard_indices(len(data), self.rank, self.world_size, equal=equal)
+        position, count = self.rank, self.world_size
+        if name and name in os.environ.get(NODE_SHARDED_ENV, "").split(","):
+            position, count = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
+        indices = shard_indices(len(data), position, count, equal=equal)
         if name and os.environ.get(SHARD_LOG_ENV):
             _log_shard(Path(os.environ[SHARD_LOG_ENV]), self.rank, name, data.source, indices)
         return data.subset(indices)

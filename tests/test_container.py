@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,6 +105,8 @@ def trained_ml_root(tmp_path_factory) -> Path:
     root = make_ml_root(tmp_path_factory.mktemp("ml"), HYPERPARAMETERS)
     done = run_entrypoint("train", "--seed", "0", "--no-progress", ml_root=root)
     assert done.returncode == 0, done.stdout + done.stderr
+    (root / "output").mkdir(exist_ok=True)
+    (root / "output" / "train.log").write_text(done.stdout + done.stderr)  # what the job's log holds
     return root
 
 
@@ -168,6 +171,33 @@ def test_train_writes_the_model_from_the_layout(trained_ml_root):
     }
     assert metrics["test:accuracy"] >= 0.8
     assert not (trained_ml_root / "output" / "failure").exists()
+
+
+def readme_metric_definitions() -> list[dict[str, str]]:
+    """The ``metric_definitions`` of the README's Estimator, evaluated as the notebook would."""
+    readme = (ENTRYPOINT.parents[1] / "README.md").read_text()
+    source = re.search(r"metric_definitions=(\[.*?\n    \]),\n", readme, re.S).group(1)
+    return eval(f"({source})", {})  # literal lists and a comprehension over literals
+
+
+def test_the_readme_metric_definitions_read_one_value_per_epoch(trained_ml_root):
+    """SageMaker reads a bring-your-own image's metrics with these regexes, line by line: each
+    validation metric has a value per epoch, then the saved model's, which is also last."""
+    log = (trained_ml_root / "output" / "train.log").read_text()
+    series = {d["Name"]: re.findall(d["Regex"], log, re.M) for d in readme_metric_definitions()}
+    epochs = len(re.findall(r"^epoch \d+/8 ", log, re.M))
+    assert epochs >= 4
+    saved = json.loads((trained_ml_root / "model" / "metrics.json").read_text())
+    assert len(series["train:loss"]) == epochs
+    for name in ("validation:accuracy", "validation:cross_entropy"):
+        assert len(series[name]) == epochs + 1 and float(series[name][-1]) == pytest.approx(
+            saved[name], rel=1e-5
+        )
+        assert float(series[name][-1]) in [
+            pytest.approx(float(v), rel=1e-5) for v in series[name][:-1]
+        ]  # best
+    assert [len(series[f"test:{m}"]) for m in ("accuracy", "cross_entropy")] == [1, 1]
+    assert not any(series[f"{c}:mean_squared_error"] for c in ("validation", "test"))  # a classifier
 
 
 def test_train_in_process_takes_key_value_overrides(tmp_path, capsys):
@@ -416,3 +446,20 @@ def test_channels_sharded_by_s3_key_are_split_within_each_host(tmp_path):
     }
     one_host = layout_with_hosts(tmp_path, "algo-1", hosts=("algo-1",))
     assert container.launch(["train"], one_host, lambda: 2).environ == {}  # one host holds every part
+
+
+def test_settings_that_train_in_one_process_only_keep_every_gpu_from_being_the_default(tmp_path, capsys):
+    """row_sparse tables cannot train with several processes (check_run): by default such a job
+    trains in one process, saying why; asked for several explicitly, it fails as told."""
+    root = make_ml_root(tmp_path, {**HYPERPARAMETERS, "token_embedding_storage_type": "row_sparse"})
+    launch = container.launch(["train"], Layout.find(root, environ={}), lambda: 4)
+    assert launch.command == [sys.executable, "-m", "object2vec", "train"]
+    assert "one process, not 4" in capsys.readouterr().err
+    dense = container.launch(
+        ["train", "token_embedding_storage_type=dense"], Layout.find(root, environ={}), lambda: 4
+    )
+    assert command_options(dense)["nproc_per_node"] == "4"  # an override on the command line counts
+    asked = container.launch(
+        ["train"], Layout.find(root, environ={"OBJECT2VEC_NPROC_PER_NODE": "4"}), lambda: 4
+    )
+    assert command_options(asked)["nproc_per_node"] == "4"

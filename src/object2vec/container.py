@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Object2VecError
-from .hyperparameters import load_hyperparameters_file
+from .hyperparameters import HyperparameterError, check_run, load_hyperparameters_file, parse_hyperparameters
 from .training.distributed import NODE_SHARDED_ENV
 
 ML_ROOT_ENV = "OBJECT2VEC_ML_ROOT"
@@ -211,6 +211,8 @@ def train_launch(args: Sequence[str], layout: Layout, gpus: Callable[[], int] = 
     nproc = processes_per_node(layout.environ, gpus)
     cluster = layout.cluster()
     if cluster is None or len(cluster.hosts) == 1:
+        if nproc > 1 and not layout.environ.get(NPROC_ENV) and not _runs_in(nproc, layout, args):
+            nproc = 1  # every GPU is the default, not a demand: these settings train in one process
         if nproc == 1:
             return Launch([sys.executable, *train])
         return Launch(
@@ -240,6 +242,22 @@ def train_launch(args: Sequence[str], layout: Layout, gpus: Callable[[], int] = 
     if sharded := layout.node_sharded_channels():
         environ[NODE_SHARDED_ENV] = ",".join(sharded)
     return Launch([sys.executable, "-m", "torch.distributed.run", *rendezvous, *train], environ)
+
+
+def _runs_in(processes: int, layout: Layout, args: Sequence[str]) -> bool:
+    """Whether the job's settings can train with ``processes`` processes (``check_run``: e.g.
+    row_sparse tables cannot); settings that do not even parse are left for ``train`` to report."""
+    overrides = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    try:
+        hp = parse_hyperparameters({**layout.read_hyperparameters(), **overrides})
+    except Object2VecError:
+        return True
+    try:
+        check_run(hp, processes)
+    except HyperparameterError as exc:
+        print(f"object2vec container: training in one process, not {processes}: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def launch(argv: Sequence[str], layout: Layout, gpus: Callable[[], int] = visible_gpus) -> Launch:

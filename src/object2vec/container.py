@@ -36,8 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .api import Object2Vec
 from .errors import Object2VecError
 from .hyperparameters import HyperparameterError, check_run, load_hyperparameters_file, parse_hyperparameters
+from .training import distributed
 from .training.distributed import NODE_SHARDED_ENV
 
 ML_ROOT_ENV = "OBJECT2VEC_ML_ROOT"
@@ -53,6 +55,7 @@ MASTER_PORT_ENV = "OBJECT2VEC_MASTER_PORT"
 DEFAULT_MASTER_PORT = 29500
 #: What torchrun's workers, gloo and NCCL need to pick the instance's network interface.
 SOCKET_IFNAME_ENVS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+TORCHRUN = ("-m", "torch.distributed.run")
 #: A container serves every interface: SageMaker sends requests from outside the container (on
 #: the serving default port, ``serving.settings.DEFAULT_PORT``).
 SERVE_HOST = "0.0.0.0"
@@ -210,30 +213,30 @@ def train_launch(args: Sequence[str], layout: Layout, gpus: Callable[[], int] = 
     train = ["-m", "object2vec", "train", *args]
     nproc = processes_per_node(layout.environ, gpus)
     cluster = layout.cluster()
-    if cluster is None or len(cluster.hosts) == 1:
-        if nproc > 1 and not layout.environ.get(NPROC_ENV) and not _runs_in(nproc, layout, args):
-            nproc = 1  # every GPU is the default, not a demand: these settings train in one process
-        if nproc == 1:
-            return Launch([sys.executable, *train])
-        return Launch(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                f"--nproc_per_node={nproc}",
-                *train,
-            ]
-        )
-    master = layout.environ.get(MASTER_ADDR_ENV) or cluster.hosts[0]
-    port = layout.environ.get(MASTER_PORT_ENV) or str(DEFAULT_MASTER_PORT)
-    rendezvous = [
+    if cluster is not None and len(cluster.hosts) > 1:
+        rendezvous = _rendezvous(cluster, layout, nproc)
+        return Launch([sys.executable, *TORCHRUN, *rendezvous, *train], _cluster_environ(cluster, layout))
+    if nproc > 1 and not layout.environ.get(NPROC_ENV) and not _runs_in(nproc, layout, args):
+        nproc = 1  # every GPU is the default, not a demand: these settings train in one process
+    if nproc == 1:
+        return Launch([sys.executable, *train])
+    return Launch([sys.executable, *TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", *train])
+
+
+def _rendezvous(cluster: Cluster, layout: Layout, nproc: int) -> list[str]:
+    """torchrun's static rendezvous options for this host of ``cluster``."""
+    return [
         f"--nnodes={len(cluster.hosts)}",
         f"--node_rank={cluster.node_rank}",
         f"--nproc_per_node={nproc}",
-        f"--master_addr={master}",
-        f"--master_port={port}",
+        f"--master_addr={layout.environ.get(MASTER_ADDR_ENV) or cluster.hosts[0]}",
+        f"--master_port={layout.environ.get(MASTER_PORT_ENV) or DEFAULT_MASTER_PORT}",
     ]
+
+
+def _cluster_environ(cluster: Cluster, layout: Layout) -> dict[str, str]:
+    """The instance's network interface for gloo and NCCL (unless set), and the channels each
+    instance holds its own part of."""
     environ = {
         name: cluster.network_interface
         for name in SOCKET_IFNAME_ENVS
@@ -241,7 +244,7 @@ def train_launch(args: Sequence[str], layout: Layout, gpus: Callable[[], int] = 
     }
     if sharded := layout.node_sharded_channels():
         environ[NODE_SHARDED_ENV] = ",".join(sharded)
-    return Launch([sys.executable, "-m", "torch.distributed.run", *rendezvous, *train], environ)
+    return environ
 
 
 def _runs_in(processes: int, layout: Layout, args: Sequence[str]) -> bool:
@@ -279,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     layout = Layout.find()
     try:
         chosen = launch(argv, layout)
-    except ContainerError as exc:
+    except Object2VecError as exc:
         print(f"object2vec container: error: {exc}", file=sys.stderr)
         if argv[:1] == ["train"]:
             layout.write_failure(exc)
@@ -316,9 +319,6 @@ def train(
     layout and ``overrides`` on top of hyperparameters.json. Any failure is first written to
     ``output/failure`` (by rank 0 under torchrun), then raised.
     """
-    from .api import Object2Vec  # torch and the network only when training
-    from .training import distributed
-
     try:
         hyperparameters = {**layout.read_hyperparameters(), **dict(overrides)}
         train_channel = layout.channel("train")

@@ -198,6 +198,24 @@ def test_archive_with_a_subdirectory_is_found(saved, tmp_path):
     np.testing.assert_array_equal(object2vec.load(target).embed(in1=QUERY1), saved[0].embed(in1=QUERY1))
 
 
+@pytest.fixture(params=["filter", "no filter"])
+def tar_filter(request, monkeypatch):
+    """With tarfile's extraction filters, and as on a Python without them (Debian bookworm's 3.11.2,
+    the base of a locally built image)."""
+    if request.param == "no filter":
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    return request.param
+
+
+def test_a_tar_gz_loads_with_or_without_extraction_filters(saved, tmp_path, tar_filter):
+    target = tmp_path / "model.tar.gz"
+    with tarfile.open(target, "w:gz") as tar:
+        for file in saved[1].iterdir():
+            tar.add(file, arcname=f"output/{file.name}")
+    np.testing.assert_array_equal(object2vec.load(target).embed(in1=QUERY1), saved[0].embed(in1=QUERY1))
+
+
+@pytest.mark.usefixtures("tar_filter")
 def test_archive_escaping_its_directory_is_refused(tmp_path):
     target = tmp_path / "evil.tar.gz"
     with tarfile.open(target, "w:gz") as tar:

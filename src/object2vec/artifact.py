@@ -63,8 +63,8 @@ def resolve_model_dir(path: str | Path) -> Path:
         target = Path(tempfile.mkdtemp(prefix="object2vec-model-"))
         try:
             with tarfile.open(archive) as tar:
-                tar.extractall(target, filter="data")
-        except (tarfile.TarError, OSError, EOFError) as exc:  # the filter refuses paths leaving target
+                _extract(tar, target)
+        except (tarfile.TarError, OSError, EOFError) as exc:  # includes paths leaving target
             shutil.rmtree(target, ignore_errors=True)
             raise ArtifactError(f"{archive}: cannot unpack ({exc})") from None
         found = sorted(p.parent for p in target.rglob(HYPERPARAMETERS_FILE))
@@ -73,6 +73,27 @@ def resolve_model_dir(path: str | Path) -> Path:
     raise ArtifactError(
         f"{root}: no {HYPERPARAMETERS_FILE} (nor a {ARCHIVE_FILE} holding one); not a model directory"
     )
+
+
+def _extract(tar: tarfile.TarFile, target: Path) -> None:
+    """Unpack ``tar`` into ``target``, refusing any member that would land outside it: tarfile's
+    "data" filter where this Python has one (3.10.12+, 3.11.4+), else the same rule applied here to
+    regular files and directories, other members skipped (Debian bookworm's Python 3.11.2 has no
+    filter)."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(target, filter="data")
+        return
+    root = target.resolve()
+    for member in tar.getmembers():
+        path = (root / member.name).resolve()
+        if not path.is_relative_to(root) or member.name.startswith("/"):
+            raise tarfile.TarError(f"{member.name!r} would be extracted outside {target}")
+        if member.isdir():
+            path.mkdir(parents=True, exist_ok=True)
+        elif member.isfile():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(member) as source, open(path, "wb") as out:
+                shutil.copyfileobj(source, out)
 
 
 def archive(model_dir: str | Path, target: str | Path | None = None) -> Path:

@@ -234,32 +234,65 @@ def test_train_without_data_or_layout_names_both_ways(tmp_path, capsys):
 # --- serve ---------------------------------------------------------------------------------
 
 
-def test_serve_loads_the_tarred_model_and_answers_ping(trained_ml_root, tmp_path, free_port):
-    hosting = tmp_path / "hosting"  # what SageMaker hands an endpoint: model.tar.gz in /opt/ml/model
+def wait_for_ping(server: subprocess.Popen, url: str, seconds: float = 180) -> httpx.Response:
+    deadline = time.monotonic() + seconds
+    while True:
+        assert server.poll() is None, server.stdout.read()
+        try:
+            return httpx.get(f"{url}/ping", timeout=2)
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, f"the server did not start within {seconds} s"
+            time.sleep(0.2)
+
+
+def test_serve_loads_the_tarred_model_configured_by_sagemakers_variables(
+    trained_ml_root, tmp_path, free_port
+):
+    """An endpoint's container (model.tar.gz in /opt/ml/model) run as a transform job with
+    max_payload=20 and max_concurrent_transforms=2 and no accept: it listens on
+    SAGEMAKER_BIND_TO_PORT with two workers, takes a 10 MB mini-batch and answers each JSON Lines
+    line with a line, and says so at /execution-parameters and when it starts."""
+    hosting = tmp_path / "hosting"
     (hosting / "model").mkdir(parents=True)
     artifact.archive(trained_ml_root / "model", hosting / "model" / "model.tar.gz")
     port = free_port()
-    server = run_entrypoint("serve", "--port", str(port), ml_root=hosting, background=True)
+    environ = {
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "SAGEMAKER_BATCH": "true",
+        "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "2",
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20",
+    }
+    # --host: tests listen on loopback only (container mode's 0.0.0.0 is tested with serve_target)
+    server = run_entrypoint("serve", "--host", "127.0.0.1", ml_root=hosting, env=environ, background=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                ping = httpx.get(f"{url}/ping", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the server did not start within 60 s"
-                time.sleep(0.2)
-        assert ping.status_code == 200
+        assert wait_for_ping(server, url).status_code == 200
         answer = httpx.post(f"{url}/invocations", json={"instances": [{"in0": [1], "in1": [2]}]})
         assert answer.status_code == 200
         scores = answer.json()["predictions"][0]["scores"]
         assert len(scores) == 2 and sum(scores) == pytest.approx(1, abs=1e-5)
+        assert httpx.get(f"{url}/execution-parameters").json() == {
+            "MaxConcurrentTransforms": 2,
+            "BatchStrategy": "MultiRecord",
+            "MaxPayloadInMB": 20,
+        }
+        line = json.dumps({"in0": [7] * 330, "in1": [5]}).encode() + b"\n"
+        batch = line * (10 * 1024 * 1024 // len(line) + 1)
+        answer = httpx.post(
+            f"{url}/invocations",
+            content=batch,
+            headers={"Content-Type": "application/jsonlines"},
+            timeout=120,
+        )
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith(
+            "application/jsonlines"
+        )
+        lines = answer.content.splitlines()
+        assert len(lines) == batch.count(b"\n") and len(json.loads(lines[-1])["scores"]) == 2
     finally:
         server.terminate()
-        output = server.communicate(timeout=20)[0]
-    assert "0.0.0.0" in output  # container mode listens on every interface
+        output = server.communicate(timeout=30)[0]
+    assert '"MaxConcurrentTransforms":2' in output and f"on port {port}" in output
 
 
 # --- the launch: every GPU, every host -------------------------------------------------------

@@ -405,12 +405,26 @@ def test_one_host_or_serve_or_another_command(tmp_path):
         ('{"current_host": "algo-1", "hosts": ["algo-1", "algo-1"]}', "once"),
     ],
 )
-def test_a_broken_resource_config_fails_the_job_in_one_line(tmp_path, resource, message):
+def test_a_broken_resource_config_fails_the_job_in_one_line(tmp_path, resource, message, monkeypatch, capsys):
+    """container.main, the entrypoint's body, stops before launching anything."""
     root = make_ml_root(tmp_path / "ml", HYPERPARAMETERS)
     (root / "input" / "config" / "resourceconfig.json").write_text(resource)
-    done = run_entrypoint("train", ml_root=root)
-    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    monkeypatch.setenv("OBJECT2VEC_ML_ROOT", str(root))
+    for variable in FOREIGN:
+        monkeypatch.delenv(variable, raising=False)
+    assert container.main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
     assert message in (root / "output" / "failure").read_text()
+
+
+def test_the_entrypoint_fails_a_job_that_cannot_start(tmp_path):
+    root = make_ml_root(tmp_path / "ml", HYPERPARAMETERS)
+    done = run_entrypoint("train", ml_root=root, env={"OBJECT2VEC_NPROC_PER_NODE": "many"})
+    assert done.returncode == 2 and done.stderr.startswith(
+        "object2vec container: error: OBJECT2VEC_NPROC_PER_NODE"
+    )
+    assert "OBJECT2VEC_NPROC_PER_NODE='many'" in (root / "output" / "failure").read_text()
 
 
 #: Two processes step with twice the batch, half as often: more epochs at a higher rate.

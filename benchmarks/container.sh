@@ -38,6 +38,7 @@ cleanup() {
   if [ "$KEEP" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -102,7 +103,8 @@ train_job() {
   step "docker run IMAGE train (one instance, /opt/ml from $WORK/ml)"
   make_ml_root "$WORK/ml"
   local started=$SECONDS
-  run train -v "$WORK/ml:/opt/ml" "$IMAGE" train --seed 0 2>&1 | tee "$WORK/train.log"
+  CONTAINERS+=(train)  # registered here: the pipeline below runs `docker run` in a subshell
+  docker run --name train --network host -v "$WORK/ml:/opt/ml" "$IMAGE" train --seed 0 2>&1 | tee "$WORK/train.log"
   echo "trained in $((SECONDS - started)) s; $WORK/ml/model: $(ls "$WORK/ml/model" | tr '\n' ' ')"
   python3 - "$WORK/train.log" <<'PY'
 import re, sys

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import queue
 import re
 import socket
+import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 import torch
@@ -81,7 +86,9 @@ def printed_metrics() -> Callable[[str], dict[str, float]]:
 
 
 def find_free_port() -> int:
-    """A loopback port that was free a moment ago (for servers in another process)."""
+    """A loopback port that was free a moment ago: only for a port several processes must agree
+    on before any of them binds it (torchrun's rendezvous across two "hosts"); a server binds
+    port 0 itself and reports the port it got (:func:`wait_until_listening`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -91,3 +98,75 @@ def find_free_port() -> int:
 def free_port() -> Callable[[], int]:
     """:func:`find_free_port`, usable from module-scoped fixtures too."""
     return find_free_port
+
+
+#: The line ``object2vec serve`` prints once it listens, with the port it really bound.
+LISTENING_LINE = re.compile(r"^listening on (http://\S+:(\d+))$", re.M)
+
+
+def wait_until_listening(process: subprocess.Popen, timeout: float = 60.0) -> str:
+    """The base URL an ``object2vec serve`` process (started with ``--port 0``, stdout piped as
+    text) reports once it listens; fails the test with the process's output if it exits or stays
+    silent. The port is the one the server bound itself, so no other process can take it first.
+    A thread keeps draining the output afterwards, so the server never blocks on a full pipe."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def drain() -> None:
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=drain, daemon=True).start()
+    deadline, seen = time.monotonic() + timeout, []
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            break
+        if line is None:  # the process closed its output: it has exited
+            break
+        seen.append(line)
+        match = LISTENING_LINE.match(line.rstrip("\n"))
+        if match:
+            return match.group(1)
+    process.kill()
+    pytest.fail("the server did not report its address:\n" + "".join(seen))
+
+
+# --- the network's own answers ------------------------------------------------------------------
+
+
+def direct_embeddings(net, side: int, sequences, cap: int | None = None) -> np.ndarray:
+    """Each sequence encoded alone by encoder ``side`` of ``net``, called directly
+    (``net.encoders[side]``; a tied network has one), cut to that side's ``max_seq_len`` (and
+    ``cap``): what inference must answer, computed without the predictor's dispatch, batching or
+    padding."""
+    encoder = net.encoders[side if len(net.encoders) > 1 else 0]
+    limit = net.hp.encoder(side).max_seq_len if cap is None else min(cap, net.hp.encoder(side).max_seq_len)
+    was_training = net.training
+    net.eval()
+    with torch.inference_mode():
+        vectors = [
+            encoder(torch.tensor([list(s)[:limit]]), torch.tensor([len(list(s)[:limit])])) for s in sequences
+        ]
+    net.train(was_training)
+    return torch.cat(vectors).float().numpy()
+
+
+def direct_scores(net, in0, in1, caps: tuple[int | None, int | None] = (None, None)) -> np.ndarray:
+    """Pair scores from the network's parts called one by one: enc0(in0) and enc1(in1), each
+    comparator operator as the reference defines it, in ``comparator_list`` order, the MLP, the
+    output layer, then softmax (or the value itself for regression)."""
+    a = torch.from_numpy(direct_embeddings(net, 0, in0, caps[0]))
+    b = torch.from_numpy(direct_embeddings(net, 1, in1, caps[1]))
+    operators = {
+        "hadamard": lambda: a * b,
+        "concat": lambda: torch.cat([a, b], -1),
+        "abs_diff": lambda: (a - b).abs(),
+    }
+    was_training = net.training
+    net.eval()
+    with torch.inference_mode():
+        out = net.head(net.mlp(torch.cat([operators[name]() for name in net.hp.comparator_list], -1)))
+    net.train(was_training)
+    return out[:, 0].numpy() if net.hp.output_layer == "mean_squared_error" else out.softmax(-1).numpy()

@@ -5,6 +5,7 @@ JSON error, fuzzing, micro-batching, and boto3's sagemaker-runtime client agains
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -14,14 +15,16 @@ import numpy as np
 import orjson
 import pytest
 import torch
+from conftest import direct_embeddings, direct_scores, wait_until_listening
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import object2vec
 from object2vec import Object2Vec
 from object2vec.sample_data import latent_pairs, write_jsonl
+from object2vec.serving import server
 from object2vec.serving import settings as settings_module
-from object2vec.serving.predictor import Predictor, placement
+from object2vec.serving.predictor import PREFERRED_MODES, Predictor, placement
 from object2vec.serving.server import create_app
 from object2vec.serving.settings import Platform, ServeSettings, serve_settings
 
@@ -153,6 +156,16 @@ def test_reference_scoring_example_round_trips(client, model, content_type, acce
         [i["in0"] for i in SCORES_EXAMPLE["instances"]], [i["in1"] for i in SCORES_EXAMPLE["instances"]]
     )
     np.testing.assert_array_equal(scores, expected)  # float32 values survive the JSON exactly
+    np.testing.assert_allclose(
+        scores,
+        direct_scores(
+            model.net,
+            [i["in0"] for i in SCORES_EXAMPLE["instances"]],
+            [i["in1"] for i in SCORES_EXAMPLE["instances"]],
+        ),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("content_type, accept", FORMATS)
@@ -172,10 +185,42 @@ def test_reference_embedding_example_with_infer_max_seqlens(client, model, conte
 
 
 def test_embedding_request_mixing_encoders_keeps_order(client, model):
-    body = {"instances": [{"in1": [5, 6]}, {"in0": [7]}, {"in1": [8]}]}
+    body = {"instances": [{"in1": [5, 6]}, {"in0": [7]}, {"in1": [8]}, {"in0": [5, 6]}]}
     vectors = np.array([a["embeddings"] for a in results(client.post(body), None)], dtype=np.float32)
     np.testing.assert_array_equal(vectors[[0, 2]], model.embed(in1=[[5, 6], [8]]))
-    np.testing.assert_array_equal(vectors[1], model.embed(in0=[[7]])[0])
+    np.testing.assert_array_equal(vectors[[1, 3]], model.embed(in0=[[7], [5, 6]]))
+    # each side's own encoder, called directly: in1 through enc1, in0 through enc0
+    np.testing.assert_allclose(
+        vectors[[0, 2]], direct_embeddings(model.net, 1, [[5, 6], [8]]), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        vectors[[1, 3]], direct_embeddings(model.net, 0, [[7], [5, 6]]), rtol=1e-5, atol=1e-6
+    )
+    assert not np.allclose(vectors[0], vectors[3], atol=1e-3)  # the same IDs, two encoders, two answers
+
+
+@pytest.mark.parametrize("content_type", [JSON, JSONLINES])
+def test_infer_max_seqlens_caps_each_side_with_its_own_number(client, model, content_type):
+    """``infer_max_seqlens=<FWD>,<BCK>``: FWD cuts in0, BCK cuts in1, in embeddings and pairs."""
+    longs = [[5, 6, 7, 8, 9], [10, 11, 12, 13], [14, 15, 16]]
+
+    def post(instances, caps):
+        document = {"instances": instances}
+        body = orjson.dumps(document) if content_type == JSON else as_jsonlines(document)
+        return results(client.post(body, f"{content_type}; infer_max_seqlens={caps}"), None)
+
+    answers = post([{"in1": s} for s in longs], "5,2")
+    vectors = np.array([a["embeddings"] for a in answers], dtype=np.float32)
+    np.testing.assert_allclose(vectors, direct_embeddings(model.net, 1, longs, cap=2), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(vectors, direct_embeddings(model.net, 1, longs), atol=1e-4)  # the cap mattered
+
+    answers = post([{"in0": a, "in1": b} for a, b in zip(longs, longs[::-1])], "1,3")
+    scores = np.array([a["scores"] for a in answers], dtype=np.float32)
+    np.testing.assert_allclose(
+        scores, direct_scores(model.net, longs, longs[::-1], caps=(1, 3)), rtol=1e-5, atol=1e-6
+    )
+    for caps in [(3, 1), (1, 5)]:  # a swap of the two numbers, or a cap on in0 only, answers otherwise
+        assert not np.allclose(scores, direct_scores(model.net, longs, longs[::-1], caps=caps), atol=1e-5)
 
 
 def test_regression_scores_are_one_value(tmp_path, loop):
@@ -320,6 +365,46 @@ def test_routes_and_unknown_paths(client):
     assert wrong_method.status_code == 405 and "error" in wrong_method.json()
 
 
+def test_execution_parameters_report_the_workers_and_the_payload_limit(model, loop):
+    settings = ServeSettings("unused", workers=2, max_payload_mb=6)
+    answer = Client(create_app(model.predictor, settings), loop).get("/execution-parameters")
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "MaxConcurrentTransforms": 2,
+        "BatchStrategy": "MultiRecord",
+        "MaxPayloadInMB": 6,
+    }
+
+
+def post_chunked(client: Client, pieces: list[bytes]) -> httpx.Response:
+    """POST a body sent as chunks of unknown total length (``Transfer-Encoding: chunked``, no
+    ``Content-Length``), so the server learns its size only while reading it."""
+
+    async def body():
+        for piece in pieces:
+            yield piece
+
+    response = client.loop.run_until_complete(
+        client.http.post("/invocations", content=body(), headers={"content-type": JSON})
+    )
+    assert "content-length" not in response.request.headers
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    return response
+
+
+def test_a_chunked_body_is_read_and_one_over_the_limit_is_413(client, model):
+    small = post_chunked(client, [b'{"instances": [{"in0": ', b"[1, 2]}]}"])
+    assert small.status_code == 200
+    np.testing.assert_array_equal(
+        np.float32(small.json()["predictions"][0]["embeddings"]), model.embed(in0=[[1, 2]])[0]
+    )
+    # the client's limit is 0.05 MB (52,428 bytes): 60,000 bytes in 6 chunks, no length declared
+    too_large = post_chunked(client, [b'{"instances": [{"in0": [1]}]}'] + [b" " * 10_000] * 6)
+    assert too_large.status_code == 413
+    assert "payload limit of 0.05 MB" in too_large.json()["error"]
+    assert client.get("/ping").status_code == 200
+
+
 def test_concurrent_small_requests_share_forward_passes(model, loop, monkeypatch):
     passes = []
     answer = model.predictor.answer
@@ -423,6 +508,7 @@ def test_fuzz_malformed_bodies_get_4xx_and_the_server_stays_up(client):
         max_examples=1200,
         deadline=None,
         database=None,
+        derandomize=True,  # the same examples every run: a failure here reproduces
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
     @given(body=malformed_bodies, header=headers)
@@ -460,12 +546,60 @@ def test_split_scoring_path_matches_the_network(model):
     np.testing.assert_allclose(predictor.predict(in0, in1), expected, rtol=1e-6, atol=1e-7)
 
 
+def test_inference_preferred_mode_is_read_from_the_environment(model, tmp_path, monkeypatch):
+    """SageMaker passes INFERENCE_PREFERRED_MODE in the container's environment: the predictor
+    reads and checks it (an explicit argument wins); on a CPU every part stays on the CPU."""
+    hp, net, cpu = model.predictor.hp, model.predictor.net, torch.device("cpu")
+    monkeypatch.delenv("INFERENCE_PREFERRED_MODE", raising=False)
+    assert Predictor(hp, net, device="cpu").preferred_mode is None
+    for mode in PREFERRED_MODES:
+        monkeypatch.setenv("INFERENCE_PREFERRED_MODE", mode)
+        predictor = Predictor(hp, net, device="cpu")
+        assert predictor.preferred_mode == mode
+        assert (predictor.encoder_device, predictor.head_device) == (cpu, cpu)
+    other = "classification" if mode == "embedding" else "embedding"
+    assert Predictor(hp, net, device="cpu", preferred_mode=other).preferred_mode == other
+    model_dir = model.save(tmp_path / "m")
+    assert object2vec.load(model_dir, device="cpu").predictor.preferred_mode == mode
+    monkeypatch.setenv("INFERENCE_PREFERRED_MODE", "both")
+    with pytest.raises(ValueError, match="INFERENCE_PREFERRED_MODE='both'"):
+        Predictor(hp, net, device="cpu")
+    with pytest.raises(ValueError, match="INFERENCE_PREFERRED_MODE"):
+        object2vec.load(model_dir, device="cpu")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_hands_the_environment_mode_to_every_worker(model, tmp_path, monkeypatch, workers):
+    """``object2vec serve`` (one process, or each of N workers, which rebuild their settings
+    from the environment) serves with the INFERENCE_PREFERRED_MODE of its environment."""
+    import uvicorn
+
+    model_dir = model.save(tmp_path / "m")
+    for key in ServeSettings("unused").to_env():  # serve() exports these for its workers: restored after
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.update(app=app, **options))
+    monkeypatch.setattr(server, "inference_threads", lambda *args: 1)  # leave this process's threads alone
+    monkeypatch.setenv("INFERENCE_PREFERRED_MODE", "embedding")
+    server.serve(model_dir, port=0, workers=workers)
+    app = started["app"] if workers == 1 else server.app_from_env()
+    assert app.state.predictor.preferred_mode == "embedding"
+    assert app.state.settings.preferred_mode == "embedding"
+    assert started["port"] == 0 and (workers == 1 or os.environ["OBJECT2VEC_SERVE_WORKERS"] == "2")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("via", ["argument", "environment"])
 @pytest.mark.parametrize("mode", ["embedding", "classification"])
-def test_preferred_mode_on_a_gpu(model, tmp_path, mode):
+def test_preferred_mode_on_a_gpu(model, tmp_path, mode, via, monkeypatch):
     model.save(tmp_path / "m")
-    gpu_model = object2vec.load(tmp_path / "m", device="cuda", preferred_mode=mode)
+    if via == "environment":
+        monkeypatch.setenv("INFERENCE_PREFERRED_MODE", mode)
+    gpu_model = object2vec.load(
+        tmp_path / "m", device="cuda", preferred_mode=mode if via == "argument" else None
+    )
     net = gpu_model.predictor.net
     assert next(net.encoders.parameters()).is_cuda
     assert next(net.head.parameters()).is_cuda == (mode == "classification")
@@ -478,10 +612,10 @@ def test_preferred_mode_on_a_gpu(model, tmp_path, mode):
 
 
 @pytest.fixture(scope="module")
-def served(model, tmp_path_factory, free_port):
-    """``object2vec serve`` in its own process, with two workers, on a free loopback port."""
+def served(model, tmp_path_factory):
+    """``object2vec serve`` in its own process, with two workers, on a loopback port it picks
+    itself (``--port 0``) and reports."""
     model_dir = model.save(tmp_path_factory.mktemp("served") / "model")
-    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -491,16 +625,17 @@ def served(model, tmp_path_factory, free_port):
             "--model-dir",
             str(model_dir),
             "--port",
-            str(port),
+            "0",
             "--workers",
             "2",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        text=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = wait_until_listening(process)
     deadline = time.monotonic() + 60
-    while True:
+    while True:  # the address is bound before the workers have loaded the model
         try:
             if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
                 break
@@ -508,7 +643,7 @@ def served(model, tmp_path_factory, free_port):
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"object2vec serve did not start: {process.stdout.read().decode()}")
+            pytest.fail("object2vec serve did not answer /ping")
         time.sleep(0.2)
     yield url
     process.terminate()
@@ -567,12 +702,32 @@ def test_boto3_invoke_endpoint_against_object2vec_serve(served, model, monkeypat
     assert httpx.get(f"{served}/ping").status_code == 200
 
 
-def test_serve_refuses_a_missing_model_before_listening(tmp_path, monkeypatch, capsys, free_port):
+def test_the_real_server_embeds_in1_through_enc1_capped_and_reports_its_workers(served, model):
+    sequences = [[16, 21, 13, 40], [21, 366, 125]]
+    answer = httpx.post(
+        f"{served}/invocations",
+        content=orjson.dumps({"instances": [{"in1": s} for s in sequences]}),
+        headers={"content-type": f"{JSON}; infer_max_seqlens=5,2"},
+    )
+    assert answer.status_code == 200, answer.text
+    vectors = np.float32([p["embeddings"] for p in answer.json()["predictions"]])
+    np.testing.assert_allclose(
+        vectors, direct_embeddings(model.net, 1, sequences, cap=2), rtol=1e-5, atol=1e-6
+    )
+    assert httpx.get(f"{served}/execution-parameters").json() == {
+        "MaxConcurrentTransforms": 2,
+        "BatchStrategy": "MultiRecord",
+        "MaxPayloadInMB": 6,
+    }
+
+
+def test_serve_refuses_a_missing_model_before_listening(tmp_path, monkeypatch, capsys):
     from object2vec import cli
     from object2vec.serving.settings import default_model_dir
 
-    assert cli.main(["serve", "--model-dir", str(tmp_path), "--port", str(free_port())]) == 2
-    assert "not a model directory" in capsys.readouterr().err
+    assert cli.main(["serve", "--model-dir", str(tmp_path), "--port", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert "not a model directory" in err and "listening on" not in out
     monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path / "sm"))
     assert default_model_dir() == str(tmp_path / "sm")
     monkeypatch.delenv("SM_MODEL_DIR")

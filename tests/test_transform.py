@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
+from conftest import direct_embeddings, direct_scores
 
 import object2vec
 from object2vec import Object2Vec, cli
 from object2vec.sample_data import latent_pairs, write_jsonl
+from object2vec.serving import transform as transform_module
 from object2vec.serving.transform import TransformError, plan_batches, transform
 
 VOCAB = 60
@@ -83,6 +85,8 @@ def test_one_output_line_per_input_line_in_order_with_the_bad_line_marked(
     good = [i for i in range(len(records)) if i != BAD_LINE]
     expected = model.predict([records[i]["in0"] for i in good], [records[i]["in1"] for i in good])
     np.testing.assert_allclose(np.float32([out[i]["scores"] for i in good]), expected, rtol=1e-6)
+    network = direct_scores(model.net, [records[i]["in0"] for i in good], [records[i]["in1"] for i in good])
+    np.testing.assert_allclose(np.float32([out[i]["scores"] for i in good]), network, rtol=1e-5, atol=1e-6)
 
 
 def test_embeddings_blank_lines_and_oversized_records(model, tmp_path):
@@ -102,6 +106,15 @@ def test_embeddings_blank_lines_and_oversized_records(model, tmp_path):
     np.testing.assert_allclose(np.float32(out[0]["embeddings"]), model.embed(in0=[[4, 5]])[0], rtol=1e-6)
     np.testing.assert_allclose(
         np.float32([out[2]["embeddings"], out[5]["embeddings"]]), model.embed(in1=[[9], [7, 8, 9]]), rtol=1e-6
+    )
+    np.testing.assert_allclose(  # in1 lines through enc1 itself, in0 lines through enc0
+        np.float32([out[2]["embeddings"], out[5]["embeddings"]]),
+        direct_embeddings(model.net, 1, [[9], [7, 8, 9]]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        np.float32(out[0]["embeddings"]), direct_embeddings(model.net, 0, [[4, 5]])[0], rtol=1e-5, atol=1e-6
     )
     assert out[1]["error"] == "line 2: empty line; expected a JSON object"
     assert out[3]["error"].startswith(
@@ -129,6 +142,73 @@ def test_json_documents_per_line_and_infer_max_seqlens(model, tmp_path):
     vectors = np.float32([p["embeddings"] for p in first["predictions"]])
     np.testing.assert_allclose(vectors, model.embed(in0=[[1], [4]]), rtol=1e-6)  # in0 capped at 1
     assert second["error"].startswith("line 2: instance 0 has both in0 and in1") and summary.errors == 1
+
+
+@pytest.mark.parametrize("content_type", ["application/jsonlines", "application/json"])
+def test_infer_max_seqlens_caps_in1_with_the_second_number(model, tmp_path, content_type):
+    longs = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15]]
+    if content_type == "application/json":
+        lines = [orjson.dumps({"instances": [{"in1": s} for s in longs]})]
+        lines.append(orjson.dumps({"instances": [{"in0": a, "in1": b} for a, b in zip(longs, longs[::-1])]}))
+    else:
+        lines = [orjson.dumps({"in1": s}) for s in longs]
+        lines += [orjson.dumps({"in0": a, "in1": b}) for a, b in zip(longs, longs[::-1])]
+    source = tmp_path / "capped.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    summary = transform(
+        model.predictor,
+        source,
+        tmp_path / "out",
+        content_type=f"{content_type}; infer_max_seqlens=3,1",
+        accept=content_type,
+        progress=False,
+        log=lambda *_: None,
+    )
+    out = read_out(tmp_path / "out" / "capped.jsonl.out")
+    assert summary.ok
+    if content_type == "application/json":
+        vectors = np.float32([p["embeddings"] for p in out[0]["predictions"]])
+        scores = np.float32([p["scores"] for p in out[1]["predictions"]])
+    else:
+        vectors = np.float32([o["embeddings"] for o in out[:3]])
+        scores = np.float32([o["scores"] for o in out[3:]])
+    np.testing.assert_allclose(vectors, direct_embeddings(model.net, 1, longs, cap=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        scores, direct_scores(model.net, longs, longs[::-1], caps=(3, 1)), rtol=1e-5, atol=1e-6
+    )
+    assert not np.allclose(vectors, direct_embeddings(model.net, 1, longs, cap=3), atol=1e-4)
+
+
+def test_an_interrupted_transform_leaves_only_a_partial_file_and_a_rerun_completes_it(
+    model, tmp_path, monkeypatch
+):
+    source, records = pairs_file(tmp_path, n=20)
+    out_dir, target = tmp_path / "out", tmp_path / "out" / "pairs.jsonl.out"
+    one_by_one = {"strategy": "SingleRecord", "progress": False, "log": lambda *_: None}
+    complete = transform(model.predictor, source, tmp_path / "reference", **one_by_one)
+    expected = (tmp_path / "reference" / "pairs.jsonl.out").read_bytes()
+    assert complete.lines == 20
+
+    answer_batch, calls = transform_module.answer_batch, []
+
+    def fail_on_the_fifth_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("the machine went away")
+        return answer_batch(*args, **kwargs)
+
+    monkeypatch.setattr(transform_module, "answer_batch", fail_on_the_fifth_batch)
+    with pytest.raises(RuntimeError, match="went away"):
+        transform(model.predictor, source, out_dir, **one_by_one)
+    assert not target.exists()  # never a complete-looking output that is not complete
+    partial = out_dir / "pairs.jsonl.out.partial"
+    written = partial.read_bytes()
+    assert 0 < written.count(b"\n") < 20 and expected.startswith(written)
+
+    monkeypatch.setattr(transform_module, "answer_batch", answer_batch)
+    again = transform(model.predictor, source, out_dir, **one_by_one)
+    assert again.written == [target] and again.lines == 20
+    assert target.read_bytes() == expected and not partial.exists()
 
 
 def test_directory_input_resumes_and_skips_complete_outputs(model, tmp_path):

@@ -335,6 +335,24 @@ def app_from_env() -> Starlette:
     return load_app(ServeSettings.from_env())
 
 
+class AnnounceAddress(logging.Filter):
+    """Prints ``listening on http://HOST:PORT`` on stdout when uvicorn reports the socket it
+    bound, with the port it really got: ``--port 0`` lets the system pick a free one, and a
+    script (or a test) reads the address back from this line instead of guessing a free port
+    that another process may take first. uvicorn reports the bound socket once, from the process
+    that binds it (the supervisor with ``--workers N``)."""
+
+    PREFIX = "Uvicorn running on"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if isinstance(record.msg, str) and record.msg.startswith(self.PREFIX) and len(args) == 3:
+            scheme, host, port = args
+            host = f"[{host}]" if ":" in str(host) else host
+            print(f"listening on {scheme}://{host}:{port}", flush=True)
+        return True
+
+
 def serve(
     model_dir: str | os.PathLike | None = None,
     host: str = DEFAULT_HOST,
@@ -383,6 +401,9 @@ def serve(
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     parameters = protocol.encode_object(execution_parameters_of(settings)).decode()
     print(f"serving {root} on port {port}: {parameters}", file=sys.stderr, flush=True)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, AnnounceAddress) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(AnnounceAddress())
     if settings.workers == 1:  # load here, so a broken model is a clean error before anything listens
         uvicorn.run(load_app(settings), **options)
         return

@@ -1,0 +1,336 @@
+"""The fit loop's parts, each checked for doing what its hyperparameter or documentation names:
+the weight average (decay, warm-up, swap in and out, what it leaves out, and that the kept weights
+are the average), the optimizer and learning rate built, the MLP's activation and sizes, all
+epochs without a validation channel, and the regression head's start at the mean label.
+
+Small networks and a few steps each: these are unit tests, not learning tests."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from object2vec import Object2Vec, load
+from object2vec.hyperparameters import parse_hyperparameters
+from object2vec.nn import Object2VecNet
+from object2vec.sample_data import latent_pairs
+from object2vec.training.data import PairDataset
+from object2vec.training.fit import WeightAverage, make_optimizers
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SMALL = {
+    "enc0_network": "pooled_embedding",
+    "enc0_max_seq_len": 1,
+    "enc0_vocab_size": 50,
+    "enc1_vocab_size": 60,
+    "enc0_token_embedding_dim": 8,
+    "enc_dim": 8,
+    "mlp_layers": 1,
+    "mlp_dim": 8,
+    "mini_batch_size": 32,
+    "learning_rate": 0.01,
+}
+
+
+def small_net(**overrides) -> tuple[Object2VecNet, object]:
+    hp = parse_hyperparameters({**SMALL, **overrides})
+    torch.manual_seed(0)
+    return Object2VecNet(hp), hp
+
+
+def pairs(n: int, task: str = "binary", seed: int = 1) -> PairDataset:
+    return PairDataset.from_records(latent_pairs(n, latent_dim=2, seed=seed, task=task), task == "regression")
+
+
+class StepRecorder:
+    """Every optimizer step of a block: the optimizer, and (with ``net``) every parameter's value
+    just before the first step and just after each step."""
+
+    def __init__(self, net=None):
+        self.net = net  # an Object2VecNet, or a callable returning it (the API builds its own)
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.initial: list[torch.Tensor] | None = None
+        self.after_steps: list[list[torch.Tensor]] = []
+
+    def _params(self) -> list[torch.Tensor]:
+        net = self.net() if callable(self.net) and not isinstance(self.net, nn.Module) else self.net
+        return [p.detach().clone() for p in net.parameters()]
+
+    def __enter__(self):
+        def before(optimizer, args, kwargs):
+            self.optimizers.append(optimizer)
+            if self.net is not None and self.initial is None:
+                self.initial = self._params()
+
+        def after(optimizer, args, kwargs):
+            if self.net is not None:
+                self.after_steps.append(self._params())
+
+        self.handles = [register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
+# --- the weight average -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "steps_per_epoch, decay",
+    [(1, 0.99), (400, 0.99), (800, 1 - 1 / 200), (4000, 0.999), (10**7, 0.9999)],
+)
+def test_weight_average_spans_a_quarter_epoch_of_at_least_100_steps(steps_per_epoch, decay):
+    net, hp = small_net()
+    assert WeightAverage(net, hp, steps_per_epoch).decay == pytest.approx(decay, abs=1e-12)
+
+
+def test_weight_average_follows_early_steps_closely_then_averages_slowly():
+    """shadow <- d * shadow + (1 - d) * weights after each step, with d = min(decay, (1 + t) / (10 + t))
+    at step t: the first steps are followed almost fully (d = 2/11 at step 1), later ones barely."""
+    net, hp = small_net()
+    average = WeightAverage(net, hp, steps_per_epoch=400)  # decay 0.99
+    expected = [p.detach().clone() for p in average.params]
+    generator = torch.Generator().manual_seed(0)
+    for step in range(1, 201):
+        with torch.no_grad():
+            for param in average.params:
+                param.add_(torch.randn(param.shape, generator=generator))
+        average.update()
+        d = min(0.99, (1 + step) / (10 + step))
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, average.params)]
+        if step in (1, 2, 50, 200):
+            for shadow, value in zip(average.shadow, expected):
+                torch.testing.assert_close(shadow, value, rtol=1e-5, atol=1e-5)
+    assert average.steps == 200
+    # after 200 steps of unit noise the average sits far from the last weights
+    assert max((s - p.detach()).abs().max().item() for s, p in zip(average.shadow, average.params)) > 1.0
+
+
+def test_applied_swaps_the_average_in_and_back_out_and_commit_keeps_it():
+    net, hp = small_net()
+    average = WeightAverage(net, hp, steps_per_epoch=10)
+    with torch.no_grad():
+        for param in average.params:
+            param.add_(1.0)
+    average.update()
+    raw = [p.detach().clone() for p in average.params]
+    averaged = [s.clone() for s in average.shadow]
+    assert all(not torch.equal(r, a) for r, a in zip(raw, averaged))
+    with average.applied():
+        assert all(torch.equal(p, a) for p, a in zip(average.params, averaged))
+    assert all(torch.equal(p, r) for p, r in zip(average.params, raw))  # training goes on from the raw
+    assert all(torch.equal(s, a) for s, a in zip(average.shadow, averaged))
+    with pytest.raises(RuntimeError), average.applied():  # restored even when evaluation fails
+        raise RuntimeError("evaluation failed")
+    assert all(torch.equal(p, r) for p, r in zip(average.params, raw))
+    average.commit()
+    assert all(torch.equal(p, a) for p, a in zip(average.params, averaged))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_weight_average_leaves_row_sparse_token_tables_out(tied):
+    extra = {"tied_token_embedding_weight": True, "enc1_vocab_size": 50} if tied else {}
+    dense_net, dense_hp = small_net(**extra)
+    every = {id(p) for p in dense_net.parameters()}
+    assert {id(p) for p in WeightAverage(dense_net, dense_hp, 10).params} == every
+    net, hp = small_net(token_embedding_storage_type="row_sparse", **extra)
+    tables = {id(t.weight) for t in net.token_tables}
+    assert len(tables) == (1 if tied else 2)
+    averaged = {id(p) for p in WeightAverage(net, hp, 10).params}
+    assert averaged == {id(p) for p in net.parameters()} - tables
+
+
+def expected_average(initial, after_steps, steps_per_epoch: int, upto: int) -> list[torch.Tensor]:
+    """The documented average, computed independently from the weights after each step."""
+    decay = min(0.9999, 1 - 1 / max(100, 0.25 * steps_per_epoch))
+    shadow = [t.clone() for t in initial]
+    for step, weights in enumerate(after_steps[:upto], start=1):
+        d = min(decay, (1 + step) / (10 + step))
+        shadow = [torch.lerp(s, w, 1.0 - d) for s, w in zip(shadow, weights)]
+    return shadow
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_the_trained_and_saved_weights_are_the_average_not_the_last_step(validation, tmp_path):
+    """Without validation the model keeps the average at the last step; with it, the average at
+    the best epoch (which evaluation saw). Neither is the raw weights of any step."""
+    train = pairs(320)  # 10 steps per epoch
+    model = Object2Vec({**SMALL, "epochs": 3, "early_stopping_patience": 3})
+    with StepRecorder(lambda: model.net) as steps:
+        model.fit(train, pairs(200, seed=2) if validation else None, seed=0, log=lambda _: None)
+    assert len(steps.after_steps) == 30
+    kept_epoch = model.result.best_epoch if validation else 3
+    expected = expected_average(steps.initial, steps.after_steps, 10, upto=10 * kept_epoch)
+    model.save(tmp_path / "model")
+    for net in (model.net, load(tmp_path / "model").net):
+        for (name, value), average in zip(net.named_parameters(), expected):
+            torch.testing.assert_close(value.detach(), average, rtol=1e-5, atol=1e-6, msg=name)
+    distance = max((a - r).abs().max().item() for a, r in zip(expected, steps.after_steps[-1]))
+    assert distance > 1e-3  # the average is not the last step's weights: the check above means something
+    if validation:  # and the kept epoch's validation metrics were measured on that average
+        assert (
+            model.metrics["validation:accuracy"]
+            == model.result.history[kept_epoch - 1]["validation:accuracy"]
+        )
+
+
+# --- optimizers ---------------------------------------------------------------------------------
+
+DENSE_OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+    "adadelta": torch.optim.Adadelta,
+}
+#: With row_sparse token tables: (the dense parameters' optimizer, the tables' optimizer).
+SPARSE_OPTIMIZERS = {
+    "adam": (torch.optim.Adam, torch.optim.SparseAdam),
+    "adagrad": (torch.optim.Adagrad, torch.optim.Adagrad),
+    "sgd": (torch.optim.SGD, torch.optim.SGD),
+}
+
+
+def param_ids(optimizer: torch.optim.Optimizer) -> list[int]:
+    return [id(p) for group in optimizer.param_groups for p in group["params"]]
+
+
+@pytest.mark.parametrize("name", sorted(DENSE_OPTIMIZERS))
+def test_each_optimizer_is_built_with_the_given_rate_and_weight_decay(name):
+    net, hp = small_net(optimizer=name, learning_rate=0.0123, weight_decay=0.0456)
+    (optimizer,) = make_optimizers(net, hp)
+    assert type(optimizer) is DENSE_OPTIMIZERS[name]
+    assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(0.0123, 0.0456)]
+    assert sorted(param_ids(optimizer)) == sorted(id(p) for p in net.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(SPARSE_OPTIMIZERS))
+@pytest.mark.parametrize("tied", [False, True])
+def test_row_sparse_tables_get_their_sparse_optimizer_without_weight_decay(name, tied):
+    extra = {"tied_token_embedding_weight": True, "enc1_vocab_size": 50} if tied else {}
+    net, hp = small_net(
+        optimizer=name,
+        learning_rate=0.0123,
+        weight_decay=0.0456,
+        token_embedding_storage_type="row_sparse",
+        **extra,
+    )
+    dense, sparse = make_optimizers(net, hp)
+    assert (type(dense), type(sparse)) == SPARSE_OPTIMIZERS[name]
+    assert [(g["lr"], g["weight_decay"]) for g in dense.param_groups] == [(0.0123, 0.0456)]
+    assert [(g["lr"], g.get("weight_decay", 0)) for g in sparse.param_groups] == [(0.0123, 0)]
+    tables = [id(t.weight) for t in net.token_tables]
+    assert sorted(param_ids(sparse)) == sorted(tables)
+    assert sorted(param_ids(dense)) == sorted(id(p) for p in net.parameters() if id(p) not in tables)
+
+
+@pytest.mark.parametrize("name", sorted(DENSE_OPTIMIZERS))
+def test_fit_steps_the_named_optimizer_once_per_mini_batch(name):
+    train = pairs(100)
+    model = Object2Vec(
+        {**SMALL, "optimizer": name, "learning_rate": 0.0321, "mini_batch_size": 16, "epochs": 2}
+    )
+    with StepRecorder() as steps:
+        model.fit(train, seed=0, log=lambda _: None)
+    assert len(steps.optimizers) == 2 * math.ceil(100 / 16)  # epochs x mini-batches
+    assert {type(o) for o in steps.optimizers} == {DENSE_OPTIMIZERS[name]}
+    assert {g["lr"] for o in steps.optimizers for g in o.param_groups} == {0.0321}
+
+
+# --- the network the hyperparameters describe ---------------------------------------------------
+
+ACTIVATIONS = {
+    "tanh": (nn.Tanh, torch.tanh),
+    "relu": (nn.ReLU, torch.relu),
+    "linear": (nn.Identity, lambda x: x),
+}
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_mlp_activation_builds_that_activation_after_every_hidden_layer(activation):
+    module, function = ACTIVATIONS[activation]
+    net, _ = small_net(mlp_layers=2, mlp_dim=6, mlp_activation=activation, comparator_list="hadamard")
+    net.eval()
+    linears = [m for m in net.mlp if isinstance(m, nn.Linear)]
+    activations = [m for m in net.mlp if not isinstance(m, (nn.Linear, nn.Dropout))]
+    assert len(linears) == 2 and [type(m) for m in activations] == [module, module]
+    x = torch.randn(7, 8) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(net.mlp(x), function(linears[1](function(linears[0](x)))))
+
+
+def test_sizes_follow_their_hyperparameters():
+    net, _ = small_net(
+        enc0_token_embedding_dim=16,
+        enc1_token_embedding_dim=8,
+        enc1_network="pooled_embedding",
+        enc_dim=12,
+        mlp_layers=3,
+        mlp_dim=20,
+        num_classes=4,
+        comparator_list="concat, hadamard",
+    )
+    assert net.encoder(0).embedding.weight.shape == (50, 16) and net.encoder(1).embedding.weight.shape == (
+        60,
+        8,
+    )
+    ids, lengths = torch.tensor([[3]]), torch.tensor([1])
+    assert net.encode(0, ids, lengths).shape == net.encode(1, ids, lengths).shape == (1, 12)
+    linears = [(m.in_features, m.out_features) for m in net.mlp if isinstance(m, nn.Linear)]
+    assert linears == [(3 * 12, 20), (20, 20), (20, 20)]
+    assert (net.head.in_features, net.head.out_features) == (20, 4)
+    no_mlp, _ = small_net(mlp_layers=0, output_layer="mean_squared_error", comparator_list="abs_diff")
+    assert not any(isinstance(m, nn.Linear) for m in no_mlp.mlp)
+    assert (no_mlp.head.in_features, no_mlp.head.out_features) == (8, 1)
+
+
+# --- epochs, early stopping and the regression head's start ------------------------------------
+
+
+def test_without_validation_every_epoch_runs():
+    """Early stopping watches the validation loss: without a validation channel all epochs run,
+    however impatient the settings."""
+    lines: list[str] = []
+    model = Object2Vec(
+        {**SMALL, "epochs": 4, "early_stopping_patience": 1, "early_stopping_tolerance": 0.1}
+    ).fit(pairs(64), seed=0, log=lines.append)
+    assert [h["epoch"] for h in model.result.history] == [1, 2, 3, 4]
+    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/4", "2/4", "3/4", "4/4"]
+    assert model.result.best_epoch == 4 and not any("early stopping" in line for line in lines)
+    assert model.metrics == {}
+
+
+@pytest.mark.parametrize("output", ["mean_squared_error", "softmax"])
+def test_a_regression_head_starts_at_the_mean_training_label(output):
+    regression = output == "mean_squared_error"
+    records = latent_pairs(96, latent_dim=2, seed=1, task="regression" if regression else "binary")
+    if regression:
+        for r in records:
+            r["label"] += 5.0  # far from the zero a default bias starts at
+    train = PairDataset.from_records(records, regression)
+    model = Object2Vec({**SMALL, "output_layer": output, "epochs": 1})
+    start = []  # the head's bias when the first optimizer step is about to change it
+
+    def record(*_):
+        if not start:
+            start.append(model.net.head.bias.detach().clone())
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        model.fit(train, seed=0, log=lambda _: None)
+    finally:
+        handle.remove()
+    assert start
+    if regression:
+        assert start[0].item() == pytest.approx(float(np.mean(train.labels)), rel=1e-6)
+        assert abs(start[0].item() - 5.0) < 0.5
+    else:  # class logits keep their initialisation: a bias no larger than 1/sqrt(fan_in)
+        assert start[0].abs().max().item() <= 1 / math.sqrt(model.net.head.in_features)

@@ -8,21 +8,35 @@ Small networks and a few steps each: these are unit tests, not learning tests.""
 from __future__ import annotations
 
 import math
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from object2vec import Object2Vec, load
 from object2vec.hyperparameters import parse_hyperparameters
 from object2vec.nn import Object2VecNet
 from object2vec.sample_data import latent_pairs
-from object2vec.training.data import PairDataset
-from object2vec.training.fit import WeightAverage, make_optimizers
+from object2vec.training.data import Batch, PairDataset, epoch_size, iterate_batches
+from object2vec.training.fit import (
+    EarlyStopping,
+    WeightAverage,
+    batch_loss,
+    make_optimizers,
+    objective,
+    seed_everything,
+    train_epoch,
+    validation_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+fit_module = sys.modules[WeightAverage.__module__]  # object2vec.training.fit (the package exports fit())
 
 SMALL = {
     "enc0_network": "pooled_embedding",
@@ -334,3 +348,228 @@ def test_a_regression_head_starts_at_the_mean_training_label(output):
         assert abs(start[0].item() - 5.0) < 0.5
     else:  # class logits keep their initialisation: a bias no larger than 1/sqrt(fan_in)
         assert start[0].abs().max().item() <= 1 / math.sqrt(model.net.head.in_features)
+
+
+# --- seeds, losses, the ranking of epochs, early stopping ---------------------------------------
+
+
+def test_seed_everything_seeds_torch_and_returns_a_seeded_generator():
+    draws = []
+    for seed in (5, 5, None, None):
+        rng = seed_everything(seed)
+        draws.append((torch.rand(3).tolist(), rng.random(3).tolist()))
+    assert draws[0] == draws[1]  # the same seed, the same torch and numpy draws
+    assert draws[2][1] != draws[3][1]  # no seed: a fresh generator each time
+    assert draws[2][0] != draws[0][0] or draws[3][0] != draws[0][0]
+
+
+def test_batch_loss_is_the_outputs_loss_on_the_true_lengths():
+    """Multi-token inputs, so the lengths matter (padding positions hold junk IDs)."""
+    net, hp = small_net(enc0_max_seq_len=4, enc1_max_seq_len=4)
+    in0, in1 = torch.tensor([[3, 4, 9, 9], [5, 9, 9, 9]]), torch.tensor([[7, 8, 8, 8], [1, 2, 3, 8]])
+    len0, len1 = torch.tensor([2, 1]), torch.tensor([1, 4])
+    batch = Batch(in0, len0, in1, len1, torch.tensor([1, 0]))
+    expected = F.cross_entropy(net(in0, len0, in1, len1), batch.labels)
+    torch.testing.assert_close(batch_loss(net, batch, regression=False), expected)
+    assert not torch.allclose(
+        expected, F.cross_entropy(net(in0, torch.tensor([4, 4]), in1, len1), batch.labels)
+    )
+    regressor, _ = small_net(enc0_max_seq_len=4, enc1_max_seq_len=4, output_layer="mean_squared_error")
+    values = Batch(in0, len0, in1, len1, torch.tensor([0.5, -2.0]))
+    torch.testing.assert_close(
+        batch_loss(regressor, values, regression=True),
+        F.mse_loss(regressor(in0, len0, in1, len1), values.labels),
+    )
+
+
+def test_validation_loss_and_the_objective_that_ranks_epochs():
+    assert validation_loss({"mean_squared_error": 0.25}) == 0.25
+    assert validation_loss({"accuracy": 0.9, "cross_entropy": 0.3}) == 0.3
+    assert math.isnan(validation_loss({}))
+    better, worse = {"accuracy": 0.9, "cross_entropy": 0.5}, {"accuracy": 0.8, "cross_entropy": 0.1}
+    assert objective(better) < objective(worse)  # accuracy first ...
+    assert objective({"accuracy": 0.9, "cross_entropy": 0.4}) < objective(better)  # ... ties: cross-entropy
+    assert objective({"mean_squared_error": 0.2}) < objective({"mean_squared_error": 0.3})
+
+
+def test_early_stopping_needs_an_improvement_of_tolerance_within_patience_epochs():
+    net, _ = small_net()
+    stopper = EarlyStopping(patience=2, tolerance=0.5)
+    # loss 1.0 sets the reference; 0.5 is not *more* than 0.5 better; 0.25 is; then two stale epochs
+    decisions = [
+        stopper.update(epoch, {"mean_squared_error": loss}, net)
+        for epoch, loss in enumerate([1.0, 0.5, 0.25, 0.0, 0.1], start=1)
+    ]
+    assert decisions == [False, False, False, False, True]
+    assert stopper.best_epoch == 4  # the lowest loss, even though it was not a big enough improvement
+    patient = EarlyStopping(patience=3, tolerance=0.5)
+    assert [patient.update(e, {"mean_squared_error": 1.0}, net) for e in (1, 2, 3, 4)] == [
+        False,
+        False,
+        False,
+        True,
+    ]
+
+
+def test_early_stopping_keeps_the_first_of_equal_epochs_and_a_copy_of_its_weights():
+    net, _ = small_net()
+    stopper = EarlyStopping(patience=5, tolerance=0.001)
+    metrics = {"accuracy": 0.75, "cross_entropy": 0.5}
+    stopper.update(1, metrics, net)
+    kept = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        net.head.bias.add_(1.0)
+    stopper.update(2, dict(metrics), net)  # as good, not better: the first stays the best
+    assert stopper.best_epoch == 1
+    assert all(torch.equal(stopper.best_state[k], kept[k]) for k in kept)
+
+
+# --- one epoch ----------------------------------------------------------------------------------
+
+
+class Recorder(nn.Module):
+    """The network, recording the inputs of every batch it is asked about."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.batches = net, []
+
+    def forward(self, in0, len0, in1, len1):
+        self.batches.append((in0[:, 0].tolist(), len0.tolist()))
+        return self.net(in0, len0, in1, len1)
+
+
+def test_train_epoch_returns_the_mean_loss_over_samples_and_their_count():
+    """No optimizer: the weights stay put, so the epoch's sample-weighted mean loss is the loss
+    over the whole set, whatever the batches were."""
+    for output, task in (("softmax", "binary"), ("mean_squared_error", "regression")):
+        net, hp = small_net(output_layer=output)
+        data = pairs(70, task=task)  # batches of 32, 32, 6
+        loss, seen = train_epoch(net, [], data, hp, np.random.default_rng(0), "cpu")
+        batch = next(iterate_batches(data, 70))
+        expected = batch_loss(net, batch, net.regression).item()
+        assert seen == 70 and loss == pytest.approx(expected, rel=1e-5)
+        one, count = train_epoch(net, [], data.subset(np.array([4])), hp, np.random.default_rng(0), "cpu")
+        assert count == 1 and one == pytest.approx(
+            batch_loss(net, next(iterate_batches(data.subset(np.array([4])), 1)), net.regression).item(),
+            rel=1e-5,
+        )
+
+
+def test_train_epoch_shuffles_with_the_given_generator_and_stops_at_max_batches():
+    net, hp = small_net()
+    data = PairDataset.from_sequences([[i] for i in range(1, 49)], [[1]] * 48, [0, 1] * 24)
+    orders = []
+    for seed in (0, 0, 1):
+        model = Recorder(net)
+        train_epoch(net, [], data, hp, np.random.default_rng(seed), "cpu", model=model)
+        orders.append([token for ids, _ in model.batches for token in ids])
+    assert orders[0] == orders[1] != orders[2]
+    assert sorted(orders[0]) == list(range(1, 49)) and orders[0] != list(range(1, 49))
+    model = Recorder(net)
+    assert (
+        train_epoch(net, [], data, hp, np.random.default_rng(0), "cpu", model=model, max_batches=1)[1] == 32
+    )
+    assert len(model.batches) == 1
+
+
+def test_train_epoch_makes_the_negatives_and_buckets_its_hyperparameters_ask_for():
+    net, hp = small_net(enc0_max_seq_len=30, negative_sampling_rate=2, bucket_width=3)
+    records = latent_pairs(60, max_len0=30, latent_dim=2, seed=1)
+    data = PairDataset.from_records(records)
+    model = Recorder(net)
+    _, seen = train_epoch(net, [], data, hp, np.random.default_rng(0), "cpu", model=model)
+    assert seen == epoch_size(data, 2) == 60 + 2 * int((data.labels != 0).sum())
+    assert all(max(lengths) - min(lengths) < 3 for _, lengths in model.batches)
+
+
+# --- what fit reports ---------------------------------------------------------------------------
+
+
+def test_fit_reports_each_epoch_the_best_one_and_the_final_metrics(monkeypatch):
+    sized = []
+
+    class SizedAverage(WeightAverage):
+        def __init__(self, net, hp, steps_per_epoch):
+            sized.append(steps_per_epoch)
+            super().__init__(net, hp, steps_per_epoch)
+
+    monkeypatch.setattr(fit_module, "WeightAverage", SizedAverage)
+    lines: list[str] = []
+    train, validation, test = pairs(64), pairs(40, seed=2), pairs(30, seed=3)
+    model = Object2Vec({**SMALL, "epochs": 2, "negative_sampling_rate": 1, "mini_batch_size": 16})
+    started = time.perf_counter()
+    model.fit(train, validation, test, seed=0, log=lines.append)
+    wall = time.perf_counter() - started
+    result, samples = model.result, epoch_size(train, 1)
+    assert sized == [math.ceil(samples / 16)]  # the average spans the epoch's steps, negatives included
+    assert [set(h) for h in result.history] == [
+        {"epoch", "train:loss", "samples_per_second", "validation:accuracy", "validation:cross_entropy"}
+    ] * 2
+    for record in result.history:
+        assert record["train:loss"] > 0 and record["samples_per_second"] >= samples / wall
+    assert 0 < result.seconds <= wall
+    assert result.samples_per_second == pytest.approx(2 * samples / result.seconds, rel=1e-9)
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split()[:2] for line in epoch_lines] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    for line, record in zip(epoch_lines, result.history):
+        fields = dict(part.split("=") for part in line.split()[2:])
+        assert list(fields) == [
+            "train:loss",
+            "samples_per_second",
+            "validation:accuracy",
+            "validation:cross_entropy",
+        ]
+        assert float(fields["train:loss"]) == pytest.approx(record["train:loss"], rel=1e-5)
+    assert f"restored the best epoch ({result.best_epoch})" in lines
+    assert set(model.metrics) == {
+        f"{c}:{m}" for c in ("validation", "test") for m in ("accuracy", "cross_entropy")
+    }
+    assert lines[-4:] == [f"{name}={value:.6g}" for name, value in model.metrics.items()]
+
+
+def test_fit_stops_early_when_the_validation_loss_stalls():
+    lines: list[str] = []
+    hp = {
+        **SMALL,
+        "epochs": 6,
+        "learning_rate": 1e-6,
+        "early_stopping_patience": 1,
+        "early_stopping_tolerance": 0.1,
+    }
+    model = Object2Vec(hp).fit(pairs(64), pairs(40, seed=2), seed=0, log=lines.append)
+    assert (
+        len(model.result.history) == 2
+        and "early stopping after epoch 2: no improvement of 0.1 in 1 epochs" in lines
+    )
+
+
+def test_the_same_seed_gives_the_same_weights():
+    runs = []
+    for _ in range(2):
+        model = Object2Vec({**SMALL, "epochs": 1, "dropout": 0.3, "negative_sampling_rate": 1}).fit(
+            pairs(64), seed=11, log=lambda _: None
+        )
+        runs.append(model.net.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+@pytest.mark.parametrize(
+    "progress, terminal, shown",
+    [(True, False, True), (False, True, False), (None, True, True), (None, False, False)],
+)
+def test_the_progress_bar_follows_the_setting_else_the_terminal(
+    capsys, monkeypatch, progress, terminal, shown
+):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    bars, make_bar = [], fit_module._progress
+    monkeypatch.setattr(fit_module, "_progress", lambda *args: bars.append(make_bar(*args)) or bars[-1])
+    Object2Vec({**SMALL, "epochs": 1, "mini_batch_size": 16}).fit(
+        pairs(64), seed=0, log=lambda _: None, progress=progress
+    )
+    err = capsys.readouterr().err
+    if shown:
+        assert "epoch 1/1" in err
+        assert (bars[0].total, bars[0].n) == (64, 64)  # the bar counted every sample of the epoch
+    else:
+        assert bars == [None] and err == ""

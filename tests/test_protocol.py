@@ -182,3 +182,64 @@ def test_predictions_are_float32_in_both_accepts():
     lines = protocol.encode_predictions(rows, protocol.SCORES, JSONLINES)
     assert lines == b'{"scores":[0.6533,0.0758,0.33333334]}\n{"scores":[0.25,0.5,0.25]}\n'
     assert orjson.loads(protocol.error_body('bad "x"')) == {"error": 'bad "x"'}
+
+
+def test_media_type_parameters_keep_everything_after_the_first_equals_sign_and_lose_quotes():
+    assert protocol.parse_media_type('application/json; x=a=b; Charset="Xutf-8X"') == (
+        JSON,
+        {"x": "a=b", "charset": "Xutf-8X"},
+    )
+    assert protocol.parse_media_type(None) == ("", {})
+
+
+@pytest.mark.parametrize("value, caps", [("1,5000", (1, 5000)), ("5000,1", (5000, 1)), (" 7 , 9 ", (7, 9))])
+def test_infer_max_seqlens_accepts_both_ends_of_the_range_on_either_side(value, caps):
+    assert protocol.parse_max_seqlens(value) == caps
+
+
+def test_accept_errors_say_what_was_asked_and_what_is_supported():
+    with pytest.raises(RequestError) as info:
+        protocol.parse_accept("text/csv")
+    assert str(info.value) == f"Accept 'text/csv' is not supported; use {protocol.SUPPORTED}"
+    assert protocol.parse_accept("application/json;q=0, application/jsonlines;q=0.5") == JSONLINES
+
+
+@pytest.mark.parametrize(
+    "body, lines, message, index",
+    [
+        (b'{"instances": [', False, "invalid JSON: ", None),
+        (b"[1]", False, 'the body must be a JSON object {"instances": [...]}; "instances" is missing', None),
+        (b'{"instances": 3}', False, '"instances" must be a list of objects, got 3', None),
+        (b'{"instances": []}', False, "the request holds no instances", None),
+        (
+            b'{"in0": [1]}\n[2]\n',
+            True,
+            "instance 1 (line 2) must be an object with 'in0' and/or 'in1', got [2]",
+            1,
+        ),
+        (b'{"in0": [1]}\n\n{"label": 1}\n', True, "instance 1 (line 3) has neither 'in0' nor 'in1'", 1),
+        (
+            b'{"instances": [{"in0": [1]}, {"in0": [2]}, {"in0": [3], "in1": [4]}]}',
+            False,
+            "instance 2 has both in0 and in1 (pair scores) but instance 0 has only one",
+            2,
+        ),
+    ],
+)
+def test_error_messages_in_full(body, lines, message, index):
+    with pytest.raises(RequestError) as info:
+        protocol.decode_request(body, BodyFormat(lines), VOCAB)
+    assert str(info.value).startswith(message) and info.value.index == index
+
+
+def test_load_json_names_where_only_when_told():
+    with pytest.raises(RequestError) as info:
+        protocol.load_json(b"{")
+    assert str(info.value).startswith("invalid JSON: ")
+
+
+@pytest.mark.parametrize(
+    "instance, mode", [({"in0": [1], "in1": [2]}, protocol.SCORES), ({"in1": [2]}, protocol.EMBEDDINGS)]
+)
+def test_a_single_instance_has_its_own_mode(instance, mode):
+    assert protocol.decode_request(orjson.dumps({"instances": [instance]}), BodyFormat(), VOCAB).mode == mode

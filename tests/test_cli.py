@@ -89,7 +89,7 @@ def assert_trained_model_dir(model_dir: Path, printed: dict[str, float], enc_dim
         == {"validation:accuracy", "validation:cross_entropy", "test:accuracy", "test:cross_entropy"}
     )
     assert printed == pytest.approx(metrics, rel=1e-5)
-    assert metrics["test:accuracy"] >= 0.8
+    assert metrics["test:accuracy"] >= 0.93  # the seeded run (enc_dim 16) reaches 0.955
     model = object2vec.load(model_dir)
     assert model.embed(in1=[[1], [2]]).shape == (2, enc_dim)
 
@@ -221,7 +221,7 @@ def test_quickstart(tmp_path, capsys, printed_metrics):
     assert main(["quickstart", "--model-dir", str(model_dir)]) == 0
     out = capsys.readouterr().out
     metrics = printed_metrics(out)
-    assert metrics["validation:accuracy"] >= 0.8
+    assert metrics["validation:accuracy"] >= 0.94  # the seeded run reaches 0.967
     model = object2vec.load(model_dir)
     scores = model.predict(in0=[[1], [2]], in1=[[1], [2]])
     assert scores.shape == (2, 2) and np.allclose(scores.sum(1), 1, atol=1e-5)

@@ -20,6 +20,7 @@ from object2vec.errors import UsageError
 from object2vec.hyperparameters import HyperparameterError, parse_hyperparameters
 from object2vec.sample_data import latent_pairs
 from object2vec.training import distributed
+from object2vec.training.data import PairDataset
 from object2vec.training.distributed import Context, backend_for, local_device, shard_indices
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -58,6 +59,27 @@ def test_training_shards_are_disjoint_equal_and_leave_out_fewer_than_world_size(
     assert len(set(everything.tolist())) == len(everything)  # disjoint
     assert {len(s) for s in shards} == {n // world}  # equal: the ranks step in lock-step
     assert n - len(everything) < world
+
+
+@pytest.mark.parametrize("n, world", [(10, 2), (11, 2), (7, 3), (2, 4), (20, 3)])
+def test_record_i_goes_to_rank_i_mod_world_size(n, world):
+    """The documented shard rule: record i -> rank i mod world size; training shards keep the first
+    n // world_size of each rank's records, evaluation shards all of them."""
+    for rank in range(world):
+        mine = [i for i in range(n) if i % world == rank]
+        assert shard_indices(n, rank, world, equal=False).tolist() == mine
+        assert shard_indices(n, rank, world, equal=True).tolist() == mine[: n // world]
+
+
+def test_a_rank_trains_on_its_records_of_the_channel():
+    records = [{"label": i % 2, "in0": [i], "in1": [100 + i]} for i in range(9)]
+    data = PairDataset.from_records(records)
+    shard = Context(1, 2, torch.device("cpu")).shard(data)
+    assert [shard.in0.get(k).tolist() for k in range(len(shard))] == [[1], [3], [5], [7]]
+    assert [shard.in1.get(k).tolist() for k in range(len(shard))] == [[101], [103], [105], [107]]
+    assert shard.labels.tolist() == [1, 1, 1, 1]
+    evaluation = Context(2, 3, torch.device("cpu")).shard(data, equal=False)
+    assert [evaluation.in0.get(k).tolist() for k in range(len(evaluation))] == [[2], [5], [8]]
 
 
 def test_evaluation_shards_cover_every_record_once():
@@ -205,14 +227,13 @@ def test_two_gloo_processes_train_as_well_as_one_on_disjoint_shards(
     saved = json.loads((model_dir / "metrics.json").read_text())
     assert printed == pytest.approx(saved, rel=1e-5)
 
-    # As good as one process on the same data.
-    assert saved["test:accuracy"] >= 0.85 and single_process["test:accuracy"] >= 0.85
-    assert abs(saved["test:accuracy"] - single_process["test:accuracy"]) <= 0.05
+    # As good as one process on the same data (the seeded runs: 0.985 with two, 0.97 with one).
+    assert saved["test:accuracy"] >= 0.95 and single_process["test:accuracy"] >= 0.95
+    assert abs(saved["test:accuracy"] - single_process["test:accuracy"]) <= 0.03
 
-    # Each rank trained on its own half: disjoint, equal, all but the odd record.
+    # Each rank trained on its own half: record i on rank i mod 2, all but the odd last record.
     shards = [json.loads((shard_log / f"rank{r}.json").read_text())["train"] for r in (0, 1)]
-    first, second = (set(s["indices"]) for s in shards)
-    assert not first & second and len(first) == len(second) == 1000
+    assert [s["indices"] for s in shards] == [list(range(0, 2000, 2)), list(range(1, 2000, 2))]
     assert all(s["source"] == str(channels["train"]) for s in shards)
 
 
@@ -259,7 +280,8 @@ def test_two_processes_with_tied_tables_negatives_and_buckets(tied, tmp_path):
     ]
     torchrun(channels, tmp_path / "model", *params)
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
-    assert metrics["test:accuracy"] >= 0.7  # chance is 0.5; one process reaches about 0.8 here
+    # chance is 0.5; the seeded two-process runs reach 0.79 (one table) and 0.92 (one encoder)
+    assert metrics["test:accuracy"] >= (0.88 if "tied_encoder" in tied else 0.75)
 
 
 def test_early_stopping_stops_every_rank_at_the_same_epoch(channels, tmp_path):

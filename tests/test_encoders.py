@@ -67,7 +67,7 @@ def test_sequence_encoders_learn_word_order(network):
     model = order_model(network).fit(
         bigram_order_pairs(1200, seed=1), bigram_order_pairs(400, seed=2), seed=0, log=lambda _: None
     )
-    assert model.metrics["validation:accuracy"] >= 0.9
+    assert model.metrics["validation:accuracy"] >= 0.97  # the seeded runs reach 1.0 (chance: 0.5)
 
 
 def test_mean_pooling_cannot_see_order():
@@ -75,7 +75,7 @@ def test_mean_pooling_cannot_see_order():
     model = order_model("pooled_embedding").fit(
         bigram_order_pairs(1200, seed=1), bigram_order_pairs(400, seed=2), seed=0, log=lambda _: None
     )
-    assert model.metrics["validation:accuracy"] <= 0.62
+    assert model.metrics["validation:accuracy"] <= 0.62  # the seeded run: 0.51
 
 
 def build(network: str, **settings) -> torch.nn.Module:
@@ -304,8 +304,29 @@ def test_tied_encoder_is_one_encoder_for_both_inputs(network):
     assert encoder_params == sum(p.numel() for p in separate.encoder(0).parameters())
     assert not any(name.startswith("encoders.1.") for name in net.state_dict())
     ids, lengths = torch.randint(4, 500, (5, 12)), torch.tensor([12, 3, 7, 1, 9])
+    other, other_lengths = torch.randint(4, 500, (5, 12)), torch.tensor([2, 12, 5, 8, 1])
     net.eval()
-    assert torch.equal(net.encode(0, ids, lengths), net.encode(1, ids, lengths))
+    # The pair's forward pass runs in1 through that one encoder too: the scores are the head's
+    # answer to the one encoder's vectors of both inputs, computed here without encode().
+    encoder = net.encoders[0]
+    torch.testing.assert_close(
+        net(ids, lengths, other, other_lengths),
+        net.outputs(encoder(ids, lengths), encoder(other, other_lengths)),
+    )
+    # Gradients of a loss on in1 alone reach the one encoder's parameters (every one of them for
+    # pooled_embedding and hcnn; a BiLSTM's are all reached too), so in1 trains the encoder in0 uses.
+    net.zero_grad()
+    net.encode(1, other, other_lengths).pow(2).sum().backward()
+    reached = {
+        name for name, p in encoder.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0
+    }
+    assert reached == {name for name, _ in encoder.named_parameters()}
+    # unlike two encoders that only share a table: there in1's gradients leave enc0's own layers alone
+    separate.zero_grad()
+    separate.encode(1, other, other_lengths).pow(2).sum().backward()
+    assert all(
+        p.grad is None for name, p in separate.encoders[0].named_parameters() if name != "embedding.weight"
+    )
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ stopping, seeds, padding, metrics) do what the documentation says.
 The data is ``object2vec.sample_data.latent_pairs`` with 2-dimensional hidden token vectors:
 single-token pairs whose label is a function of the two tokens' latent dot product. Chance is
 0.5 accuracy (binary) or an MSE equal to the label variance (regression); every learning test
-asks for far better.
+asks for nearly what its seeded run reaches (``REACHED``), so a change that makes the model worse
+fails.
 """
 
 from __future__ import annotations
@@ -73,17 +74,49 @@ def train(
     return model, lines
 
 
-def assert_learned(model: Object2Vec, min_accuracy: float = 0.8) -> None:
-    """Far better than chance on the validation split ``train`` used."""
-    metrics = model.metrics
+#: What each seeded learning run below reaches on its validation split (seed 3, one torch thread;
+#: measured when these thresholds were set): softmax (accuracy, cross-entropy); regression, the MSE
+#: as a fraction of the label variance (the MSE of always answering the mean). Chance is 0.5
+#: accuracy (binary), 1/3 (three classes) or a fraction of 1.0 (regression).
+REACHED = {
+    "hadamard/softmax": (0.982, 0.063),
+    "concat/softmax": (0.936, 0.157),
+    "abs_diff/softmax": (0.984, 0.045),
+    "abs_diff, hadamard, concat/softmax": (0.982, 0.065),
+    "hadamard/mean_squared_error": 0.0001,
+    "concat/mean_squared_error": 0.0031,
+    "abs_diff/mean_squared_error": 0.0078,
+    "abs_diff, hadamard, concat/mean_squared_error": 0.0008,
+    "multiclass": (0.964, 0.183),
+    "optimizer/adadelta": (0.980, 0.065),
+    "optimizer/adagrad": (0.984, 0.069),
+    "optimizer/adam": (0.990, 0.032),
+    "optimizer/rmsprop": (0.988, 0.035),
+    "optimizer/sgd": (0.974, 0.091),
+    "row_sparse/adam": (0.988, 0.042),
+    "row_sparse/adagrad": (0.984, 0.068),
+    "row_sparse/sgd": (0.974, 0.085),
+    "tied_token_embedding_weight": (0.992, 0.030),
+    "tied_encoder_weight": (0.998, 0.006),
+}
+
+
+def assert_learned(model: Object2Vec, run: str) -> None:
+    """Close to what this seeded run reaches (``REACHED[run]``): accuracy at most 0.02 lower (97%
+    or more of it), cross-entropy at most 1.5 times (+0.02), MSE at most 3 times (at least
+    0.002 x the variance: R² within 0.3% of the reached one). Float rounding that differs between
+    CPUs moves these figures a little; a change that makes the model worse moves them a lot."""
+    metrics, reached = model.metrics, REACHED[run]
     if model.hp.output_layer == "mean_squared_error":
         assert set(metrics) == {"validation:mean_squared_error"}
         variance = float(np.var(split("regression")[1].labels))  # the MSE of always answering the mean
-        assert metrics["validation:mean_squared_error"] <= 0.25 * variance, (metrics, variance)
+        bound = max(3 * reached, 0.002) * variance
+        assert metrics["validation:mean_squared_error"] <= bound, (metrics, variance, reached)
     else:
+        accuracy, cross_entropy = reached
         assert set(metrics) == {"validation:accuracy", "validation:cross_entropy"}
-        assert metrics["validation:accuracy"] >= min_accuracy, metrics
-        assert metrics["validation:cross_entropy"] < 0.8 * math.log(model.hp.num_classes), metrics
+        assert metrics["validation:accuracy"] >= accuracy - 0.02, (metrics, reached)
+        assert metrics["validation:cross_entropy"] <= 1.5 * cross_entropy + 0.02, (metrics, reached)
 
 
 # --- every comparator x output layer, every optimizer --------------------------------------
@@ -95,12 +128,12 @@ def test_comparator_and_output_learn(comparators, output):
     task = "regression" if output == "mean_squared_error" else "binary"
     model, _ = train({"comparator_list": comparators, "output_layer": output}, task)
     assert model.net.comparators == tuple(c.strip() for c in comparators.split(","))
-    assert_learned(model)
+    assert_learned(model, f"{comparators}/{output}")
 
 
 def test_multiclass_softmax_learns():
     model, _ = train({"num_classes": 3, "comparator_list": "hadamard"}, "multiclass", num_classes=3)
-    assert_learned(model, min_accuracy=0.7)  # chance is 1/3
+    assert_learned(model, "multiclass")
     probabilities = model.predict(in0=[[1], [2]], in1=[[3], [4]])
     assert probabilities.shape == (2, 3) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
 
@@ -125,7 +158,7 @@ def test_optimizer_learns(optimizer):
             "comparator_list": "hadamard, concat, abs_diff",
         }
     )
-    assert_learned(model, min_accuracy=0.8)
+    assert_learned(model, f"optimizer/{optimizer}")
 
 
 # --- negative sampling ---------------------------------------------------------------------
@@ -151,7 +184,7 @@ def test_negative_sampling_learns_from_positives_only(rate):
     scores = model.predict(in0=[r["in0"] for r in held_out], in1=[r["in1"] for r in held_out])[:, 1]
     area = auc(scores, np.array([r["label"] for r in held_out]))
     if rate:
-        assert area >= 0.85
+        assert area >= 0.95  # the seeded run reaches 0.981
     else:
         assert 0.35 <= area <= 0.65  # nothing to learn from one label
 
@@ -169,7 +202,7 @@ def test_tied_token_embedding_shares_one_table_and_learns():
     untied = Object2VecNet(parse_hyperparameters({**BASE, "enc1_vocab_size": 50}))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(untied) - count(net) == 50 * 16
-    assert_learned(model, min_accuracy=0.75)
+    assert_learned(model, "tied_token_embedding_weight")
 
 
 def test_tied_gradients_from_both_sides_reach_the_one_table():
@@ -195,7 +228,7 @@ def test_tied_encoder_is_trained_once_and_learns_a_same_kind_relation():
     assert count(tables_only) - count(model.net) == sum(
         p.numel() for p in tables_only.encoder(1).project.parameters()
     )
-    assert_learned(model, min_accuracy=0.75)
+    assert_learned(model, "tied_encoder_weight")
 
 
 @pytest.mark.parametrize(
@@ -242,7 +275,7 @@ def test_row_sparse_trains(optimizer):
         "learning_rate": OPTIMIZER_RATES[optimizer],
     }
     model, _ = train(hp)
-    assert_learned(model, min_accuracy=0.8)
+    assert_learned(model, f"row_sparse/{optimizer}")
 
 
 def test_row_sparse_leaves_unused_rows_untouched():

@@ -169,7 +169,7 @@ def test_train_writes_the_model_from_the_layout(trained_ml_root):
         "test:accuracy",
         "test:cross_entropy",
     }
-    assert metrics["test:accuracy"] >= 0.8
+    assert metrics["test:accuracy"] >= 0.85  # the seeded run reaches 0.89
     assert not (trained_ml_root / "output" / "failure").exists()
 
 
@@ -214,6 +214,37 @@ def test_bad_hyperparameter_writes_the_failure_and_exits_non_zero(tmp_path):
     reason = (root / "output" / "failure").read_text().splitlines()[0]
     assert reason.startswith("HyperparameterError:") and "mlp_layers" in reason and "11" in reason
     assert "mlp_layers" in done.stderr
+    assert not (root / "model").exists()
+
+
+def test_a_bad_record_writes_the_failure_with_its_file_and_line_and_exits_2(tmp_path):
+    root = make_ml_root(tmp_path / "ml", HYPERPARAMETERS)
+    part = root / "input" / "data" / "train" / "part-0.jsonl"
+    lines = part.read_text().splitlines(keepends=True)
+    lines[2] = '{"label": 1, "in0": [3], "in1": [60]}\n'  # enc1_vocab_size is 60
+    part.write_text("".join(lines))
+    done = run_entrypoint("train", ml_root=root)
+    assert done.returncode == 2
+    reason = (root / "output" / "failure").read_text().splitlines()[0]
+    assert reason.startswith("DataError:") and f"{part}:3:" in reason and "in1" in reason
+    assert f"{part}:3:" in done.stderr and "Traceback" not in done.stderr
+    assert not (root / "model").exists()
+
+
+def test_an_unexpected_exception_writes_its_traceback_to_the_failure(tmp_path, monkeypatch):
+    """A bug (not a user error) still leaves SageMaker a reason: the exception, then its traceback."""
+    from object2vec import Object2Vec
+
+    def broken_fit(self, *args, **kwargs):
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(Object2Vec, "fit", broken_fit)
+    root = make_ml_root(tmp_path / "ml", HYPERPARAMETERS)
+    with pytest.raises(RuntimeError, match="the disk went away"):
+        main(["train", "--ml-root", str(root), "--no-progress"])
+    failure = (root / "output" / "failure").read_text()
+    assert failure.splitlines()[0] == "RuntimeError: the disk went away"
+    assert "Traceback (most recent call last):" in failure and "in broken_fit" in failure
     assert not (root / "model").exists()
 
 

@@ -564,12 +564,13 @@ def test_the_progress_bar_follows_the_setting_else_the_terminal(
     monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
     bars, make_bar = [], fit_module._progress
     monkeypatch.setattr(fit_module, "_progress", lambda *args: bars.append(make_bar(*args)) or bars[-1])
-    Object2Vec({**SMALL, "epochs": 1, "mini_batch_size": 16}).fit(
+    model = Object2Vec({**SMALL, "epochs": 1, "mini_batch_size": 16}).fit(
         pairs(64), seed=0, log=lambda _: None, progress=progress
     )
     err = capsys.readouterr().err
     if shown:
         assert "epoch 1/1" in err
         assert (bars[0].total, bars[0].n) == (64, 64)  # the bar counted every sample of the epoch
+        assert bars[0].postfix == f"loss={model.result.history[0]['train:loss']:.4f}"  # the epoch's mean loss
     else:
         assert bars == [None] and err == ""

@@ -207,7 +207,7 @@ def test_infer_max_seqlens_caps_each_side_with_its_own_number(client, model, con
     def post(instances, caps):
         document = {"instances": instances}
         body = orjson.dumps(document) if content_type == JSON else as_jsonlines(document)
-        return results(client.post(body, f"{content_type}; infer_max_seqlens={caps}"), None)
+        return results(client.post(body, f"{content_type}; infer_max_seqlens={caps}", JSON), JSON)
 
     answers = post([{"in1": s} for s in longs], "5,2")
     vectors = np.array([a["embeddings"] for a in answers], dtype=np.float32)

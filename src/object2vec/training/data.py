@@ -8,7 +8,6 @@ so every encoder masks padding and a result never depends on how much padding a 
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -22,6 +21,14 @@ import torch
 from ..columns import SequenceColumn, token_problem
 from ..errors import Object2VecError
 from ..hyperparameters import Hyperparameters
+from ..inputs import LongLine, read_lines
+
+#: The longest line a training record may take. A valid record is far shorter (a label and two
+#: token lists; lists longer than ``encX_max_seq_len`` are truncated once read), so a longer line
+#: is a file that is not JSON Lines; it is refused without being held in memory.
+MAX_RECORD_BYTES = 16 << 20
+UTF8_BOM = b"\xef\xbb\xbf"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class DataError(Object2VecError):
@@ -35,24 +42,50 @@ def list_data_files(path: str | os.PathLike) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise DataError(f"{root}: no such file or directory")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    try:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    except OSError as exc:
+        raise DataError(f"{root}: cannot list the directory ({exc.strerror or exc})") from None
     if not files:
         raise DataError(f"{root}: directory holds no data files")
     return files
 
 
 def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[str, int, object]]:
-    """Yield ``(file, line_number, parsed_object)`` for every non-blank line under ``path``."""
+    """Yield ``(file, line_number, parsed_object)`` for every non-blank line under ``path``.
+
+    Lines are streamed (:func:`object2vec.inputs.read_lines`); a line over
+    :data:`MAX_RECORD_BYTES`, one that is not UTF-8 or not JSON, or a file that cannot be read to
+    its end stops reading with ``file:line: what is wrong``."""
     for file in list_data_files(path):
-        opener = gzip.open if file.suffix == ".gz" else open
-        with opener(file, "rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield str(file), number, orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise DataError(f"{file}:{number}: not valid JSON ({exc})") from None
+        for number, line in enumerate(read_lines(file, MAX_RECORD_BYTES), start=1):
+            if isinstance(line, LongLine):
+                raise DataError(
+                    f"{file}:{number}: the line is {line.length} bytes, over the {MAX_RECORD_BYTES >> 20} "
+                    "MiB a record may take; is the file JSON Lines (one record per line)?"
+                )
+            if number == 1 and line.startswith(UTF8_BOM):
+                line = line[len(UTF8_BOM) :]
+            if line.strip():
+                yield str(file), number, _parse(line, f"{file}:{number}")
+
+
+def _parse(line: bytes, where: str) -> object:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise DataError(f"{where}: {_json_problem(line, exc)}") from None
+
+
+def _json_problem(line: bytes, exc: orjson.JSONDecodeError) -> str:
+    """Why a line is not JSON, in the terms of the mistakes actually made."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not valid UTF-8 (byte 0x{line[bad.start]:02x} at byte {bad.start + 1} of the line)"
+    if text[exc.pos :].lstrip("-").startswith(("NaN", "Infinity")):
+        return f"not valid JSON: NaN and Infinity are not JSON numbers (column {exc.colno})"
+    return f"not valid JSON ({exc})"
 
 
 @dataclass
@@ -110,6 +143,10 @@ def _check_label(value: object, regression: bool, num_classes: int, where: str) 
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise DataError(
                 f"{where}: field 'label' must be a finite number for mean_squared_error, got {value!r}"
+            )
+        if abs(value) > FLOAT32_MAX:  # stored as float32, where it would become infinite
+            raise DataError(
+                f"{where}: field 'label' {value!r} is outside the float32 range (±{FLOAT32_MAX:.4g})"
             )
         return float(value)
     if isinstance(value, float) and value.is_integer():

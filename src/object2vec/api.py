@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 
 from . import artifact
+from .errors import UsageError
 from .hyperparameters import Hyperparameters, parse_hyperparameters
 from .nn import Object2VecNet
 from .runtime import Logger
 from .serving.predictor import Predictor
 from .training import PairDataset, TrainResult, build_network, distributed, fit, load_pairs, seed_everything
+from .training.checkpoint import Checkpointer
 
 DataArg = str | os.PathLike | PairDataset | None
 
@@ -25,6 +27,14 @@ def _as_dataset(data: DataArg, hp: Hyperparameters) -> PairDataset | None:
     if data is None or isinstance(data, PairDataset):
         return data
     return load_pairs(data, hp)
+
+
+def _checkpointer(directory: str | os.PathLike | None, every_minutes: float | None) -> Checkpointer | None:
+    if directory is None:
+        if every_minutes is not None:
+            raise UsageError("checkpoint_every_minutes needs a checkpoint directory (--checkpoint-dir)")
+        return None
+    return Checkpointer(directory, every_minutes)
 
 
 class Object2Vec:
@@ -57,8 +67,15 @@ class Object2Vec:
         device: str | None = None,
         log: Logger = print,
         progress: bool | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every_minutes: float | None = None,
     ) -> Object2Vec:
-        """Train on JSON Lines channels (paths or loaded datasets); keeps the best epoch."""
+        """Train on JSON Lines channels (paths or loaded datasets); keeps the best epoch.
+
+        With ``checkpoint_dir`` a checkpoint is written there at the end of every epoch (and every
+        ``checkpoint_every_minutes`` within epochs), and a run given a directory that holds
+        checkpoints of the same hyperparameters and data resumes from the newest one."""
+        checkpointer = _checkpointer(checkpoint_dir, checkpoint_every_minutes)
         seed_everything(seed)  # the initial weights depend on the seed too
         # Configuration errors were raised when the hyperparameters were parsed; the network (and
         # its auxiliary files) comes before any data is read.
@@ -75,6 +92,7 @@ class Object2Vec:
             device=device,
             log=log,
             progress=progress,
+            checkpointer=checkpointer,
         )
         self.metrics = dict(self.result.metrics)
         trained_on = next(self.net.parameters()).device  # under torchrun: this rank's cuda:LOCAL_RANK

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from . import container, text
+from . import artifact, container, text
 from .api import Object2Vec
 from .container import Layout, serve_target
 from .errors import Object2VecError, UsageError
@@ -73,6 +74,19 @@ def _train_parser(sub) -> None:
     p.add_argument("--hyperparameters", metavar="FILE.json", help="SageMaker-style hyperparameters.json")
     p.add_argument("--model-dir", help="where to write the model directory")
     p.add_argument("--seed", type=int, default=None, help="make the run repeatable")
+    p.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="write a checkpoint here after every epoch, and resume from the newest one found "
+        "(as a SageMaker container: <ml-root>/checkpoints when that directory exists)",
+    )
+    p.add_argument(
+        "--checkpoint-every-minutes",
+        type=float,
+        default=None,
+        metavar="N",
+        help="also checkpoint within epochs, every N minutes",
+    )
     _add_device_and_progress(p)
     p.add_argument(
         "--ml-root",
@@ -90,7 +104,9 @@ def _run_train(args: argparse.Namespace) -> int:
         not args.train and not args.model_dir and layout.is_training_job()
     ):  # as a SageMaker training container
         saved = container.train(
-            layout, parse_key_values(args.params), seed=args.seed, device=args.device, progress=args.progress
+            layout,
+            parse_key_values(args.params),
+            **_options(args, "seed", "device", "progress", "checkpoint_dir", "checkpoint_every_minutes"),
         )
         if distributed.is_main_process():
             print(f"model saved to {saved}")
@@ -102,19 +118,31 @@ def _run_train(args: argparse.Namespace) -> int:
         )
     hyperparameters = load_hyperparameters_file(args.hyperparameters) if args.hyperparameters else {}
     hyperparameters.update(parse_key_values(args.params))
+    _check_targets(args.model_dir, args.checkpoint_dir)
     model = Object2Vec(hyperparameters).fit(
         args.train,
         args.validation,
         args.test,
         args.auxiliary,
-        seed=args.seed,
-        device=args.device,
-        progress=args.progress,
+        **_options(args, "seed", "device", "progress", "checkpoint_dir", "checkpoint_every_minutes"),
     )
     saved = model.save(args.model_dir)
     if distributed.is_main_process():  # under torchrun the other ranks hold the same model
         print(f"model saved to {saved}")
     return 0
+
+
+def _check_targets(model_dir: str, checkpoint_dir: str | None) -> None:
+    """Before training, not after it: the model directory can be saved to, and does not hold the
+    checkpoints (saving replaces the model directory whole)."""
+    artifact.check_model_target(Path(model_dir))
+    if checkpoint_dir is not None:
+        model, checkpoints = Path(model_dir).resolve(), Path(checkpoint_dir).resolve()
+        if checkpoints == model or model in checkpoints.parents:
+            raise UsageError(
+                f"--checkpoint-dir {checkpoint_dir} is inside --model-dir {model_dir}, which saving "
+                "replaces whole; put the checkpoints elsewhere"
+            )
 
 
 def _quickstart_parser(sub) -> None:

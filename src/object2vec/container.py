@@ -93,6 +93,13 @@ class Layout:
         return self._path("SM_MODEL_DIR", "model")
 
     @property
+    def checkpoint_dir(self) -> Path | None:
+        """``<root>/checkpoints`` when it exists: where SageMaker's managed spot training syncs
+        checkpoints (CheckpointConfig's default local path) and expects the job to resume from."""
+        path = self.root / "checkpoints"
+        return path if path.is_dir() else None
+
+    @property
     def failure_file(self) -> Path:
         return self._path("SM_OUTPUT_DIR", "output") / "failure"
 
@@ -311,13 +318,16 @@ def train(
     seed: int | None = None,
     device: str | None = None,
     progress: bool | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every_minutes: float | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Run the training job the layout describes and write the model to its model directory.
 
     Exactly ``object2vec train --train ... --model-dir ...`` with the paths taken from the
-    layout and ``overrides`` on top of hyperparameters.json. Any failure is first written to
-    ``output/failure`` (by rank 0 under torchrun), then raised.
+    layout and ``overrides`` on top of hyperparameters.json. Checkpoints go to ``checkpoint_dir``,
+    else to the layout's (:attr:`Layout.checkpoint_dir`) when it exists. Any failure is first
+    written to ``output/failure`` (by rank 0 under torchrun), then raised.
     """
     try:
         hyperparameters = {**layout.read_hyperparameters(), **dict(overrides)}
@@ -333,6 +343,8 @@ def train(
             device=device,
             progress=progress,
             log=log,
+            checkpoint_dir=checkpoint_dir or layout.checkpoint_dir,
+            checkpoint_every_minutes=checkpoint_every_minutes,
         )
         return model.save(layout.model_dir)
     except Exception as exc:

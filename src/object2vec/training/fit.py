@@ -19,6 +19,7 @@ import itertools
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,7 @@ from ..hyperparameters import Hyperparameters
 from ..nn import Object2VecNet
 from ..runtime import Logger
 from . import distributed
+from .checkpoint import NO_CHECKPOINTS, Checkpointer, EpochProgress, TrainingState
 from .data import Batch, PairDataset, epoch_size, iterate_batches
 
 EVAL_BATCH_SIZE = 4096
@@ -149,6 +151,20 @@ class EarlyStopping:
             self._stale += 1
         return self._stale >= self.patience
 
+    def state_dict(self) -> dict:
+        """The counters (JSON-ready; ``best_state``, a whole state dict, is kept apart)."""
+        return {
+            "best_objective": list(self.best_objective),
+            "best_epoch": self.best_epoch,
+            "reference": self._reference,
+            "stale": self._stale,
+        }
+
+    def load_state_dict(self, state: dict, best_state: dict | None) -> None:
+        self.best_objective, self.best_epoch = tuple(state["best_objective"]), state["best_epoch"]
+        self._reference, self._stale = state["reference"], state["stale"]
+        self.best_state = best_state
+
 
 class WeightAverage:
     """An exponential moving average of the weights (Polyak averaging), used for every
@@ -199,6 +215,17 @@ class WeightAverage:
         """Keep the averaged weights in the network for good."""
         self._swap()
 
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "shadow": list(self.shadow)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["shadow"]) != len(self.shadow):
+            raise ValueError(f"{len(state['shadow'])} averaged tensors for {len(self.shadow)} parameters")
+        self.steps = state["steps"]
+        for shadow, saved in zip(self.shadow, state["shadow"]):
+            shadow.copy_(saved)
+
 
 @dataclass
 class TrainResult:
@@ -235,13 +262,20 @@ def train_epoch(
     model: nn.Module | None = None,
     max_batches: int | None = None,
     average: WeightAverage | None = None,
+    resume: EpochProgress | None = None,
+    after_batch: Callable[[EpochProgress], None] | None = None,
 ) -> tuple[float, int]:
     """One pass over ``train``; returns (mean training loss, samples seen). ``model`` runs the
     forward pass (default ``net``; its DistributedDataParallel wrapper under torchrun), and
-    ``max_batches`` caps the pass so every rank takes the same number of steps."""
+    ``max_batches`` caps the pass so every rank takes the same number of steps.
+
+    ``resume`` continues an epoch interrupted after ``resume.batches`` batches: ``rng`` must be
+    in the state it had when that epoch began, so the same batches come in the same order and
+    the ones already taken are passed over. ``after_batch`` sees the progress after every step
+    (the checkpoint hook)."""
     net.train()
     model = net if model is None else model
-    total, seen = 0.0, 0
+    done, total, seen = (resume.batches, resume.loss_sum, resume.seen) if resume else (0, 0.0, 0)
     batches = iterate_batches(
         train,
         hp.mini_batch_size,
@@ -250,7 +284,7 @@ def train_epoch(
         negative_rate=hp.negative_sampling_rate,
         bucket_width=hp.bucket_width,
     )
-    for batch in itertools.islice(batches, max_batches):
+    for batch in itertools.islice(batches, done, max_batches):
         batch = batch.to(device)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
@@ -262,9 +296,12 @@ def train_epoch(
             average.update()
         total += loss.item() * len(batch)
         seen += len(batch)
+        done += 1
         if bar is not None:
             bar.update(len(batch))
             bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+        if after_batch is not None:
+            after_batch(EpochProgress(done, total, seen))
     return total / max(seen, 1), seen
 
 
@@ -279,11 +316,16 @@ def fit(
     device: torch.device | str | None = None,
     log: Logger = print,
     progress: bool | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> TrainResult:
-    """Train ``net`` in place and return the final metrics (``validation:*``, ``test:*``)."""
+    """Train ``net`` in place and return the final metrics (``validation:*``, ``test:*``).
+
+    With a ``checkpointer`` the run first resumes from its newest checkpoint, if any, and
+    writes one at the end of every epoch (and every few minutes within epochs, if asked)."""
     run = distributed.setup(device)  # under torchrun: join the process group, take this rank's shards
     run.check(hp)
     device, log = run.device, run.main_only(log)
+    checkpoints = (checkpointer or NO_CHECKPOINTS).for_run(run, hp, train, validation, log)
     train = run.shard(train, name="train")
     validation = run.shard(validation, equal=False, name="validation")
     test = run.shard(test, equal=False, name="test")
@@ -299,12 +341,24 @@ def fit(
     stopper = EarlyStopping(hp.early_stopping_patience, hp.early_stopping_tolerance)
     progress = (sys.stderr.isatty() if progress is None else progress) and run.is_main
     history: list[dict[str, float]] = []
-    started, samples = time.perf_counter(), 0
-    for epoch in range(1, hp.epochs + 1):
+    at = checkpoints.resume(TrainingState(net, optimizers, average, stopper, rng, history))
+    started, samples = time.perf_counter() - at.seconds, at.samples
+    for epoch in range(at.epochs + 1, at.end(hp.epochs) + 1):
         bar = _progress(epoch_size(train, hp.negative_sampling_rate), f"epoch {epoch}/{hp.epochs}", progress)
         epoch_start = time.perf_counter()
         train_loss, seen = train_epoch(
-            net, optimizers, train, hp, rng, device, bar, model=model, max_batches=steps, average=average
+            net,
+            optimizers,
+            train,
+            hp,
+            rng,
+            device,
+            bar,
+            model=model,
+            max_batches=steps,
+            average=average,
+            resume=at.within(epoch),
+            after_batch=checkpoints.after_batch,
         )
         if bar is not None:
             bar.close()
@@ -322,6 +376,7 @@ def fit(
         history.append(record)
         for line in _format_epoch(record, hp.epochs):
             log(line)
+        checkpoints.epoch_end(epoch, stop, samples)
         if stop:
             log(
                 f"early stopping after epoch {epoch}: no improvement of {hp.early_stopping_tolerance} "

@@ -10,6 +10,7 @@ from conftest import direct_embeddings, direct_scores
 
 import object2vec
 from object2vec import Object2Vec, cli
+from object2vec.inputs import LongLine
 from object2vec.sample_data import latent_pairs, write_jsonl
 from object2vec.serving import transform as transform_module
 from object2vec.serving.transform import TransformError, plan_batches, transform
@@ -234,10 +235,16 @@ def test_directory_input_resumes_and_skips_complete_outputs(model, tmp_path):
     assert not list(out_dir.rglob("*.partial"))
 
 
-def test_batches_stay_within_the_payload_limit():
+def numbers(batches) -> list[list[int]]:
+    return [[number for number, _ in batch] for batch in batches]
+
+
+def test_batches_stay_within_the_payload_limit_and_the_record_cap():
     lines = [b"x" * 9] * 7 + [b"y" * 40, b"z"]  # 10 bytes each with the newline
-    assert list(plan_batches(lines, 30, single_record=False)) == [[0, 1, 2], [3, 4, 5], [6], [7], [8]]
-    assert list(plan_batches(lines[:3], 30, single_record=True)) == [[0], [1], [2]]
+    assert numbers(plan_batches(lines, 30, single_record=False)) == [[1, 2, 3], [4, 5, 6], [7], [8], [9]]
+    assert numbers(plan_batches(lines[:3], 30, single_record=True)) == [[1], [2], [3]]
+    assert numbers(plan_batches(lines, 1000, False, max_records=4)) == [[1, 2, 3, 4], [5, 6, 7, 8], [9]]
+    assert numbers(plan_batches([b"a", LongLine(99), b"b"], 30, False)) == [[1], [2], [3]]
 
 
 @pytest.mark.parametrize(
@@ -247,6 +254,7 @@ def test_batches_stay_within_the_payload_limit():
         ({"content_type": "text/csv"}, "not supported"),
         ({"accept": "text/csv"}, "not supported"),
         ({"max_payload_mb": 0}, "positive"),
+        ({"max_records": 0}, "--max-records"),
         ({"content_type": "application/jsonlines; infer_max_seqlens=0,1"}, "infer_max_seqlens"),
     ],
 )

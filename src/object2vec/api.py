@@ -114,7 +114,8 @@ class Object2Vec:
         return self.predictor.predict(in0, in1, **kwargs)
 
     def save(self, model_dir: str | os.PathLike) -> Path:
-        """Write the model directory (hyperparameters.json, model.safetensors, metrics.json).
+        """Write the model directory (hyperparameters.json, model.safetensors, metrics.json)
+        atomically: an existing model there is replaced whole (:func:`object2vec.artifact.save`).
 
         Under torchrun only rank 0 writes (every rank holds the same weights); the others
         return the path without touching it."""

@@ -30,7 +30,7 @@ from .serving.settings import (
     STRATEGIES,
     transform_limits,
 )
-from .serving.transform import run_transform
+from .serving.transform import DEFAULT_MAX_RECORDS, run_transform
 from .training import distributed
 
 
@@ -242,7 +242,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _transform_parser(sub) -> None:
     p = sub.add_parser("transform", help="batch transform: JSON Lines files -> <name>.out, one line per line")
     p.add_argument("--model-dir", required=True, help="model directory or model.tar.gz")
-    p.add_argument("--input", required=True, help="a JSON Lines file or a directory of them")
+    p.add_argument("--input", required=True, help="a JSON Lines file (.gz ok) or a directory of them")
     p.add_argument("--output", required=True, help="directory for the <input name>.out files")
     p.add_argument(
         "--content-type",
@@ -263,6 +263,12 @@ def _transform_parser(sub) -> None:
         help=f"the most bytes of records per model pass (default: ${MAX_PAYLOAD_ENV} when set, else "
         f"{DEFAULT_MAX_PAYLOAD_MB:g})",
     )
+    p.add_argument(
+        "--max-records",
+        type=_positive_int,
+        default=DEFAULT_MAX_RECORDS,
+        help="the most records per model pass (MultiRecord), which bounds memory",
+    )
     p.add_argument("--strategy", choices=STRATEGIES, default=STRATEGIES[0])
     p.add_argument(
         "--concurrency",
@@ -277,7 +283,8 @@ def _transform_parser(sub) -> None:
 
 def _run_transform(args: argparse.Namespace) -> int:
     args.max_payload_mb, args.concurrency = transform_limits(args.max_payload_mb, args.concurrency)
-    options = ("device", "content_type", "accept", "max_payload_mb", "strategy", "concurrency", "progress")
+    options = ("device", "content_type", "accept", "max_payload_mb", "max_records", "strategy", "concurrency")
+    options += ("progress",)
     summary = run_transform(args.model_dir, args.input, args.output, **_options(args, *options))
     print(f"transform: {summary}", file=sys.stdout if summary.ok else sys.stderr)
     return 0 if summary.ok else 1

@@ -7,15 +7,20 @@ output line is ``{"predictions": [...]}``. A line that cannot be answered (bad J
 ID, a record over the payload limit) gets ``{"error": "line N: ..."}`` and the rest of the file
 is still done; the summary counts those lines so the command can fail.
 
-Records are grouped into batches of at most ``max_payload_mb`` (``MultiRecord``) or sent one by
-one (``SingleRecord``), and each batch is one model pass, run in-process by the predictor.
-An output is written to ``<name>.out.partial`` and renamed when complete, so a rerun skips the
-files already done (resumable).
+Files are streamed: lines are read from disk (``.gz`` decompressed) as the batches before them
+are answered, with at most ``2 x concurrency`` batches in flight, so memory stays flat whatever
+the file's size. Records are grouped into batches of at most ``max_payload_mb`` and at most
+``max_records`` lines (``MultiRecord``) or sent one by one (``SingleRecord``), and each batch is
+one model pass, run in-process by the predictor. An output is written to
+``<name>.out.partial`` and renamed when complete (:func:`object2vec.artifact.atomic_file`), so a
+rerun skips the files already done (resumable).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -24,7 +29,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..artifact import atomic_file
 from ..errors import Object2VecError
+from ..inputs import LongLine, count_lines, read_lines
 from ..runtime import Logger
 from . import protocol
 from .predictor import Predictor, inference_threads
@@ -32,6 +39,9 @@ from .settings import DEFAULT_MAX_PAYLOAD_MB, MB, STRATEGIES, Platform
 
 OUTPUT_SUFFIX = ".out"
 PARTIAL_SUFFIX = ".partial"
+#: The most lines answered by one model pass (MultiRecord): a batch of 6 MB of short records
+#: would otherwise be hundreds of thousands of instances and their answers, all in memory at once.
+DEFAULT_MAX_RECORDS = 1024
 
 
 class TransformError(Object2VecError):
@@ -66,6 +76,7 @@ class Job:
     vocab_sizes: tuple[int, int]
     max_payload_bytes: int
     single_record: bool
+    max_records: int = DEFAULT_MAX_RECORDS
 
 
 def input_files(path: Path) -> list[Path]:
@@ -81,43 +92,42 @@ def input_files(path: Path) -> list[Path]:
     raise TransformError(f"{path}: no such file or directory")
 
 
-def read_lines(path: Path) -> list[bytes]:
-    """The file's lines without their newlines (a final newline does not start another line)."""
-    data = path.read_bytes()
-    if not data:
-        return []
-    lines = data.split(b"\n")
-    if data.endswith(b"\n"):
-        lines.pop()
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+def stream_lines(path: Path, limit: int) -> Iterator[bytes | LongLine]:
+    """The file's lines without their line endings (``\\n`` or ``\\r\\n``), read as they are
+    needed; a line over ``limit`` bytes comes as a :class:`LongLine` (its length only)."""
+    for line in read_lines(path, limit):
+        yield line[:-1] if not isinstance(line, LongLine) and line.endswith(b"\r") else line
 
 
-def count_lines(path: Path) -> int:
-    return len(read_lines(path)) if path.is_file() else -1
-
-
-def plan_batches(lines: Sequence[bytes], limit: int, single_record: bool) -> Iterator[list[int]]:
-    """Line indices grouped so each group's bytes (newlines included) stay within ``limit``;
-    one line per group for SingleRecord. A line over the limit travels alone (and is refused)."""
-    batch: list[int] = []
+def plan_batches(
+    lines: Iterable[bytes | LongLine], limit: int, single_record: bool, max_records: int = DEFAULT_MAX_RECORDS
+) -> Iterator[list[tuple[int, bytes | LongLine]]]:
+    """(line number, line) pairs grouped so each group's bytes (newlines included) stay within
+    ``limit`` and its lines within ``max_records``; one line per group for SingleRecord. A line
+    over the limit travels alone (and is refused). Lazy: a group is read when it is asked for."""
+    batch: list[tuple[int, bytes | LongLine]] = []
     size = 0
-    for index, line in enumerate(lines):
-        cost = len(line) + 1
-        if batch and (single_record or size + cost > limit):
+    for number, line in enumerate(lines, start=1):
+        cost = _length(line) + 1
+        if batch and (single_record or size + cost > limit or len(batch) >= max_records):
             yield batch
             batch, size = [], 0
-        batch.append(index)
+        batch.append((number, line))
         size += cost
     if batch:
         yield batch
 
 
-def _decode_line(line: bytes, number: int, job: Job) -> tuple[list[protocol.Instance], str | None]:
+def _length(line: bytes | LongLine) -> int:
+    return line.length if isinstance(line, LongLine) else len(line)
+
+
+def _decode_line(line: bytes | LongLine, number: int, job: Job) -> tuple[list[protocol.Instance], str | None]:
     """The instances on one line, and the request mode for a JSON document line (None for one
     JSON Lines instance, whose mode is its own)."""
-    if len(line) + 1 > job.max_payload_bytes:
+    if _length(line) + 1 > job.max_payload_bytes:
         raise protocol.RequestError(
-            f"the record is {len(line)} bytes, over the payload limit of {job.max_payload_bytes} bytes"
+            f"the record is {_length(line)} bytes, over the payload limit of {job.max_payload_bytes} bytes"
         )
     if not line.strip():
         raise protocol.RequestError("empty line; expected a JSON object")
@@ -130,11 +140,11 @@ def _decode_line(line: bytes, number: int, job: Job) -> tuple[list[protocol.Inst
 
 
 def answer_batch(
-    predictor: Predictor, lines: Sequence[bytes], numbers: Sequence[int], job: Job
+    predictor: Predictor, batch: Sequence[tuple[int, bytes | LongLine]], job: Job
 ) -> list[bytes]:
     """One output line (without newline) per input line; all good lines in one model pass."""
     decoded: list[tuple[list[protocol.Instance], str | None] | str] = []
-    for line, number in zip(lines, numbers):
+    for number, line in batch:
         try:
             decoded.append(_decode_line(line, number, job))
         except protocol.RequestError as exc:
@@ -177,26 +187,30 @@ def _ordered(
 def transform_file(
     predictor: Predictor, source: Path, target: Path, job: Job, executor: Executor, window: int, bar: tqdm
 ) -> tuple[int, int]:
-    """Write ``target`` (via ``.partial``, renamed at the end); returns (lines, error lines)."""
-    lines = read_lines(source)
-    partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    """Stream ``source`` into ``target`` (written as ``.partial``, renamed when complete) with at
+    most ``window`` batches in flight; returns (lines, error lines)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    errors = 0
-    tasks = (
-        lambda rows=rows: answer_batch(predictor, [lines[i] for i in rows], [i + 1 for i in rows], job)
-        for rows in plan_batches(lines, job.max_payload_bytes, job.single_record)
+    lines = errors = 0
+    batches = plan_batches(
+        stream_lines(source, job.max_payload_bytes), job.max_payload_bytes, job.single_record, job.max_records
     )
-    with open(partial, "wb") as out:
+    tasks = (functools.partial(answer_batch, predictor, batch, job) for batch in batches)
+    with atomic_file(target, target.with_name(target.name + PARTIAL_SUFFIX)) as out:
         for answers in _ordered(executor, tasks, window):
+            lines += len(answers)
             errors += sum(answer.startswith(b'{"error"') for answer in answers)
             out.write(b"".join(answer + b"\n" for answer in answers))
             bar.update(len(answers))
-    os.replace(partial, target)
-    return len(lines), errors
+    return lines, errors
 
 
 def _job(
-    predictor: Predictor, content_type: str, accept: str | None, max_payload_mb: float, strategy: str
+    predictor: Predictor,
+    content_type: str,
+    accept: str | None,
+    max_payload_mb: float,
+    strategy: str,
+    max_records: int,
 ) -> Job:
     """How to answer each line. Accept is resolved as the server resolves it (missing or a
     wildcard: ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``, else the content type) and checked; both
@@ -205,6 +219,8 @@ def _job(
         raise TransformError(f"--strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if not max_payload_mb > 0:
         raise TransformError(f"--max-payload-mb must be positive, got {max_payload_mb}")
+    if max_records < 1:
+        raise TransformError(f"--max-records must be at least 1, got {max_records}")
     try:
         body = protocol.parse_content_type(content_type)
         protocol.parse_accept(accept, protocol.default_accept(body, Platform.read().default_accept))
@@ -215,6 +231,7 @@ def _job(
         (predictor.hp.enc0_vocab_size, predictor.hp.enc1_vocab_size),
         int(max_payload_mb * MB),
         strategy == "SingleRecord",
+        max_records,
     )
 
 
@@ -228,11 +245,13 @@ def transform(
     max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB,
     strategy: str = STRATEGIES[0],
     concurrency: int = 1,
+    max_records: int = DEFAULT_MAX_RECORDS,
     progress: bool | None = None,
     log: Logger = print,
 ) -> TransformSummary:
-    """Transform a file, or every file under a directory, into ``output_dir/<relative name>.out``."""
-    job = _job(predictor, content_type, accept, max_payload_mb, strategy)
+    """Transform a file, or every file under a directory, into ``output_dir/<relative name>.out``
+    (a ``.gz`` input is read decompressed; its output is ``<name>.gz.out``, not compressed)."""
+    job = _job(predictor, content_type, accept, max_payload_mb, strategy, max_records)
     if concurrency < 1:
         raise TransformError(f"--concurrency must be at least 1, got {concurrency}")
     root, out_root = Path(input_path), Path(output_dir)
@@ -242,16 +261,17 @@ def transform(
     summary = TransformSummary()
     todo = []
     for source, target in zip(sources, targets):
-        if target.is_file() and count_lines(target) == count_lines(source):
+        if target.is_file() and count_lines(target) == count_lines(source):  # done by an earlier run
             summary.skipped.append(target)
         else:
             todo.append((source, target))
-    total = sum(count_lines(source) for source, _ in todo)
+    show = sys.stderr.isatty() if progress is None else progress
+    total = (
+        sum(count_lines(source) for source, _ in todo) if show else None
+    )  # one more pass: only for the bar
     with (
         ThreadPoolExecutor(concurrency) as executor,
-        tqdm(
-            total=total, unit="line", desc="transform", disable=None if progress is None else not progress
-        ) as bar,
+        tqdm(total=total, unit="line", desc="transform", disable=not show) as bar,
     ):
         for source, target in todo:
             lines, errors = transform_file(predictor, source, target, job, executor, 2 * concurrency, bar)

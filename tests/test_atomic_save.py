@@ -33,11 +33,12 @@ HYPERPARAMETERS = {
     "mlp_dim": "8",
 }
 
-#: Runs in a child process: resets ``target`` to the old model, then forks a process that saves
-#: the new model over it and archives it, killing itself with SIGKILL at the k-th line of
-#: artifact.py it executes (the lines that only flush to disk aside); k = 1, 2, ... until a save
-#: completes. After each kill the whole parent directory (target and any work directories beside
-#: it) is copied to ``results/k``.
+#: Runs in a child process, for each mode (a directory swapped in whole, then the file-by-file
+#: fallback): resets ``target`` to the old model, then forks a process that saves the new model
+#: over it and archives it, killing itself with SIGKILL at the k-th line of artifact.py it
+#: executes (the lines that only flush to disk aside); k = 1, 2, ... until a save completes.
+#: After each kill the whole parent directory (target and any work directories beside it) is
+#: copied to ``results/<mode>/k``.
 DRIVER = r"""
 import os, shutil, signal, sys
 from pathlib import Path
@@ -45,14 +46,11 @@ import torch
 torch.set_num_threads(1)
 from object2vec import artifact
 
-old, new, work, results, mode = sys.argv[1:6]
-old, new, work, results = map(Path, (old, new, work, results))
+old, new, work, results = map(Path, sys.argv[1:5])
 target = work / "model"
 hp, net, metrics = artifact.load(new)
 extra = sorted(p for p in new.iterdir() if p.suffix == ".json" and p.name.startswith("vocab"))
 os.fsync = lambda fd: None  # what a kill leaves does not depend on it (a power cut's would)
-if mode == "in_place":
-    artifact._swappable = lambda root: False
 FLUSHING = ("fsync_tree", "fsync_directory")  # change nothing a reader sees: not kill points
 
 def save_new(kill_at):
@@ -72,23 +70,25 @@ def save_new(kill_at):
     artifact.archive(target)
     sys.settrace(None)
 
-kill_at = 0
-while True:
-    kill_at += 1
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(old, target)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            save_new(kill_at)
-        finally:
-            os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFEXITED(status):
-        break
-    assert os.WTERMSIG(status) == signal.SIGKILL, status
-    shutil.copytree(work, results / f"{kill_at:04d}", symlinks=True)
-print(kill_at - 1)
+for mode in ("swap", "in_place"):
+    if mode == "in_place":
+        artifact._swappable = lambda root: False
+    kill_at = 0
+    while True:
+        kill_at += 1
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(old, target)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                save_new(kill_at)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status):
+            break
+        assert os.WTERMSIG(status) == signal.SIGKILL, status
+        shutil.copytree(work, results / mode / f"{kill_at:04d}", symlinks=True)
 """
 
 
@@ -126,21 +126,21 @@ def old_and_new(tmp_path_factory):
     return old, new
 
 
-def run_driver(old: Path, new: Path, tmp_path: Path, mode: str) -> tuple[int, Path]:
-    results = tmp_path / "results"
-    results.mkdir()
+@pytest.fixture(scope="module")
+def killed_saves(old_and_new, tmp_path_factory) -> Path:
+    """``results/<mode>/<k>``: what each kill left, for both modes."""
+    old, new = old_and_new
+    root = tmp_path_factory.mktemp("kills")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(old), str(new), str(tmp_path / "work"), str(results), mode],
+        [sys.executable, "-c", DRIVER, str(old), str(new), str(root / "work"), str(root / "results")],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    kills = int(done.stdout.strip().splitlines()[-1])
-    assert kills == len(list(results.iterdir())) and kills > 40  # a kill at every line it ran
-    return kills, results
+    return root / "results"
 
 
 def check_crashed_state(state: Path, old: Path, new: Path) -> str:
@@ -163,14 +163,15 @@ def check_crashed_state(state: Path, old: Path, new: Path) -> str:
     return which
 
 
-def test_killed_at_every_line_of_a_save_leaves_the_old_or_the_new_model(old_and_new, tmp_path):
+def test_killed_at_every_line_of_a_save_leaves_the_old_or_the_new_model(old_and_new, killed_saves):
     old, new = old_and_new
-    kills, results = run_driver(old, new, tmp_path, "swap")
-    seen = [check_crashed_state(state, old, new) for state in sorted(results.iterdir())]
+    states = sorted((killed_saves / "swap").iterdir())
+    assert len(states) > 40  # a kill at every line it ran
+    seen = [check_crashed_state(state, old, new) for state in states]
     assert "none" not in seen  # a reader always finds a model
     assert seen.index("new") > 0 and seen[0] == "old" and seen[-1] == "new"
     # a save after the last crash cleans up the leftovers beside the directory and succeeds
-    crashed = sorted(results.iterdir())[seen.index("new") - 1]
+    crashed = states[seen.index("new") - 1]
     assert any(p.name.startswith(".model.") for p in crashed.iterdir())
     hp, net, metrics = artifact.load(new)
     artifact.save(crashed / "model", hp, net, metrics, [new / "vocab.json", new / "vocab1.json"])
@@ -178,12 +179,13 @@ def test_killed_at_every_line_of_a_save_leaves_the_old_or_the_new_model(old_and_
     assert model_files(crashed / "model") == model_files(new)
 
 
-def test_killed_during_an_in_place_save_is_never_a_mixed_model(old_and_new, tmp_path):
+def test_killed_during_an_in_place_save_is_never_a_mixed_model(old_and_new, killed_saves):
     """A directory that cannot be swapped (a mount point): replaced file by file, with
     hyperparameters.json removed first and written last."""
     old, new = old_and_new
-    kills, results = run_driver(old, new, tmp_path, "in_place")
-    seen = [check_crashed_state(state, old, new) for state in sorted(results.iterdir())]
+    states = sorted((killed_saves / "in_place").iterdir())
+    assert len(states) > 40
+    seen = [check_crashed_state(state, old, new) for state in states]
     assert {"old", "none", "new"} == set(seen)
     assert seen == sorted(seen, key=["old", "none", "new"].index)  # old, then none, then new
 

@@ -139,10 +139,15 @@ def test_loaded_model_can_be_saved_again_unchanged(saved, tmp_path):
 def test_directory_contents(saved):
     model, model_dir = saved
     assert sorted(p.name for p in model_dir.iterdir()) == [
+        "history.json",
         "hyperparameters.json",
         "metrics.json",
         "model.safetensors",
     ]
+    history = json.loads((model_dir / "history.json").read_text())
+    assert history == model.result.history  # one record per epoch, as training logged them
+    assert [record["epoch"] for record in history] == list(range(1, len(history) + 1))
+    assert history[-1].keys() >= {"train:loss", "validation:accuracy", "validation:cross_entropy"}
     hyperparameters = json.loads((model_dir / "hyperparameters.json").read_text())
     assert isinstance(hyperparameters, dict)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in hyperparameters.items())
@@ -175,7 +180,12 @@ def test_archive_and_load_tar_gz(saved, tmp_path):
     expected = outputs(model)
     target = artifact.archive(model_dir, tmp_path / "model.tar.gz")
     with tarfile.open(target) as tar:
-        assert sorted(tar.getnames()) == ["hyperparameters.json", "metrics.json", "model.safetensors"]
+        assert sorted(tar.getnames()) == [
+            "history.json",
+            "hyperparameters.json",
+            "metrics.json",
+            "model.safetensors",
+        ]
     for path in (target, tmp_path):  # the archive itself, or a directory holding only it
         for old, new in zip(expected, outputs(object2vec.load(path))):
             np.testing.assert_array_equal(new, old)

@@ -3,6 +3,14 @@
 from .api import Object2Vec, load
 from .errors import Object2VecError
 from .hyperparameters import HyperparameterError, parse_hyperparameters
+from .index import load_index
 
-__all__ = ["HyperparameterError", "Object2Vec", "Object2VecError", "load", "parse_hyperparameters"]
+__all__ = [
+    "HyperparameterError",
+    "Object2Vec",
+    "Object2VecError",
+    "load",
+    "load_index",
+    "parse_hyperparameters",
+]
 __version__ = "0.1.0"

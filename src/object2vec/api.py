@@ -6,6 +6,7 @@ The CLI calls exactly these, so everything the command line can do, Python can t
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from .runtime import Logger
 from .serving.predictor import Predictor
 from .training import PairDataset, TrainResult, build_network, distributed, fit, load_pairs, seed_everything
 from .training.checkpoint import Checkpointer
+from .training.monitor import read_history, tensorboard_sink, write_history
 
 DataArg = str | os.PathLike | PairDataset | None
 
@@ -55,6 +57,8 @@ class Object2Vec:
         self.metrics: dict[str, float] = {}
         self._files: list[Path] = []
         self._predictor: Predictor | None = None
+        self.history: list[dict] = []  # one record per training epoch, kept as history.json
+        self.model_dir: Path | None = None  # the directory the weights were loaded from or saved to
 
     def fit(
         self,
@@ -69,12 +73,14 @@ class Object2Vec:
         progress: bool | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every_minutes: float | None = None,
+        tensorboard: str | os.PathLike | None = None,
     ) -> Object2Vec:
         """Train on JSON Lines channels (paths or loaded datasets); keeps the best epoch.
 
         With ``checkpoint_dir`` a checkpoint is written there at the end of every epoch (and every
         ``checkpoint_every_minutes`` within epochs), and a run given a directory that holds
-        checkpoints of the same hyperparameters and data resumes from the newest one."""
+        checkpoints of the same hyperparameters and data resumes from the newest one.
+        ``tensorboard``: a directory where every epoch's metrics are written as TensorBoard scalars."""
         checkpointer = _checkpointer(checkpoint_dir, checkpoint_every_minutes)
         seed_everything(seed)  # the initial weights depend on the seed too
         # Configuration errors were raised when the hyperparameters were parsed; the network (and
@@ -82,19 +88,21 @@ class Object2Vec:
         self.net, self._files = build_network(self.hp, auxiliary, log)
         train_data = _as_dataset(train, self.hp)
         validation_data, test_data = _as_dataset(validation, self.hp), _as_dataset(test, self.hp)
-        self.result = fit(
-            self.net,
-            self.hp,
-            train_data,
-            validation_data,
-            test_data,
-            seed=seed,
-            device=device,
-            log=log,
-            progress=progress,
-            checkpointer=checkpointer,
-        )
-        self.metrics = dict(self.result.metrics)
+        with tensorboard_sink(tensorboard) as sink:
+            self.result = fit(
+                self.net,
+                self.hp,
+                train_data,
+                validation_data,
+                test_data,
+                seed=seed,
+                device=device,
+                log=log,
+                progress=progress,
+                checkpointer=checkpointer,
+                on_epoch=sink,
+            )
+        self.metrics, self.history, self.model_dir = dict(self.result.metrics), self.result.history, None
         trained_on = next(self.net.parameters()).device  # under torchrun: this rank's cuda:LOCAL_RANK
         self._predictor = Predictor(self.hp, self.net, device=trained_on, metrics=self.metrics)
         return self
@@ -114,8 +122,9 @@ class Object2Vec:
         return self.predictor.predict(in0, in1, **kwargs)
 
     def save(self, model_dir: str | os.PathLike) -> Path:
-        """Write the model directory (hyperparameters.json, model.safetensors, metrics.json)
-        atomically: an existing model there is replaced whole (:func:`object2vec.artifact.save`).
+        """Write the model directory (hyperparameters.json, model.safetensors, metrics.json, and
+        history.json when the model's training history is known) atomically: an existing model
+        there is replaced whole (:func:`object2vec.artifact.save`).
 
         Under torchrun only rank 0 writes (every rank holds the same weights); the others
         return the path without touching it."""
@@ -123,7 +132,19 @@ class Object2Vec:
             raise RuntimeError("nothing to save: call fit() first")
         if not distributed.is_main_process():
             return Path(model_dir)
-        return artifact.save(model_dir, self.hp, self.net, self.metrics, self._files)
+        with tempfile.TemporaryDirectory(prefix="object2vec-history-") as scratch:
+            # history.json travels as one of the model's files, so the atomic save covers it too
+            history = [write_history(scratch, self.history)] if self.history else []
+            self.model_dir = artifact.save(model_dir, self.hp, self.net, self.metrics, self._files + history)
+        return self.model_dir
+
+    def build_index(self, items, *, side: str = "in1", metric: str = "cosine", ids=None, **options: Any):
+        """A :class:`~object2vec.index.NeighborIndex` of the ``side`` embeddings of ``items``
+        (token-ID lists), named by ``ids`` (default 0 .. n-1), recording this model's
+        fingerprint; ``metric`` is cosine, ip or l2."""
+        from .index import build_model_index
+
+        return build_model_index(self, items, side=side, metric=metric, ids=ids, **options)
 
     @classmethod
     def from_predictor(cls, predictor: Predictor) -> Object2Vec:
@@ -135,5 +156,9 @@ class Object2Vec:
 def load(
     model_dir: str | os.PathLike, device: str | None = None, preferred_mode: str | None = None
 ) -> Object2Vec:
-    """Load a saved model directory (or model.tar.gz); never unpickles anything."""
-    return Object2Vec.from_predictor(Predictor.load(model_dir, device=device, preferred_mode=preferred_mode))
+    """Load a saved model directory (or model.tar.gz) with its training history; never unpickles
+    anything."""
+    root = artifact.resolve_model_dir(model_dir)
+    model = Object2Vec.from_predictor(Predictor.load(root, device=device, preferred_mode=preferred_mode))
+    model.model_dir, model.history = root, read_history(root)
+    return model

@@ -14,7 +14,10 @@ from pathlib import Path
 
 from . import artifact, container, text
 from .api import Object2Vec
+from .cli_options import add_device as _add_device
+from .cli_options import positive_int as _positive_int
 from .container import Layout, serve_target
+from .embedding_cli import EMBEDDING_COMMANDS
 from .errors import Object2VecError, UsageError
 from .hyperparameters import describe_schema, load_hyperparameters_file
 from .serving.settings import (
@@ -49,10 +52,6 @@ def _options(args: argparse.Namespace, *names: str) -> dict:
     """The named command-line options, as the keyword arguments of the API call they feed (each
     option is spelled as its parameter)."""
     return {name: getattr(args, name) for name in names}
-
-
-def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
 
 
 def _add_device_and_progress(p: argparse.ArgumentParser) -> None:
@@ -94,6 +93,13 @@ def _train_parser(sub) -> None:
         help="without --train/--model-dir: the SageMaker layout to run (default: $OBJECT2VEC_ML_ROOT, "
         "else /opt/ml)",
     )
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        default=None,
+        help="write every epoch's metrics as TensorBoard scalars here (as a SageMaker container: "
+        "<ml-root>/output/tensorboard when it exists)",
+    )
     p.add_argument("params", nargs="*", metavar="key=value", help="hyperparameters, overriding the file")
     p.set_defaults(run=_run_train)
 
@@ -107,6 +113,7 @@ def _run_train(args: argparse.Namespace) -> int:
             layout,
             parse_key_values(args.params),
             **_options(args, "seed", "device", "progress", "checkpoint_dir", "checkpoint_every_minutes"),
+            tensorboard=args.tensorboard,
         )
         if distributed.is_main_process():
             print(f"model saved to {saved}")
@@ -125,6 +132,7 @@ def _run_train(args: argparse.Namespace) -> int:
         args.test,
         args.auxiliary,
         **_options(args, "seed", "device", "progress", "checkpoint_dir", "checkpoint_every_minutes"),
+        tensorboard=args.tensorboard,
     )
     saved = model.save(args.model_dir)
     if distributed.is_main_process():  # under torchrun the other ranks hold the same model
@@ -162,13 +170,6 @@ def _run_quickstart(args: argparse.Namespace) -> int:
 def _hyperparameters_parser(sub) -> None:
     p = sub.add_parser("hyperparameters", help="list every hyperparameter with its default and range")
     p.set_defaults(run=lambda args: print(describe_schema()) or 0)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _serve_parser(sub) -> None:
@@ -226,6 +227,7 @@ def _serve_parser(sub) -> None:
     )
     _add_device(p)
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--index", default=None, help="an index directory of this model: adds POST /neighbors")
     p.set_defaults(run=_run_serve)
 
 
@@ -234,7 +236,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     model_dir, host = serve_target(args.model_dir, args.host, args.ml_root)
     options = ("port", "workers", "max_payload_mb", "batch_wait_ms", "max_queue_ms", "threads", "device")
-    options += ("access_log",)
+    options += ("access_log", "index")
     serve(model_dir, host=host, **_options(args, *options))
     return 0
 
@@ -367,6 +369,7 @@ COMMANDS: list[Callable] = [
     _transform_parser,
     _vocab_parser,
     _tokenize_parser,
+    *EMBEDDING_COMMANDS,
 ]
 
 

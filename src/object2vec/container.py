@@ -151,6 +151,13 @@ class Layout:
         path = self.hyperparameters_file
         return load_hyperparameters_file(str(path)) if path.is_file() else {}
 
+    @property
+    def tensorboard_dir(self) -> Path | None:
+        """``output/tensorboard`` when the job has one (SageMaker creates it for a job with a
+        TensorBoard output configuration and uploads what is written there), else None."""
+        path = self._path("SM_OUTPUT_DIR", "output") / "tensorboard"
+        return path if path.is_dir() else None
+
     def write_failure(self, exc: BaseException) -> Path:
         """Record why the job failed: the first line is the reason SageMaker shows."""
         text = f"{type(exc).__name__}: {exc}\n\n{''.join(traceback.format_exception(exc))}"
@@ -321,8 +328,11 @@ def train(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every_minutes: float | None = None,
     log: Callable[[str], None] = print,
+    tensorboard: str | os.PathLike | None = None,
 ) -> Path:
     """Run the training job the layout describes and write the model to its model directory.
+    Every epoch's metrics go to TensorBoard in ``tensorboard``, else the layout's
+    ``output/tensorboard`` when present.
 
     Exactly ``object2vec train --train ... --model-dir ...`` with the paths taken from the
     layout and ``overrides`` on top of hyperparameters.json. Checkpoints go to ``checkpoint_dir``,
@@ -345,6 +355,7 @@ def train(
             log=log,
             checkpoint_dir=checkpoint_dir or layout.checkpoint_dir,
             checkpoint_every_minutes=checkpoint_every_minutes,
+            tensorboard=tensorboard or layout.tensorboard_dir,
         )
         return model.save(layout.model_dir)
     except Exception as exc:

@@ -8,8 +8,9 @@ from .settings import ServeSettings
 __all__ = ["InputError", "Predictor", "ServeSettings", "create_app"]
 
 
-def create_app(predictor: Predictor, settings: ServeSettings):
-    """The ASGI application answering with ``predictor`` (see :func:`.server.create_app`)."""
+def create_app(predictor: Predictor, settings: ServeSettings, index=None):
+    """The ASGI application answering with ``predictor`` (and ``index``, a
+    :class:`~object2vec.index.NeighborIndex`, on ``POST /neighbors``; see :func:`.server.create_app`)."""
     from .server import create_app as create
 
-    return create(predictor, settings)
+    return create(predictor, settings, index)

@@ -2,9 +2,11 @@
 
 Routes: ``GET /ping``, ``POST /invocations``, ``POST /endpoints/{name}/invocations`` (what
 ``boto3.client("sagemaker-runtime").invoke_endpoint`` sends, so clients of a hosted endpoint work
-unchanged; its signing headers are ignored) and ``GET /execution-parameters`` (what batch
-transform asks a container). Bodies are decoded by :mod:`object2vec.serving.protocol` and answered by
-the :class:`~object2vec.serving.predictor.Predictor`; this module only routes, limits and batches.
+unchanged; its signing headers are ignored), ``GET /execution-parameters`` (what batch
+transform asks a container) and, when an index is served, ``POST /neighbors``
+(:mod:`object2vec.serving.neighbors`). Bodies are decoded by :mod:`object2vec.serving.protocol`
+and answered by the :class:`~object2vec.serving.predictor.Predictor`; this module only routes,
+limits and batches.
 
 Concurrent small requests are micro-batched: while one forward pass runs, newly arrived requests
 queue up and are answered together by the next pass; a pass also waits a short, bounded time
@@ -44,7 +46,9 @@ from starlette.routing import Route
 
 from ..artifact import resolve_model_dir
 from ..columns import Instances
+from ..index import NeighborIndex
 from . import protocol
+from .neighbors import NeighborSearch, open_served_index
 from .predictor import InputError, Predictor, inference_threads
 from .settings import (
     DEFAULT_BATCH_WAIT_MS,
@@ -247,8 +251,10 @@ def execution_parameters_of(settings: ServeSettings) -> dict:
     }
 
 
-def create_app(predictor: Predictor, settings: ServeSettings) -> Starlette:
-    """The ASGI application answering with ``predictor``."""
+def create_app(
+    predictor: Predictor, settings: ServeSettings, index: NeighborIndex | None = None
+) -> Starlette:
+    """The ASGI application answering with ``predictor`` (and with ``index``, on ``POST /neighbors``)."""
     vocab_sizes = (predictor.hp.enc0_vocab_size, predictor.hp.enc1_vocab_size)
     batcher = MicroBatcher(
         predictor.answer,
@@ -275,18 +281,36 @@ def create_app(predictor: Predictor, settings: ServeSettings) -> Starlette:
         rows = await batcher.submit(parsed)
         return Response(protocol.encode_rows(rows, parsed.mode, accept), media_type=accept)
 
+    search = NeighborSearch(index, vocab_sizes) if index is not None else None
+
+    @json_errors
+    async def neighbors(request: Request) -> Response:
+        with batcher.reading():
+            body_format = protocol.parse_content_type(request.headers.get("content-type"))
+            accept = protocol.parse_accept(
+                request.headers.get("accept"), protocol.default_accept(body_format, settings.default_accept)
+            )
+            body = await read_body(request, settings.max_payload_bytes)
+            parsed = search.decode(body, body_format, request.query_params.get("k"))
+        inputs = parsed.instances()
+        embeddings = await batcher.submit(inputs) if inputs is not None else None
+        loop = asyncio.get_running_loop()
+        return Response(
+            await loop.run_in_executor(None, search.answer, parsed, embeddings, accept), media_type=accept
+        )
+
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return error_response(exc.status_code, str(exc.detail))
 
-    app = Starlette(
-        routes=[
-            Route("/ping", ping, methods=["GET"]),
-            Route("/execution-parameters", execution_parameters, methods=["GET"]),
-            Route("/invocations", invocations, methods=["POST"]),
-            Route("/endpoints/{name}/invocations", invocations, methods=["POST"]),
-        ],
-        exception_handlers={HTTPException: http_error},
-    )
+    routes = [
+        Route("/ping", ping, methods=["GET"]),
+        Route("/execution-parameters", execution_parameters, methods=["GET"]),
+        Route("/invocations", invocations, methods=["POST"]),
+        Route("/endpoints/{name}/invocations", invocations, methods=["POST"]),
+    ]
+    if search is not None:
+        routes.append(Route("/neighbors", neighbors, methods=["POST"]))
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.predictor, app.state.settings, app.state.batcher = predictor, settings, batcher
     return app
 
@@ -297,7 +321,12 @@ def load_app(settings: ServeSettings) -> Starlette:
         settings.model_dir, device=settings.device or None, preferred_mode=settings.preferred_mode or None
     )
     inference_threads(settings.workers, settings.threads or None)
-    app = create_app(predictor, settings)
+    index = (
+        open_served_index(settings.index, settings.model_dir, predictor.embedding_dim)
+        if settings.index
+        else None
+    )
+    app = create_app(predictor, settings, index)
     settle_memory()
     return app
 
@@ -366,11 +395,13 @@ def serve(
     preferred_mode: str | None = None,
     access_log: bool = False,
     log_level: str = "info",
+    index: str | os.PathLike | None = None,
 ) -> None:
     """Serve a model directory (or model.tar.gz; default: ``default_model_dir()``) until stopped.
 
     ``port``, ``workers``, ``max_payload_mb`` and ``preferred_mode`` left as ``None`` come from
-    the SageMaker platform's variables when set, else the defaults (:mod:`.settings`)."""
+    the SageMaker platform's variables when set, else the defaults (:mod:`.settings`). ``index``
+    (an index directory of this model) adds ``POST /neighbors``."""
     import uvicorn
 
     if workers is not None and workers < 1:
@@ -387,7 +418,10 @@ def serve(
         device=device,
         preferred_mode=preferred_mode,
         platform=platform,
+        index=index,
     )
+    if settings.index:  # an index of another model is a clean error before any worker starts
+        open_served_index(settings.index, root)
     port = serve_port(port, platform)
     options = dict(
         host=host,

@@ -69,6 +69,8 @@ class ServeSettings:
     #: The answer's type when a request's Accept is missing or a wildcard; "" for the request's
     #: own type (see :func:`~object2vec.serving.protocol.parse_accept`).
     default_accept: str = ""
+    #: An index directory of this model's embeddings: adds ``POST /neighbors``; "" for none.
+    index: str = ""
 
     @property
     def max_payload_bytes(self) -> int:
@@ -166,6 +168,7 @@ def serve_settings(
     device: str | None = None,
     preferred_mode: str | None = None,
     platform: Platform | None = None,
+    index: str | os.PathLike | None = None,
 ) -> ServeSettings:
     """The settings of a server: each option as given, else the platform's, else the default."""
     platform = Platform.read() if platform is None else platform
@@ -179,6 +182,7 @@ def serve_settings(
         device=device or "",
         preferred_mode=preferred_mode or platform.preferred_mode,
         default_accept=platform.default_accept,
+        index=str(index or ""),
     )
 
 

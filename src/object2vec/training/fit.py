@@ -317,11 +317,14 @@ def fit(
     log: Logger = print,
     progress: bool | None = None,
     checkpointer: Checkpointer | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train ``net`` in place and return the final metrics (``validation:*``, ``test:*``).
 
     With a ``checkpointer`` the run first resumes from its newest checkpoint, if any, and
-    writes one at the end of every epoch (and every few minutes within epochs, if asked)."""
+    writes one at the end of every epoch (and every few minutes within epochs, if asked).
+    ``on_epoch`` (on the main process only) gets each epoch's record once it is logged (the
+    TensorBoard hook, :mod:`.monitor`)."""
     run = distributed.setup(device)  # under torchrun: join the process group, take this rank's shards
     run.check(hp)
     device, log = run.device, run.main_only(log)
@@ -376,6 +379,8 @@ def fit(
         history.append(record)
         for line in _format_epoch(record, hp.epochs):
             log(line)
+        if on_epoch is not None and run.is_main:
+            on_epoch(record)
         checkpoints.epoch_end(epoch, stop, samples)
         if stop:
             log(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import WEIGHTS_FILE, resolve_model_dir
+from .artifact import WEIGHTS_FILE, replaced_directory, resolve_model_dir
 from .errors import Object2VecError
 
 INDEX_FILE = "index.faiss"
@@ -245,18 +244,14 @@ class NeighborIndex:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index directory (replacing one already there); returns its path."""
+        """Write the index directory atomically (replacing one already there whole); returns its path."""
         target = Path(path)
         replaceable = target.is_dir() and ((target / META_FILE).is_file() or not any(target.iterdir()))
         if target.exists() and not replaceable:
             raise NeighborIndexError(f"{target} exists and is not an index directory; refusing to replace it")
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        _faiss().write_index(self.ann, str(partial / INDEX_FILE))
-        (partial / META_FILE).write_text(json.dumps(self.metadata()) + "\n", encoding="utf-8")
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
+        with replaced_directory(target) as staging:  # readers see the old index or the new one
+            _faiss().write_index(self.ann, str(staging / INDEX_FILE))
+            (staging / META_FILE).write_text(json.dumps(self.metadata()) + "\n", encoding="utf-8")
         return target
 
     @classmethod

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .artifact import atomic_write_bytes
 from .columns import short_repr
 from .index import SIDES, Id, NeighborIndex, NeighborIndexError
 from .serving.protocol import RequestError, check_sequence
@@ -214,8 +215,5 @@ def neighbor_objects(ids: Sequence[Sequence[Id]], scores: np.ndarray) -> list[di
 
 def write_json_lines(objects: Sequence[Any], path: str | os.PathLike) -> Path:
     """One JSON object per line, written beside the target and renamed when complete."""
-    target = Path(path)
-    partial = target.with_name(target.name + ".partial")
-    partial.write_bytes(b"".join(orjson.dumps(obj) + b"\n" for obj in objects))
-    partial.replace(target)
-    return target
+    atomic_write_bytes(path, b"".join(orjson.dumps(obj) + b"\n" for obj in objects))
+    return Path(path)

@@ -103,7 +103,7 @@ def malformed(rng: np.random.Generator, lines_ok: bool = True) -> tuple[str, byt
         lines = [orjson.dumps(instance) for instance in good]
         lines.insert(int(rng.integers(len(lines) + 1)), b'{"in0": [1, 2')
         return "application/jsonlines", b"\n".join(lines)
-    return JSON, orjson.dumps({"instances": [{"in0": [1] * 800_000}]})  # over the 6 MB payload limit
+    return JSON, orjson.dumps({"instances": [{"in0": [1] * 4_000_000}]})  # 8 MB: over the 6 MB payload limit
 
 
 def pool(rng: np.random.Generator, size: int, batch: int, batch_share: float, malformed_share: float):

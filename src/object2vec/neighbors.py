@@ -26,7 +26,7 @@ from .artifact import atomic_write_bytes
 from .columns import short_repr
 from .index import SIDES, Id, NeighborIndex, NeighborIndexError
 from .serving.protocol import RequestError, check_sequence
-from .serving.protocol import _describe as where_is
+from .serving.protocol import describe_instance as where_is
 from .training.data import DataError, iter_json_lines
 
 #: The most neighbours one query may ask for.

@@ -182,7 +182,7 @@ def default_accept(body: BodyFormat, configured: str = "") -> str:
     return configured or (JSONLINES if body.lines else JSON)
 
 
-def _describe(index: int | None, line: int | None) -> str:
+def describe_instance(index: int | None, line: int | None) -> str:
     """Where an instance sits: ``instance 3``, ``instance 3 (line 4)`` or, for a file read line
     by line, ``line 4``."""
     if index is None:
@@ -202,7 +202,7 @@ def check_sequence(
     naming the instance and field."""
     problem = token_problem(value, vocab_size)
     if problem is not None:
-        raise RequestError(f"{_describe(index, line)}: '{field}' {problem}", index=index, field=field)
+        raise RequestError(f"{describe_instance(index, line)}: '{field}' {problem}", index=index, field=field)
     return value if cap is None else value[:cap]
 
 
@@ -217,12 +217,13 @@ def check_instance(
     left in a batch-transform file) are ignored."""
     if not isinstance(obj, dict):
         raise RequestError(
-            f"{_describe(index, line)} must be an object with 'in0' and/or 'in1', got {short_repr(obj)}",
+            f"{describe_instance(index, line)} must be an object with 'in0' and/or 'in1', "
+            f"got {short_repr(obj)}",
             index=index,
         )
     present = [obj.get(field) is not None for field in FIELDS]
     if not any(present):
-        raise RequestError(f"{_describe(index, line)} has neither 'in0' nor 'in1'", index=index)
+        raise RequestError(f"{describe_instance(index, line)} has neither 'in0' nor 'in1'", index=index)
     in0, in1 = (
         check_sequence(obj[f], index, f, vocab_sizes[s], caps[s], line) if present[s] else None
         for s, f in enumerate(FIELDS)

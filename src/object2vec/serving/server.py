@@ -269,14 +269,19 @@ def create_app(
     async def execution_parameters(request: Request) -> Response:
         return Response(protocol.encode_object(execution_parameters_of(settings)), media_type=protocol.JSON)
 
+    async def read_request(request: Request) -> tuple[protocol.BodyFormat, str, bytes]:
+        """The body's format, the answer's media type and the body (within the payload limit):
+        the same rules for every POST route."""
+        body_format = protocol.parse_content_type(request.headers.get("content-type"))
+        accept = protocol.parse_accept(
+            request.headers.get("accept"), protocol.default_accept(body_format, settings.default_accept)
+        )
+        return body_format, accept, await read_body(request, settings.max_payload_bytes)
+
     @json_errors
     async def invocations(request: Request) -> Response:
         with batcher.reading():
-            body_format = protocol.parse_content_type(request.headers.get("content-type"))
-            accept = protocol.parse_accept(
-                request.headers.get("accept"), protocol.default_accept(body_format, settings.default_accept)
-            )
-            body = await read_body(request, settings.max_payload_bytes)
+            body_format, accept, body = await read_request(request)
             parsed = protocol.decode_request(body, body_format, vocab_sizes)
         rows = await batcher.submit(parsed)
         return Response(protocol.encode_rows(rows, parsed.mode, accept), media_type=accept)
@@ -286,11 +291,7 @@ def create_app(
     @json_errors
     async def neighbors(request: Request) -> Response:
         with batcher.reading():
-            body_format = protocol.parse_content_type(request.headers.get("content-type"))
-            accept = protocol.parse_accept(
-                request.headers.get("accept"), protocol.default_accept(body_format, settings.default_accept)
-            )
-            body = await read_body(request, settings.max_payload_bytes)
+            body_format, accept, body = await read_request(request)
             parsed = search.decode(body, body_format, request.query_params.get("k"))
         inputs = parsed.instances()
         embeddings = await batcher.submit(inputs) if inputs is not None else None

@@ -43,11 +43,12 @@ VARIANTS = {
     "softmax": {},
     "multiclass": {"num_classes": 3},
     "regression": {"output_layer": "mean_squared_error"},
-    "tied": {"tied_token_embedding_weight": True, "enc1_vocab_size": 50},
+    "tied": {"tied_token_embedding_weight": True, "enc1_vocab_size": 50, "tied_encoder_weight": False},
     "row_sparse": {"token_embedding_storage_type": "row_sparse"},
     "tied_row_sparse": {
         "tied_token_embedding_weight": True,
         "enc1_vocab_size": 50,
+        "tied_encoder_weight": False,
         "token_embedding_storage_type": "row_sparse",
         "optimizer": "adagrad",
     },
@@ -123,6 +124,22 @@ def test_save_load_round_trip_gives_identical_outputs(variant, tmp_path):
         short = [0, 1, 3]  # QUERY1[2] is longer than enc1_max_seq_len (4), so in1 truncates it
         np.testing.assert_array_equal(loaded.embed(in0=QUERY1)[short], embed1[short])
         assert not np.array_equal(loaded.embed(in0=QUERY1)[2], embed1[2])
+
+
+def test_a_model_saved_before_tied_encoder_weight_loads_and_scores_as_before(tmp_path):
+    """Two encoders with a tied table, saved by code that had no tied_encoder_weight (no key in
+    hyperparameters.json): the default auto must rebuild those two encoders, not one."""
+    model = train("tied", tmp_path)
+    model_dir = model.save(tmp_path / "model")
+    path = model_dir / artifact.HYPERPARAMETERS_FILE
+    saved = json.loads(path.read_text())
+    assert saved["tied_encoder_weight"] == "False"
+    del saved["tied_encoder_weight"]
+    path.write_text(json.dumps(saved))
+    loaded = object2vec.load(model_dir)
+    assert loaded.net.encoder(0) is not loaded.net.encoder(1)
+    for old, new in zip(outputs(model), outputs(loaded)):
+        np.testing.assert_array_equal(new, old)
 
 
 def test_loaded_model_can_be_saved_again_unchanged(saved, tmp_path):

@@ -237,7 +237,9 @@ def test_two_gloo_processes_train_as_well_as_one_on_disjoint_shards(
     assert all(s["source"] == str(channels["train"]) for s in shards)
 
 
-@pytest.mark.parametrize("tied", ["tied_token_embedding_weight=True", "tied_encoder_weight=True"])
+@pytest.mark.parametrize(
+    "tied", [("tied_token_embedding_weight=True", "tied_encoder_weight=False"), ("tied_encoder_weight=True",)]
+)
 def test_two_processes_with_tied_tables_negatives_and_buckets(tied, tmp_path):
     """The rarer paths under DDP: one token table, or one whole encoder, reached from both
     inputs, and per-rank batch counts that differ (negatives, buckets). (row_sparse is refused
@@ -252,7 +254,7 @@ def test_two_processes_with_tied_tables_negatives_and_buckets(tied, tmp_path):
         max_len1=4,
         latent_dim=2,
         seed=9,
-        same_kind="tied_encoder" in tied,
+        same_kind="tied_encoder_weight=True" in tied,
     )  # one encoder needs one token space
     channels = {
         "train": write_jsonl(records[:1200], tmp_path / "train.jsonl"),
@@ -272,7 +274,7 @@ def test_two_processes_with_tied_tables_negatives_and_buckets(tied, tmp_path):
         "mlp_activation=relu",
         "learning_rate=0.02",
         "epochs=15",
-        tied,
+        *tied,
         "negative_sampling_rate=1",
         "bucket_width=1",
         "early_stopping_patience=5",

@@ -151,7 +151,11 @@ def test_applied_swaps_the_average_in_and_back_out_and_commit_keeps_it():
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_weight_average_leaves_row_sparse_token_tables_out(tied):
-    extra = {"tied_token_embedding_weight": True, "enc1_vocab_size": 50} if tied else {}
+    extra = (
+        {"tied_token_embedding_weight": True, "enc1_vocab_size": 50, "tied_encoder_weight": False}
+        if tied
+        else {}
+    )
     dense_net, dense_hp = small_net(**extra)
     every = {id(p) for p in dense_net.parameters()}
     assert {id(p) for p in WeightAverage(dense_net, dense_hp, 10).params} == every
@@ -229,7 +233,11 @@ def test_each_optimizer_is_built_with_the_given_rate_and_weight_decay(name):
 @pytest.mark.parametrize("name", sorted(SPARSE_OPTIMIZERS))
 @pytest.mark.parametrize("tied", [False, True])
 def test_row_sparse_tables_get_their_sparse_optimizer_without_weight_decay(name, tied):
-    extra = {"tied_token_embedding_weight": True, "enc1_vocab_size": 50} if tied else {}
+    extra = (
+        {"tied_token_embedding_weight": True, "enc1_vocab_size": 50, "tied_encoder_weight": False}
+        if tied
+        else {}
+    )
     net, hp = small_net(
         optimizer=name,
         learning_rate=0.0123,

@@ -69,10 +69,11 @@ OTHER = {
     "token_embedding_storage_type": ("dense", ("dense", "row_sparse")),
 }
 
-#: Hyperparameters beyond the reference (name -> (default, allowed values)); each defaults to
-#: the reference's behaviour, so a reference hyperparameters.json trains the reference model.
+#: Hyperparameters beyond the reference (name -> (default, allowed values)). tied_encoder_weight
+#: defaults to auto, which keeps the reference's two encoders except for inputs of one kind
+#: (enc1_network=enc0 with a tied token table), tested below.
 EXTENSIONS = {
-    "tied_encoder_weight": (False, (True, False)),
+    "tied_encoder_weight": ("auto", ("auto", True, False)),
 }
 
 
@@ -126,11 +127,13 @@ def test_every_default():
         if default is not None:
             assert hp[name] == default, name
             assert type(hp[name]) is type(default), name
-    for name, (default, _) in {**OTHER, **EXTENSIONS}.items():
+    for name, (default, _) in OTHER.items():
         if name == "enc1_network":
             continue  # resolved to enc0's network, tested below
         assert hp[name] == default, name
+    assert all(SCHEMA[name].default == default for name, (default, _) in EXTENSIONS.items())
     assert hp.enc1_network == "hcnn"
+    assert hp.tied_encoder_weight is False  # auto, resolved: the token tables are not tied
     assert hp.enc0_max_seq_len == 10 and hp.enc1_max_seq_len == 10
     assert hp.enc0_vocab_size == 100 and hp.enc1_vocab_size == 100
 
@@ -242,6 +245,8 @@ def test_layers_auto_or_int(raw, expected):
         ("enc0_layers", "5"),
         ("tied_token_embedding_weight", "yes please"),
         ("tied_token_embedding_weight", "2"),
+        ("tied_encoder_weight", "sometimes"),
+        ("tied_encoder_weight", "2"),
         ("optimizer", "momentum"),
         ("output_layer", "sigmoid"),
         ("mlp_activation", "gelu"),
@@ -411,6 +416,70 @@ def test_tied_encoder_weight_refuses_a_different_enc1(conflict, named):
     with pytest.raises(HyperparameterError) as err:
         parse(tied_encoder_weight="True", **conflict)
     assert_names(str(err.value), "tied_encoder_weight=True", named)
+
+
+@pytest.mark.parametrize(
+    "given, tied",
+    [
+        ({"tied_token_embedding_weight": "true"}, True),  # enc1_network unset: enc0, its default
+        ({"tied_token_embedding_weight": "true", "enc1_network": "enc0"}, True),
+        (
+            {"tied_token_embedding_weight": "true", "enc1_network": " enc0 ", "tied_encoder_weight": "AUTO"},
+            True,
+        ),
+        ({"tied_token_embedding_weight": "true", "enc1_network": "enc0", "enc1_max_seq_len": "4"}, True),
+        ({}, False),  # separate token tables
+        ({"tied_token_embedding_weight": "false"}, False),
+        (
+            {"tied_token_embedding_weight": "true", "enc1_network": "hcnn"},
+            False,
+        ),  # named: as a saved model says
+        (
+            {
+                "tied_token_embedding_weight": "true",
+                "enc0_network": "bilstm",
+                "enc1_network": "pooled_embedding",
+            },
+            False,
+        ),
+        (
+            {"tied_token_embedding_weight": "true", "tied_encoder_weight": "False"},
+            False,
+        ),  # the reference's two
+        ({"tied_encoder_weight": "True"}, True),
+    ],
+)
+def test_tied_encoder_weight_auto_is_one_encoder_for_inputs_of_one_kind(given, tied):
+    hp = parse(**given)
+    assert hp.tied_encoder_weight is tied
+    assert hp.to_strings()["tied_encoder_weight"] == str(tied)  # saved resolved, never "auto"
+    assert parse_hyperparameters(hp.to_strings()).tied_encoder_weight is tied  # and read back the same
+
+
+@pytest.mark.parametrize(
+    "conflict, named",
+    [
+        ({"enc1_layers": "2"}, "enc1_layers=2"),
+        ({"enc1_token_embedding_dim": "16"}, "enc1_token_embedding_dim=16"),
+    ],
+)
+def test_tied_encoder_weight_auto_leaves_enc1_network_enc0s_refusals_in_place(conflict, named):
+    """auto is resolved after enc1_network=enc0's own rule, so an enc1 built otherwise is refused
+    by that rule, as without a tied table, and never quietly given a second encoder."""
+    with pytest.raises(HyperparameterError) as err:
+        parse(tied_token_embedding_weight="true", **conflict)
+    assert_names(str(err.value), "enc1_network=enc0", named)
+
+
+def test_a_saved_model_of_two_encoders_reads_back_as_two_encoders():
+    """What the code before auto saved for the reference's two encoders with a tied table: the
+    key as "False", or (before tied_encoder_weight existed) no key; enc1_network is a network
+    name either way (enc0 is resolved before saving), so auto gives back two encoders."""
+    saved = parse(tied_token_embedding_weight="true", tied_encoder_weight="False").to_strings()
+    assert (saved["tied_encoder_weight"], saved["enc1_network"]) == ("False", "hcnn")
+    assert parse_hyperparameters(saved).tied_encoder_weight is False
+    del saved["tied_encoder_weight"]
+    assert parse_hyperparameters(saved).tied_encoder_weight is False
 
 
 # --- comparator_list and file names --------------------------------------------------------

@@ -44,6 +44,7 @@ def hyperparameters(**extra):
         "enc0_vocab_file": "vocab.json",
         "enc0_pretrained_embedding_file": "glove.txt",
         "tied_token_embedding_weight": "True",
+        "tied_encoder_weight": "False",
         "epochs": "3",
         "learning_rate": "0.01",
         **extra,

@@ -193,20 +193,24 @@ def test_negative_sampling_learns_from_positives_only(rate):
 
 
 def test_tied_token_embedding_shares_one_table_and_learns():
-    hp = {"tied_token_embedding_weight": True, "enc1_vocab_size": 50}
+    hp = {"tied_token_embedding_weight": True, "enc1_vocab_size": 50, "tied_encoder_weight": False}
     model, _ = train(hp, vocab0=50, vocab1=50)
     net = model.net
     first, second = net.encoder(0).embedding.weight, net.encoder(1).embedding.weight
     assert first is second and first.data_ptr() == second.data_ptr()
     assert len(net.token_tables) == 1
-    untied = Object2VecNet(parse_hyperparameters({**BASE, "enc1_vocab_size": 50}))
+    untied = Object2VecNet(
+        parse_hyperparameters({**BASE, "enc1_vocab_size": 50, "tied_encoder_weight": False})
+    )
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(untied) - count(net) == 50 * 16
     assert_learned(model, "tied_token_embedding_weight")
 
 
 def test_tied_gradients_from_both_sides_reach_the_one_table():
-    hp = parse_hyperparameters({**BASE, "enc1_vocab_size": 50, "tied_token_embedding_weight": True})
+    hp = parse_hyperparameters(
+        {**BASE, "enc1_vocab_size": 50, "tied_token_embedding_weight": True, "tied_encoder_weight": False}
+    )
     net = Object2VecNet(hp)
     ids0, ids1, lengths = torch.tensor([[3]]), torch.tensor([[7]]), torch.tensor([1])
     net(ids0, lengths, ids1, lengths).sum().backward()
@@ -221,7 +225,9 @@ def test_tied_encoder_is_trained_once_and_learns_a_same_kind_relation():
     hp = {"tied_encoder_weight": True, "enc1_vocab_size": 50}
     model, _ = train(hp, vocab0=50, vocab1=50, same_kind=True)
     tables_only = Object2VecNet(
-        parse_hyperparameters({**BASE, "enc1_vocab_size": 50, "tied_token_embedding_weight": True})
+        parse_hyperparameters(
+            {**BASE, "enc1_vocab_size": 50, "tied_token_embedding_weight": True, "tied_encoder_weight": False}
+        )
     )
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert model.net.encoder(0) is model.net.encoder(1)

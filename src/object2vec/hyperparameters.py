@@ -43,7 +43,7 @@ class Param:
     """One documented hyperparameter: how to parse it and what values are valid."""
 
     name: str
-    kind: str  # int | float | bool | choice | int_or_auto | file | comparators
+    kind: str  # int | float | bool | bool_or_auto | choice | int_or_auto | file | comparators
     default: Any
     low: float | None = None
     high: float | None = None
@@ -59,6 +59,8 @@ class Param:
             return f"'auto' or int in [{_fmt(self.low)}, {_fmt(self.high)}]"
         if self.kind == "bool":
             return "True or False"
+        if self.kind == "bool_or_auto":
+            return "'auto', True or False"
         if self.kind == "choice":
             return "one of " + ", ".join(self.choices)
         if self.kind == "file":
@@ -112,6 +114,11 @@ class Param:
         if text in ("false", "0"):
             return False
         raise ValueError("not a boolean")
+
+    def _parse_bool_or_auto(self, raw: Any) -> str | bool:
+        if isinstance(raw, str) and raw.strip().lower() == AUTO:
+            return AUTO
+        return self._parse_bool(raw)
 
     def _parse_choice(self, raw: Any) -> str:
         text = str(raw).strip()
@@ -221,10 +228,11 @@ SCHEMA: dict[str, Param] = {
         Param("tied_token_embedding_weight", "bool", False, help="One token table for both encoders."),
         Param(
             "tied_encoder_weight",
-            "bool",
-            False,
+            "bool_or_auto",
+            AUTO,
             help="Beyond the reference: one encoder for in0 and in1 (shared parameters, a siamese network); "
-            "enc1's architecture is enc0's; implies tied_token_embedding_weight.",
+            "enc1's architecture is enc0's; implies tied_token_embedding_weight. auto: one encoder when "
+            "enc1_network=enc0 and tied_token_embedding_weight=True (inputs of one kind), else two.",
         ),
         Param("token_embedding_storage_type", "choice", "dense", choices=("dense", "row_sparse")),
         Param("bucket_width", "int", 0, 0, 100, help="Allowed length difference within a batch; 0 = off."),
@@ -378,8 +386,8 @@ def _resolve_enc1(values: dict[str, Any], given: Mapping[str, Any]) -> None:
         return
     values["enc1_network"] = values["enc0_network"]
     _inherit_from_enc0(values, given, ENC0_NETWORK_SETTINGS)
-    if values["tied_encoder_weight"]:
-        return  # its own rule refuses the same conflicts, and names itself
+    if values["tied_encoder_weight"] is True:
+        return  # its own rule refuses the same conflicts, and names itself (auto is resolved after)
     default = " (the default)" if _is_unset(given, "enc1_network") else ""
     _require_enc1_as_enc0(
         values,
@@ -394,10 +402,28 @@ def _resolve_enc1(values: dict[str, Any], given: Mapping[str, Any]) -> None:
 TIED_ENCODER_SETTINGS = ("network", "vocab_size", "token_embedding_dim", "layers", "cnn_filter_width")
 
 
+def _same_kind_inputs(values: dict[str, Any], given: Mapping[str, Any]) -> bool:
+    """What ``tied_encoder_weight=auto`` means: one encoder when the user says both inputs are
+    objects of one kind, i.e. ``enc1_network=enc0`` (given or left unset, its default) with
+    ``tied_token_embedding_weight=True``, and enc1's architecture is enc0's.
+
+    With two encoders, hcnn and bilstm trained with the published notebooks' sentence-pair
+    settings sit near the majority class on SICK (trial entailment accuracy 0.63, against 0.80
+    with one encoder; README, "Why two encoders fail"). A saved model's hyperparameters.json
+    names enc1's network (never ``enc0``) and holds the resolved True/False, so a model saved
+    before auto existed rebuilds the network it was trained with."""
+    enc1_is_enc0 = _is_unset(given, "enc1_network") or str(given["enc1_network"]).strip() == "enc0"
+    same_architecture = all(values[f"enc1_{s}"] == values[f"enc0_{s}"] for s in TIED_ENCODER_SETTINGS)
+    return enc1_is_enc0 and values["tied_token_embedding_weight"] and same_architecture
+
+
 def _resolve_tied_encoder(values: dict[str, Any], given: Mapping[str, Any]) -> None:
-    """``tied_encoder_weight=True``: enc1 *is* enc0, so enc1's architecture settings left unset
-    are enc0's (whatever ``enc1_network`` names), any set to something else is refused, and the
-    token table is shared (``tied_token_embedding_weight`` is implied; saying False is refused)."""
+    """``tied_encoder_weight=auto`` becomes True or False here (so what is saved is what was
+    built). True: enc1 *is* enc0, so enc1's architecture settings left unset are enc0's
+    (whatever ``enc1_network`` names), any set to something else is refused, and the token
+    table is shared (``tied_token_embedding_weight`` is implied; saying False is refused)."""
+    if values["tied_encoder_weight"] == AUTO:
+        values["tied_encoder_weight"] = _same_kind_inputs(values, given)
     if not values["tied_encoder_weight"]:
         return
     if not _is_unset(given, "tied_token_embedding_weight") and not values["tied_token_embedding_weight"]:

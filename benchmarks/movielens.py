@@ -140,8 +140,13 @@ def main() -> None:
     )
     parser.add_argument("--experiments", default="a,b,c", help="comma-separated subset of a,b,c")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a hyperparameter (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a hyperparameter (repeatable)",
+    )
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
     if overrides:

@@ -53,6 +53,11 @@ VARIANTS = {
         "optimizer": "adagrad",
     },
     "tied_encoder": {"tied_encoder_weight": True, "enc1_vocab_size": 50},
+    "tied_projection": {
+        "tied_token_embedding_weight": True,
+        "enc1_vocab_size": 50,
+        "tied_encoder_projection": True,
+    },
     "no_mlp_dropout_buckets": {"mlp_layers": 0, "dropout": 0.2, "bucket_width": 2, "mlp_activation": "tanh"},
 }
 

@@ -354,6 +354,26 @@ def test_tied_encoder_auto_depth_covers_the_longer_input(network, lengths, depth
     assert net.encoder(1).depth == depth
 
 
+@pytest.mark.parametrize("network", ["pooled_embedding", "hcnn", "bilstm"])
+def test_tied_encoder_projection_shares_the_last_map_only(network):
+    """Two encoders, one linear map to enc_dim: held once, reached by both sides' gradients;
+    the bodies stay two (an enc1 change leaves enc0's encoding alone)."""
+    net = net_for(enc0_network=network, enc0_max_seq_len="12", tied_encoder_projection="True")
+    separate = net_for(enc0_network=network, enc0_max_seq_len="12")
+    enc0, enc1 = net.encoders
+    assert enc0 is not enc1 and enc0.project is enc1.project
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(separate) - count(net) == count(enc0.project)
+    ids, lengths = torch.randint(4, 500, (3, 12)), torch.tensor([12, 5, 1])
+    net.encode(1, ids, lengths).sum().backward()
+    assert enc0.project.weight.grad is not None and enc0.embedding.weight.grad is None
+    before = net.eval().encode(0, ids, lengths)
+    with torch.no_grad():
+        next(p for name, p in enc1.named_parameters() if not name.startswith("project.")).add_(1.0)
+    assert torch.equal(net.encode(0, ids, lengths), before)
+    assert not torch.equal(net.encode(1, ids, lengths), before)
+
+
 def rewrite_pairs(n: int, seed: int, vocab: int = 30, max_len: int = 6) -> PairDataset:
     """Pairs of one kind, one token space, like SICK's: in1 is in0 reordered (label 0), in0 with
     one token replaced and reordered (label 1), or an unrelated sequence (label 2). Telling 0

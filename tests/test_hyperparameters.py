@@ -74,6 +74,7 @@ OTHER = {
 #: (enc1_network=enc0 with a tied token table), tested below.
 EXTENSIONS = {
     "tied_encoder_weight": ("auto", ("auto", True, False)),
+    "tied_encoder_projection": (False, (True, False)),
 }
 
 
@@ -469,6 +470,23 @@ def test_tied_encoder_weight_auto_leaves_enc1_network_enc0s_refusals_in_place(co
     with pytest.raises(HyperparameterError) as err:
         parse(tied_token_embedding_weight="true", **conflict)
     assert_names(str(err.value), "enc1_network=enc0", named)
+
+
+def test_tied_encoder_projection_keeps_two_encoders_of_one_architecture():
+    """Asked for with a tied table and enc1_network=enc0, it means two encoders (auto resolves
+    False); one encoder, or two built differently, cannot share one linear map."""
+    hp = parse(tied_token_embedding_weight="true", tied_encoder_projection="true", enc0_network="bilstm")
+    assert (hp.tied_encoder_weight, hp.tied_encoder_projection, hp.enc1_network) == (False, True, "bilstm")
+    assert parse(tied_encoder_projection="true").tied_encoder_projection is True  # own tables: fine
+    for conflict, named in (
+        ({"tied_encoder_weight": "True"}, "tied_encoder_weight=True"),
+        ({"enc1_network": "pooled_embedding"}, "enc1_network=pooled_embedding"),
+        ({"enc1_network": "hcnn", "enc1_layers": "2"}, "enc1_layers=2"),
+        ({"enc1_network": "hcnn", "enc1_token_embedding_dim": "8"}, "enc1_token_embedding_dim=8"),
+    ):
+        with pytest.raises(HyperparameterError) as err:
+            parse(tied_encoder_projection="true", **conflict)
+        assert_names(str(err.value), "tied_encoder_projection=True", named)
 
 
 def test_a_saved_model_of_two_encoders_reads_back_as_two_encoders():

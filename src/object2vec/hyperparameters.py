@@ -234,6 +234,13 @@ SCHEMA: dict[str, Param] = {
             "enc1's architecture is enc0's; implies tied_token_embedding_weight. auto: one encoder when "
             "enc1_network=enc0 and tied_token_embedding_weight=True (inputs of one kind), else two.",
         ),
+        Param(
+            "tied_encoder_projection",
+            "bool",
+            False,
+            help="Beyond the reference: two encoders (tied_encoder_weight=False) of one architecture "
+            "share their last linear map to enc_dim: both inputs land in one space, each keeps its body.",
+        ),
         Param("token_embedding_storage_type", "choice", "dense", choices=("dense", "row_sparse")),
         Param("bucket_width", "int", 0, 0, 100, help="Allowed length difference within a batch; 0 = off."),
     ]
@@ -414,7 +421,8 @@ def _same_kind_inputs(values: dict[str, Any], given: Mapping[str, Any]) -> bool:
     before auto existed rebuilds the network it was trained with."""
     enc1_is_enc0 = _is_unset(given, "enc1_network") or str(given["enc1_network"]).strip() == "enc0"
     same_architecture = all(values[f"enc1_{s}"] == values[f"enc0_{s}"] for s in TIED_ENCODER_SETTINGS)
-    return enc1_is_enc0 and values["tied_token_embedding_weight"] and same_architecture
+    two_asked = values["tied_encoder_projection"]  # two encoders sharing their last map
+    return enc1_is_enc0 and values["tied_token_embedding_weight"] and same_architecture and not two_asked
 
 
 def _resolve_tied_encoder(values: dict[str, Any], given: Mapping[str, Any]) -> None:
@@ -454,6 +462,24 @@ def _require_enc1_as_enc0(
 
 
 # --- rules relating several hyperparameters, run in this order by parse_hyperparameters ----------
+
+
+def _shared_projection_fits(hp: Hyperparameters) -> None:
+    """``tied_encoder_projection`` shares one linear map, which needs two encoders built alike
+    (their pooled features one width); with one encoder it is already shared."""
+    if not hp.tied_encoder_projection:
+        return
+    if hp.tied_encoder_weight:
+        raise HyperparameterError(
+            "tied_encoder_projection=True shares the last linear map of two encoders; with "
+            "tied_encoder_weight=True there is one encoder (set tied_encoder_weight=False for two)"
+        )
+    _require_enc1_as_enc0(
+        hp,
+        ("network", "token_embedding_dim", "layers", "cnn_filter_width"),
+        "tied_encoder_projection=True shares one linear map between the two encoders",
+        "or name enc1_network=enc0",
+    )
 
 
 def _tied_tables_match(hp: Hyperparameters) -> None:
@@ -510,6 +536,7 @@ def _one_table_one_set_of_files(hp: Hyperparameters) -> None:
 
 
 CROSS_PARAMETER_RULES: tuple[Callable[[Hyperparameters], None], ...] = (
+    _shared_projection_fits,
     _tied_tables_match,
     _sparse_optimizer_supported,
     _pretrained_needs_vocab,

@@ -38,6 +38,8 @@ class Object2VecNet(nn.Module):
             build_encoder(self._encoder_config(hp, side), tables[side], hp.enc_dim, hp.dropout)
             for side in sides
         )
+        if hp.tied_encoder_projection:
+            self.encoders[1].project = self.encoders[0].project
         if hp.tied_token_embedding_weight and not hp.tied_encoder_weight:
             self._mirror_start()
         layers: list[nn.Module] = [nn.Dropout(hp.dropout)]
@@ -84,10 +86,10 @@ class Object2VecNet(nn.Module):
 
     @staticmethod
     def _encoder_config(hp: Hyperparameters, side: int) -> EncoderConfig:
-        """Side ``side``'s settings; one encoder serving both inputs is sized (``layers=auto``) for
-        the longer of the two."""
+        """Side ``side``'s settings; one encoder serving both inputs, or two sharing their last
+        linear map (whose width the depth sets), is sized (``layers=auto``) for the longer input."""
         config = hp.encoder(side)
-        if hp.tied_encoder_weight:
+        if hp.tied_encoder_weight or hp.tied_encoder_projection:
             config = dataclasses.replace(config, max_seq_len=max(hp.enc0_max_seq_len, hp.enc1_max_seq_len))
         return config
 

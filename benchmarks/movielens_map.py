@@ -2,7 +2,7 @@
 
 Writes the movies rated at least ``--min-ratings`` times in ua.base as items
 (``{"in1": [movie], "id": movie, "genre": ..., "title": ...}``) and runs ``object2vec plot`` on
-the recommended regression model of benchmarks/movielens_topk.py (trained and saved to
+the regression model of benchmarks/movielens_topk.py, SMALL_REGRESSION (trained and saved to
 ``--model-dir`` when it holds none). A movie has up to 19 genre flags; its colour is its most
 distinctive genre, the first it has in ``GENRE_PRIORITY`` (rare, specific genres before the
 common Drama and Comedy, which many movies carry beside another).

@@ -85,6 +85,14 @@ def _restore_frozen(table: nn.Embedding) -> None:
     table.weight[table.frozen_ids] = table.frozen_vectors
 
 
+def table_weight(table: nn.Embedding) -> torch.Tensor:
+    """``table.weight`` for code that reads it without calling the table (``embedding_bag``),
+    with frozen pretrained rows written back first, as the table's own forward pass does."""
+    if hasattr(table, "frozen_ids"):
+        _restore_frozen(table)
+    return table.weight
+
+
 def padding_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     """``[B, T]`` boolean mask, True on real tokens."""
     return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
@@ -107,6 +115,70 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
 
+class _SparseBagMean(torch.autograd.Function):
+    """Per-sequence mean of table rows whose table gradient is row-sparse and already coalesced.
+
+    ``nn.Embedding(sparse=True)`` hands back one gradient row per token position (padding
+    included), which the optimizer must then coalesce: sort, sum duplicates, and, for Adam,
+    match the moment rows. Here the backward pass sums each distinct row's gradient directly,
+    as an ``embedding_bag`` over the output gradient (row ``u`` = sum over the positions of
+    token ``u`` of ``grad[sequence] / length``), so the rows leave sorted and unique and no
+    per-position copy is made.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, flat, offsets, owner, scale):
+        ctx.save_for_backward(flat, owner, scale)
+        ctx.table_shape = weight.shape
+        return F.embedding_bag(flat, weight, offsets, mode="mean")
+
+    @staticmethod
+    def backward(ctx, grad):
+        flat, owner, scale = ctx.saved_tensors
+        sorted_ids, order = torch.sort(flat, stable=True)
+        rows, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
+        values = F.embedding_bag(
+            owner[order],
+            grad.contiguous(),
+            counts.cumsum(0) - counts,
+            mode="sum",
+            per_sample_weights=scale[order],
+        )
+        table_grad = torch.sparse_coo_tensor(
+            rows.unsqueeze(0), values, ctx.table_shape, is_coalesced=True, check_invariants=False
+        )
+        return table_grad, None, None, None, None
+
+
+def bag_mean(table: nn.Embedding, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` padded IDs -> ``[B, dim]``: the mean of each sequence's rows of ``table``,
+    computed on the real tokens only (``embedding_bag`` over the flattened sequences, nothing
+    done for padding). A row-sparse table's gradient holds each used row once
+    (:class:`_SparseBagMean`); an empty sequence pools to zeros."""
+    return bag_means(table, [(ids, lengths)])[0]
+
+
+def bag_means(table: nn.Embedding, inputs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """:func:`bag_mean` of several padded batches over one table, in one ``embedding_bag`` call:
+    with a shared table (in0 and in1 of a tied table) the backward pass then sums each row's
+    gradient once, where two calls would give two sparse gradients for autograd to merge."""
+    flats, counts = [], []
+    for ids, lengths in inputs:
+        lengths = lengths.clamp(max=ids.shape[1])
+        flats.append(ids[padding_mask(lengths, ids.shape[1])])
+        counts.append(lengths)
+    flat, lengths = torch.cat(flats), torch.cat(counts)
+    offsets = lengths.cumsum(0) - lengths
+    weight = table_weight(table)
+    if not table.sparse or not torch.is_grad_enabled():
+        pooled = F.embedding_bag(flat, weight, offsets, mode="mean")
+    else:
+        owner = torch.repeat_interleave(torch.arange(len(lengths), device=flat.device), lengths)
+        scale = lengths.clamp(min=1).to(weight.dtype).reciprocal()[owner]
+        pooled = _SparseBagMean.apply(weight, flat, offsets, owner, scale)
+    return list(pooled.split([len(c) for c in counts]))
+
+
 class PooledEmbeddingEncoder(Encoder):
     """Mean of the non-padding token embeddings, projected linearly to ``enc_dim``."""
 
@@ -115,13 +187,40 @@ class PooledEmbeddingEncoder(Encoder):
         self.project = nn.Linear(embedding.embedding_dim, enc_dim)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        vectors = self.embedding(ids)
-        if ids.shape[1] == 1:  # one-token inputs (IDs): no pooling needed
-            pooled = vectors[:, 0]
-        else:
-            mask = padding_mask(lengths, ids.shape[1]).unsqueeze(-1).to(vectors.dtype)
-            pooled = (vectors * mask).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(vectors.dtype)
-        return self.project(pooled)
+        if ids.shape[1] == 1 and not self.embedding.sparse:  # one-token inputs (IDs): no pooling
+            return self.project(self.embedding(ids)[:, 0])
+        return self.project(bag_mean(self.embedding, ids, lengths))
+
+
+def encode_pair(
+    enc0: Encoder, enc1: Encoder, in0: torch.Tensor, len0: torch.Tensor, in1: torch.Tensor, len1: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(enc0(in0), enc1(in1))``, computed together where the two sides share work.
+
+    One encoder for both inputs (``tied_encoder_weight``): one call on the two batches stacked
+    (padded to the longer width; the encoders mask padding, so each output is what it would be
+    alone), which halves the per-call and per-time-step overhead of small batches. Two pooled
+    encoders over one table (``tied_token_embedding_weight``): one :func:`bag_means` call, then
+    each encoder's own projection. Otherwise each side on its own.
+    """
+    if enc0 is enc1 and not _single_tokens(enc0, in0, in1):
+        width = max(in0.shape[1], in1.shape[1])
+        stacked = torch.cat([F.pad(in0, (0, width - in0.shape[1])), F.pad(in1, (0, width - in1.shape[1]))])
+        return enc0(stacked, torch.cat([len0, len1])).split([len(len0), len(len1)])
+    if (
+        isinstance(enc0, PooledEmbeddingEncoder)
+        and isinstance(enc1, PooledEmbeddingEncoder)
+        and enc0.embedding is enc1.embedding
+        and not _single_tokens(enc0, in0, in1)
+    ):
+        pooled0, pooled1 = bag_means(enc0.embedding, [(in0, len0), (in1, len1)])
+        return enc0.project(pooled0), enc1.project(pooled1)
+    return enc0(in0, len0), enc1(in1, len1)
+
+
+def _single_tokens(encoder: Encoder, in0: torch.Tensor, in1: torch.Tensor) -> bool:
+    """Both inputs one-token IDs over a dense table: the table lookup is already one call each."""
+    return in0.shape[1] == 1 and in1.shape[1] == 1 and not encoder.embedding.sparse
 
 
 MAX_LAYERS = 4  # the reference's range for encX_layers

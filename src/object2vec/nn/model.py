@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..hyperparameters import EncoderConfig, Hyperparameters
-from .encoders import Encoder, build_encoder, make_token_table, token_init_std
+from .encoders import Encoder, build_encoder, encode_pair, make_token_table, token_init_std
 
 COMPARATOR_OPS = {
     "hadamard": lambda a, b: a * b,
@@ -118,6 +118,11 @@ class Object2VecNet(nn.Module):
     def encode(self, side: int, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.encoder(side)(ids, lengths)
 
+    def encode_pair(self, in0, len0, in1, len1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both sides' encodings, in one pass where they share an encoder or a pooled table
+        (:func:`~object2vec.nn.encoders.encode_pair`)."""
+        return encode_pair(self.encoder(0), self.encoder(1), in0, len0, in1, len1)
+
     def compare(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.cat([COMPARATOR_OPS[name](a, b) for name in self.comparators], dim=-1)
 
@@ -135,8 +140,8 @@ class Object2VecNet(nn.Module):
         self, in0: torch.Tensor, len0: torch.Tensor, in1: torch.Tensor, len1: torch.Tensor
     ) -> torch.Tensor:
         """Class logits ``[B, num_classes]`` or regression values ``[B]``."""
-        return self.outputs(self.encode(0, in0, len0), self.encode(1, in1, len1))
+        return self.outputs(*self.encode_pair(in0, len0, in1, len1))
 
     def scores(self, in0, len0, in1, len1) -> torch.Tensor:
         """What inference answers: probabilities ``[B, C]`` or values ``[B]``."""
-        return self.score_encodings(self.encode(0, in0, len0), self.encode(1, in1, len1))
+        return self.score_encodings(*self.encode_pair(in0, len0, in1, len1))

@@ -33,6 +33,7 @@ from ..runtime import Logger
 from . import distributed
 from .checkpoint import NO_CHECKPOINTS, Checkpointer, EpochProgress, TrainingState
 from .data import Batch, PairDataset, epoch_size, iterate_batches
+from .sparse_adam import SparseRowAdam
 
 EVAL_BATCH_SIZE = 4096
 
@@ -56,7 +57,7 @@ def _dense_optimizer(name: str, params, lr: float, weight_decay: float) -> torch
 
 def _sparse_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     if name == "adam":
-        return torch.optim.SparseAdam(params, lr=lr)
+        return SparseRowAdam(params, lr=lr)
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr=lr)
     return torch.optim.SGD(params, lr=lr)
@@ -66,7 +67,8 @@ def make_optimizers(net: Object2VecNet, hp: Hyperparameters) -> list[torch.optim
     """The optimizer(s) for ``net``.
 
     With ``token_embedding_storage_type=row_sparse`` the token tables get sparse gradients, so
-    only the rows used in a batch are updated: adam uses ``SparseAdam`` for them, adagrad and sgd
+    only the rows used in a batch are updated: adam uses lazy Adam for them (:class:`SparseRowAdam`,
+    ``torch.optim.SparseAdam``'s update without its sparse bookkeeping), adagrad and sgd
     take sparse gradients directly (rmsprop and adadelta have no sparse form; the hyperparameter
     rules refuse them with row_sparse). ``weight_decay`` then applies to the dense parameters only
     (decaying every row each step would make the update dense again).

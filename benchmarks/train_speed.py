@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -239,6 +240,7 @@ def run_once(src: Path, config: dict) -> dict:
 
 def materialise(rev: str, into: Path) -> Path:
     """The ``src/`` of commit ``rev`` of this repository, extracted under ``into``."""
+    into.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     return into / "src"
@@ -265,6 +267,15 @@ def summary(runs: list[dict]) -> dict:
     }
 
 
+def describe(r: dict) -> str:
+    return (
+        f"{r['positives'] / r['train_s']:,.0f} positive pairs/s, "
+        f"{r['samples'] / r['train_s']:,.0f} samples/s, train {r['train_s']:.1f}s, "
+        f"read {r['read_s']:.1f}s, loss {r['train_loss']:.4f}, "
+        f"peak {r['memory_mb']['peak']:,.0f} MB"
+    )
+
+
 def print_table(results: dict[str, dict]) -> None:
     columns = [
         ("pairs_per_s", "positive pairs/s", "{:,.0f}"),
@@ -284,10 +295,9 @@ def print_table(results: dict[str, dict]) -> None:
         print(f"| {name} | " + " | ".join(fmt.format(s[key]) for key, _, fmt in columns) + " |")
     if len(results) == 2:
         old, new = results.values()
-        print(
-            f"\nratio (this tree / compared): positive pairs/s {new['pairs_per_s'] / old['pairs_per_s']:.2f}x, "
-            f"end to end {new['end_to_end_pairs_per_s'] / old['end_to_end_pairs_per_s']:.2f}x"
-        )
+        ratio = new["pairs_per_s"] / old["pairs_per_s"]
+        end_to_end = new["end_to_end_pairs_per_s"] / old["end_to_end_pairs_per_s"]
+        print(f"\nratio (this tree / compared): positive pairs/s {ratio:.2f}x, end to end {end_to_end:.2f}x")
 
 
 def main() -> None:
@@ -328,9 +338,10 @@ def main() -> None:
             "seed": args.seed,
             "profile": args.profile,
         }
-        versions = {"this tree": REPO / "src"}
+        # a copy, so edits made while the benchmark runs cannot leak into its later runs
+        versions = {"this tree": Path(shutil.copytree(REPO / "src", Path(tmp) / "this-tree" / "src"))}
         if args.compare:
-            versions = {args.compare: materialise(args.compare, Path(tmp)), **versions}
+            versions = {args.compare: materialise(args.compare, Path(tmp) / "compared"), **versions}
         print(
             f"{args.workload}: {args.pairs:,} positive pairs, vocabulary {args.vocab:,}, dim {args.dim}, "
             f"{'separate tables' if args.separate_tables else 'one tied table'}, {args.threads} thread(s), "
@@ -342,13 +353,7 @@ def main() -> None:
             order = list(versions) if repetition % 2 == 0 else list(reversed(versions))
             for name in order:
                 runs[name].append(run_once(versions[name], config))
-                r = runs[name][-1]
-                print(
-                    f"  {name}: {r['positives'] / r['train_s']:,.0f} positive pairs/s, "
-                    f"{r['samples'] / r['train_s']:,.0f} samples/s, train {r['train_s']:.1f}s, "
-                    f"read {r['read_s']:.1f}s, loss {r['train_loss']:.4f}, peak {r['memory_mb']['peak']:,.0f} MB",
-                    flush=True,
-                )
+                print(f"  {name}: {describe(runs[name][-1])}", flush=True)
         print_table({name: summary(r) for name, r in runs.items()})
 
 

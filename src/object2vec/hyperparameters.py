@@ -9,7 +9,6 @@ or out-of-range value raises :class:`HyperparameterError` naming the key, the va
 Rules that relate several hyperparameters (tied tables need equal sizes, row_sparse needs an
 optimizer with sparse updates, ...) are declared here too, in :data:`CROSS_PARAMETER_RULES`, and run
 by :func:`parse_hyperparameters`, so every configuration error surfaces before any data is read.
-What also depends on the run (the number of processes) is :func:`check_run`.
 
 This module imports only :mod:`object2vec.errors`.
 """
@@ -542,22 +541,6 @@ CROSS_PARAMETER_RULES: tuple[Callable[[Hyperparameters], None], ...] = (
     _pretrained_needs_vocab,
     _one_table_one_set_of_files,
 )
-
-
-def check_run(hp: Hyperparameters, world_size: int) -> None:
-    """The rules that depend on the run as well as the settings; the fit loop calls it once it
-    knows how many processes train.
-
-    row_sparse tables with several processes are refused: NCCL has no all-reduce for sparse
-    gradients, and gloo's sparse all-reduce crashed a rank now and then in our tests (ranks'
-    sparse gradients differ in size every step; see pytorch issue 87497).
-    """
-    if world_size > 1 and hp.row_sparse:
-        raise HyperparameterError(
-            "token_embedding_storage_type=row_sparse cannot train with several processes: sparse "
-            "gradients cannot be all-reduced reliably (NCCL has no sparse all-reduce; gloo's is unreliable); "
-            "use token_embedding_storage_type=dense, or train in one process"
-        )
 
 
 def load_hyperparameters_file(path: str) -> dict[str, Any]:

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn import functional as F
 
 from ..errors import UsageError
-from ..hyperparameters import Hyperparameters, check_run
 from ..runtime import Logger, resolve_device
 from .data import PairDataset
+from .sparse_adam import distinct_rows
 
 #: When set, every rank writes ``rank<r>.json`` there: the record indices of its shard of each
 #: channel (an audit of the sharding; the tests use it to show the shards are disjoint).
@@ -113,11 +114,6 @@ class Context:
     def backend(self) -> str:
         return backend_for(self.device)
 
-    def check(self, hp: Hyperparameters) -> None:
-        """The hyperparameter rules that depend on this run
-        (:func:`~object2vec.hyperparameters.check_run`)."""
-        check_run(hp, self.world_size)
-
     def shard(self, data: PairDataset | None, *, equal: bool = True, name: str = "") -> PairDataset | None:
         """This rank's records of channel ``name`` (see :func:`shard_indices`): a share of all
         ranks', or of this machine's ranks' for a channel each machine holds its own part of
@@ -134,11 +130,21 @@ class Context:
 
     def wrap(self, net: nn.Module) -> nn.Module:
         """``net`` in ``DistributedDataParallel`` (which starts every rank from rank 0's weights
-        and averages the gradients after each backward pass); ``net`` itself when alone."""
+        and averages the gradients after each backward pass); ``net`` itself when alone.
+
+        Row-sparse token tables are left out of DDP, which would all-reduce them as dense
+        tables (a 3,000,000 x 300 table is 3.6 GB per step); they start from rank 0's rows
+        (broadcast here) and :func:`average_sparse_gradients` exchanges only the rows a step
+        used."""
         if not self.enabled:
             return net
         from torch.nn.parallel import DistributedDataParallel
 
+        tables = sparse_tables(net)
+        if tables:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(net, _names_of(net, tables))
+            for table in tables:
+                dist.broadcast(table.weight.data, src=0)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(net, device_ids=device_ids)
 
@@ -158,6 +164,73 @@ class Context:
     def main_only(self, log: Logger) -> Logger:
         """``log`` on rank 0, a no-op elsewhere: metrics are printed once."""
         return log if self.is_main else (lambda _line: None)
+
+
+def sparse_tables(net: nn.Module) -> list[nn.Embedding]:
+    """The token tables of ``net`` that take row-sparse gradients (``row_sparse`` storage)."""
+    return [t for t in getattr(net, "token_tables", []) if t.sparse]
+
+
+def _names_of(net: nn.Module, tables: list[nn.Embedding]) -> list[str]:
+    """Every name under which ``net`` reaches the tables' weights and buffers (a tied table has
+    one per encoder)."""
+    tensors = {id(t) for table in tables for t in (table.weight, *table.buffers())}
+    named = [*net.named_parameters(remove_duplicate=False), *net.named_buffers(remove_duplicate=False)]
+    return [name for name, tensor in named if id(tensor) in tensors]
+
+
+@torch.no_grad()
+def average_sparse_gradients(net: nn.Module) -> None:
+    """Replace each row-sparse table's gradient by the mean over all ranks (what DDP does for the
+    dense parameters), exchanging only the rows used: every rank sends its used rows' indices
+    and gradient rows (``all_gather``, padded to the largest count), then sums the rows that
+    several ranks used. A no-op in a single process. Every rank must call it after each
+    backward pass, tables in the same order.
+
+    Only dense ``all_gather`` is used, which gloo and NCCL both provide (NCCL has no sparse
+    all-reduce; gloo's crashed a rank now and then when ranks' sparse gradients differed in
+    size). Every rank sums the same gathered rows in the same order, so the replicas' tables
+    stay identical."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for table in sparse_tables(net):
+        weight = table.weight
+        if weight.requires_grad:
+            weight.grad = _averaged_rows(weight.grad, weight)
+
+
+def _averaged_rows(grad: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
+    if grad is None:  # this rank's batch used no row: it still takes part in the exchange
+        rows = torch.zeros(0, dtype=torch.long, device=weight.device)
+        values = weight.new_zeros((0, weight.shape[1]))
+    else:
+        rows, values = distinct_rows(grad)
+    counts = _gather(torch.tensor([len(rows)], device=weight.device))
+    most = int(torch.cat(counts).max())
+    gathered_rows = _gather(F.pad(rows, (0, most - len(rows))))
+    gathered_values = _gather(F.pad(values, (0, 0, 0, most - len(rows))))
+    rows = torch.cat([r[: int(n)] for r, n in zip(gathered_rows, counts)])
+    values = torch.cat([v[: int(n)] for v, n in zip(gathered_values, counts)])
+    return _sum_duplicate_rows(rows, values, weight.shape, scale=1.0 / len(counts))
+
+
+def _gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return parts
+
+
+def _sum_duplicate_rows(rows: torch.Tensor, values: torch.Tensor, shape, scale: float) -> torch.Tensor:
+    """A coalesced sparse tensor: ``scale`` times the sum of the ``values`` rows of each distinct
+    row index. The sum is an ``embedding_bag`` over the rows sorted by index, so its order is
+    fixed (deterministic on CUDA too, unlike ``index_add_``)."""
+    ordered, order = torch.sort(rows, stable=True)
+    distinct, counts = torch.unique_consecutive(ordered, return_counts=True)
+    weights = torch.full((len(order),), scale, dtype=values.dtype, device=values.device)
+    summed = F.embedding_bag(order, values, counts.cumsum(0) - counts, mode="sum", per_sample_weights=weights)
+    return torch.sparse_coo_tensor(
+        distinct.unsqueeze(0), summed, shape, is_coalesced=True, check_invariants=False
+    )
 
 
 def sum_across_ranks(*values: float) -> tuple[float, ...]:

@@ -292,6 +292,7 @@ def train_epoch(
             opt.zero_grad(set_to_none=True)
         loss = batch_loss(model, batch, net.regression)
         loss.backward()
+        distributed.average_sparse_gradients(net)  # under torchrun: the row-sparse tables' rows
         for opt in optimizers:
             opt.step()
         if average is not None:
@@ -328,7 +329,6 @@ def fit(
     ``on_epoch`` (on the main process only) gets each epoch's record once it is logged (the
     TensorBoard hook, :mod:`.monitor`)."""
     run = distributed.setup(device)  # under torchrun: join the process group, take this rank's shards
-    run.check(hp)
     device, log = run.device, run.main_only(log)
     checkpoints = (checkpointer or NO_CHECKPOINTS).for_run(run, hp, train, validation, log)
     train = run.shard(train, name="train")

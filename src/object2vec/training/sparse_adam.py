@@ -10,9 +10,7 @@ on the StarSpace-shaped workload it took most of the training time (README, Perf
 (``index_select``), updates those ``[rows, dim]`` blocks with PyTorch's fused Adam kernel (one
 pass) and writes them back (``index_copy_``), a cache-sized chunk of rows at a time. The
 gradients of the pooled encoder arrive with sorted, distinct rows
-(:func:`object2vec.nn.encoders.bag_mean`), so nothing is sorted here: autograd drops the
-tensor's "coalesced" flag when it stores the gradient, and a linear check of the rows replaces
-``coalesce()``'s sort.
+(:func:`object2vec.nn.encoders.bag_mean`), so nothing is sorted here (:func:`distinct_rows`).
 """
 
 from __future__ import annotations
@@ -26,6 +24,20 @@ import torch
 #: the gather, the update and the write-back (about 30% faster than whole-table blocks on the
 #: StarSpace-shaped workload's 5,000 rows x 300 per step).
 CHUNK_ELEMENTS = 1 << 17
+
+
+def distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sparse gradient's row indices (sorted, each once) and its ``[rows, dim]`` values.
+
+    Autograd drops the "coalesced" flag when it stores a sparse gradient, so ``coalesce()`` would
+    sort rows that the pooled encoder already gives sorted and distinct; a linear check of the
+    indices stands in for the sort, which runs only when the rows really are unsorted or repeated.
+    """
+    rows = grad._indices()[0]
+    if not grad.is_coalesced() and not bool((rows[1:] > rows[:-1]).all()):
+        grad = grad.coalesce()
+        rows = grad._indices()[0]
+    return rows, grad._values()
 
 
 class SparseRowAdam(torch.optim.Optimizer):
@@ -60,10 +72,7 @@ class SparseRowAdam(torch.optim.Optimizer):
     def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
         if not grad.is_sparse:
             raise RuntimeError("SparseRowAdam takes sparse gradients; use Adam for dense ones")
-        rows, values = grad._indices()[0], grad._values()
-        if not grad.is_coalesced() and not bool((rows[1:] > rows[:-1]).all()):
-            grad = grad.coalesce()  # duplicate or unsorted rows; the pooled encoder's are neither
-            rows, values = grad._indices()[0], grad._values()
+        rows, values = distinct_rows(grad)
         if values.numel() == 0:
             return
         state = self.state[param]

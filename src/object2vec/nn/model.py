@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..hyperparameters import EncoderConfig, Hyperparameters
-from .encoders import Encoder, build_encoder, encode_pair, make_token_table, token_init_std
+from .encoders import Dropout, Encoder, build_encoder, encode_pair, make_token_table, token_init_std
 
 COMPARATOR_OPS = {
     "hadamard": lambda a, b: a * b,
@@ -42,10 +42,10 @@ class Object2VecNet(nn.Module):
             self.encoders[1].project = self.encoders[0].project
         if hp.tied_token_embedding_weight and not hp.tied_encoder_weight:
             self._mirror_start()
-        layers: list[nn.Module] = [nn.Dropout(hp.dropout)]
+        layers: list[nn.Module] = [Dropout(hp.dropout)]
         width = comparator_width(self.comparators, hp.enc_dim)
         for _ in range(hp.mlp_layers):
-            layers += [nn.Linear(width, hp.mlp_dim), ACTIVATIONS[hp.mlp_activation](), nn.Dropout(hp.dropout)]
+            layers += [nn.Linear(width, hp.mlp_dim), ACTIVATIONS[hp.mlp_activation](), Dropout(hp.dropout)]
             width = hp.mlp_dim
         self.mlp = nn.Sequential(*layers)
         self.head = nn.Linear(width, 1 if self.regression else hp.num_classes)

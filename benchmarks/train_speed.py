@@ -138,6 +138,42 @@ def generate(
             handle.write(orjson.dumps(record) + b"\n")
 
 
+def sick_workload(args, data_dir: Path) -> tuple[Path, dict[str, str]]:
+    """SICK entailment exactly as ``benchmarks/sick.py`` trains it for ``args.encoder`` (its
+    settings, its vocabulary, every pair also swapped), without the validation channel, so only
+    training is timed. ``--epochs`` epochs (the benchmark itself runs up to 30)."""
+    sys.path[:0] = [str(REPO / "src"), str(REPO / "benchmarks")]
+    import sick
+
+    train_rows = sick.read_sick(Path(args.sick) / "sick_train.tsv")
+    vocab = sick.build_vocab(t for r in train_rows for t in (r["sentence_A"], r["sentence_B"]))
+    pairs = sick.pairs(train_rows, vocab, "entailment", swap=True)
+    path = data_dir / f"sick-entailment-{len(vocab)}.jsonl"
+    with open(path, "wb") as handle:
+        for i in range(len(pairs)):
+            record = {"label": int(pairs.labels[i]), "in0": pairs.in0.get(i), "in1": pairs.in1.get(i)}
+            handle.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    hp = {
+        **sick.COMMON,
+        **sick.PER_ENCODER[args.encoder],
+        "enc0_network": args.encoder,
+        "enc0_vocab_size": str(len(vocab)),
+        **sick.PER_TASK["entailment"],
+        "weight_decay": sick.WEIGHT_DECAY[(args.encoder, "entailment")],
+        "tied_encoder_weight": "True",
+        "epochs": str(args.epochs),
+    }
+    return path, hp
+
+
+def synthetic_workload(args, data_dir: Path) -> tuple[Path, dict[str, str]]:
+    spec = WORKLOADS[args.workload]
+    path = data_dir / f"{args.workload}-{args.pairs}-{args.vocab}-{args.seed}.jsonl"
+    if not path.is_file():
+        generate(path, args.pairs, args.vocab, spec["in0"], spec["in1"], args.seed)
+    return path, hyperparameters(args)
+
+
 def hyperparameters(args) -> dict[str, str]:
     spec = WORKLOADS[args.workload]
     hp = {
@@ -300,11 +336,22 @@ def print_table(results: dict[str, dict]) -> None:
         print(f"\nratio (this tree / compared): positive pairs/s {ratio:.2f}x, end to end {end_to_end:.2f}x")
 
 
+def title(args) -> str:
+    if args.workload == "sick":
+        return f"SICK entailment, {args.encoder}, benchmarks/sick.py settings, {args.epochs} epoch(s)"
+    tables = "separate tables" if args.separate_tables else "one tied table"
+    return (
+        f"{args.workload}: {args.pairs:,} positive pairs, vocabulary {args.vocab:,}, dim {args.dim}, {tables}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="starspace")
+    parser.add_argument("--workload", choices=[*WORKLOADS, "sick"], default="starspace")
+    parser.add_argument("--encoder", choices=["hcnn", "bilstm", "pooled_embedding"], default="hcnn")
+    parser.add_argument("--sick", default=str(REPO.parent / "shared" / "data" / "sick"), help="SICK data")
     parser.add_argument("--pairs", type=int, help="positive pairs (default: the workload's)")
     parser.add_argument("--vocab", type=int, help="vocabulary size (default: the workload's)")
     parser.add_argument("--dim", type=int, help="token dimension (default: the workload's)")
@@ -321,19 +368,18 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    spec = WORKLOADS[args.workload]
-    args.pairs = args.pairs or spec["pairs"]
-    args.vocab = args.vocab or spec["vocab"]
-    args.dim = args.dim or spec["dim"]
+    spec = WORKLOADS.get(args.workload, {})
+    args.pairs = args.pairs or spec.get("pairs")
+    args.vocab = args.vocab or spec.get("vocab")
+    args.dim = args.dim or spec.get("dim")
     with tempfile.TemporaryDirectory(prefix="object2vec-speed-") as tmp:
         data_dir = args.data_dir or Path(tmp)
         data_dir.mkdir(parents=True, exist_ok=True)
-        data = data_dir / f"{args.workload}-{args.pairs}-{args.vocab}-{args.seed}.jsonl"
-        if not data.is_file():
-            generate(data, args.pairs, args.vocab, spec["in0"], spec["in1"], args.seed)
+        prepare = sick_workload if args.workload == "sick" else synthetic_workload
+        data, hp = prepare(args, data_dir)
         config = {
             "data": str(data),
-            "hyperparameters": hyperparameters(args),
+            "hyperparameters": hp,
             "threads": args.threads,
             "seed": args.seed,
             "profile": args.profile,
@@ -342,12 +388,7 @@ def main() -> None:
         versions = {"this tree": Path(shutil.copytree(REPO / "src", Path(tmp) / "this-tree" / "src"))}
         if args.compare:
             versions = {args.compare: materialise(args.compare, Path(tmp) / "compared"), **versions}
-        print(
-            f"{args.workload}: {args.pairs:,} positive pairs, vocabulary {args.vocab:,}, dim {args.dim}, "
-            f"{'separate tables' if args.separate_tables else 'one tied table'}, {args.threads} thread(s), "
-            f"{args.repeat} run(s) each",
-            flush=True,
-        )
+        print(f"{title(args)}, {args.threads} thread(s), {args.repeat} run(s) each", flush=True)
         runs: dict[str, list[dict]] = {name: [] for name in versions}
         for repetition in range(args.repeat):
             order = list(versions) if repetition % 2 == 0 else list(reversed(versions))

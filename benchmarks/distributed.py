@@ -9,6 +9,14 @@ epochs after the first) and the validation MSE after the last epoch.
 
     python benchmarks/distributed.py [--data ../shared/data/ml-100k] [--epochs 3] [--cores 2] \
         [--processes 2] [--device cpu]
+
+``--sparse-runs N`` instead starts the same torchrun training N times in a row with
+``token_embedding_storage_type=row_sparse`` on synthetic sequence pairs (tied table,
+``pooled_embedding``, negative sampling, so the ranks exchange different numbers of rows every
+step) and reports how many runs ended cleanly: exit status 0 from every rank, no traceback, no
+abort message, the model written.
+
+    python benchmarks/distributed.py --sparse-runs 20 [--processes 2] [--device cpu]
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from movielens import DEFAULT_DATA, PUBLISHED_REGRESSION  # noqa: E402
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+ .*samples_per_second=(\S+)", re.M)
 MSE_LINE = re.compile(r"^validation:mean_squared_error=(\S+)$", re.M)
+MSE_OR_ACCURACY = re.compile(r"^validation:(?:mean_squared_error|accuracy)=\S+$", re.M)
 
 
 def write_ratings(source: Path, target: Path) -> Path:
@@ -93,6 +102,71 @@ def run(
     }
 
 
+SPARSE_RUN = {
+    "enc0_network": "pooled_embedding",
+    "enc0_max_seq_len": "20",
+    "enc0_vocab_size": "5000",
+    "enc0_token_embedding_dim": "64",
+    "enc_dim": "64",
+    "tied_token_embedding_weight": "True",
+    "comparator_list": "hadamard",
+    "mlp_layers": "1",
+    "mlp_dim": "64",
+    "negative_sampling_rate": "3",
+    "token_embedding_storage_type": "row_sparse",
+    "learning_rate": "0.01",
+    "mini_batch_size": "128",
+    "epochs": "2",
+}
+#: What a rank that died badly leaves in the output (torchrun's and the C++ runtime's words).
+ABORT_SIGNS = ("Traceback", "terminate called", "ChildFailedError", "Signal", "core dumped", "SIGABRT")
+
+
+def sparse_runs(runs: int, processes: int, device: str) -> None:
+    """Train with row_sparse tables under torchrun ``runs`` times; count the clean endings."""
+    from object2vec.sample_data import latent_pairs, write_jsonl
+
+    with tempfile.TemporaryDirectory(prefix="object2vec-sparse-runs-") as tmp:
+        root = Path(tmp)
+        records = latent_pairs(6000, vocab0=5000, vocab1=5000, max_len0=20, max_len1=20, seed=0)
+        for r in records:
+            r["label"] = 1  # positives; negative sampling adds the zeros
+        train = write_jsonl(records[:5000], root / "train.jsonl")
+        validation = write_jsonl(records[5000:], root / "validation.jsonl")
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command = [
+            *launcher,
+            f"--nproc_per_node={processes}",
+            "-m",
+            "object2vec",
+            "train",
+            "--device",
+            device,
+        ]
+        command += ["--no-progress", "--train", str(train), "--validation", str(validation)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        clean = 0
+        for run in range(1, runs + 1):
+            model = root / f"model-{run}"
+            params = [f"{k}={v}" for k, v in SPARSE_RUN.items()]
+            started = time.perf_counter()
+            done = subprocess.run(
+                [*command, "--model-dir", str(model), *params], env=env, capture_output=True, text=True
+            )
+            output = done.stdout + done.stderr
+            signs = [sign for sign in ABORT_SIGNS if sign in output]
+            ok = done.returncode == 0 and not signs and (model / "model.safetensors").is_file()
+            clean += ok
+            print(
+                f"run {run}: exit {done.returncode}, {'clean' if ok else 'FAILED ' + ', '.join(signs)}, "
+                f"{time.perf_counter() - started:.1f}s, {MSE_OR_ACCURACY.findall(done.stdout)[-1:]}",
+                flush=True,
+            )
+            if not ok:
+                print(output[-3000:], flush=True)
+        print(f"\n{clean}/{runs} runs of {processes} processes with row_sparse tables ended cleanly")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -104,7 +178,13 @@ def main() -> None:
     )
     parser.add_argument("--processes", type=int, default=2, help="torchrun processes to compare with one")
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl, one GPU per process)")
+    parser.add_argument(
+        "--sparse-runs", type=int, default=0, help="row_sparse runs in a row, counting clean ends"
+    )
     args = parser.parse_args()
+    if args.sparse_runs:
+        sparse_runs(args.sparse_runs, args.processes, args.device)
+        return
     with tempfile.TemporaryDirectory(prefix="object2vec-distributed-") as tmp:
         root = Path(tmp)
         channels = {

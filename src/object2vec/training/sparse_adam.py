@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 #: Rows are updated in chunks of about this many values per table (512 KB of float32): the
@@ -24,6 +25,17 @@ import torch
 #: the gather, the update and the write-back (about 30% faster than whole-table blocks on the
 #: StarSpace-shaped workload's 5,000 rows x 300 per step).
 CHUNK_ELEMENTS = 1 << 17
+
+
+def lazy_zeros(like: torch.Tensor) -> torch.Tensor:
+    """Zeros shaped like ``like`` whose memory is taken only where written.
+
+    On CPU numpy allocates zeros with ``calloc``, whose pages the operating system maps to one
+    shared zero page until first written, so the moments of rows no batch has used occupy no
+    memory (``torch.zeros`` writes every page). Elsewhere: ``torch.zeros_like``."""
+    if like.device.type == "cpu" and like.dtype == torch.float32:
+        return torch.from_numpy(np.zeros(tuple(like.shape), dtype=np.float32))
+    return torch.zeros_like(like, memory_format=torch.contiguous_format)
 
 
 def distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,9 +57,9 @@ class SparseRowAdam(torch.optim.Optimizer):
     rounding: the fused kernel orders a few operations differently), rows not in the gradient
     left exactly as they are.
 
-    The moments are dense ``[rows, dim]`` tables like the weights: any row may be used by a
-    later batch and each row keeps its own moments, so a row-indexed table is the smallest
-    structure that gathers them in one pass (see README, million-row vocabularies).
+    The moments are ``[rows, dim]`` tables like the weights, indexed by row so that one gather
+    reads a batch's rows; their memory is taken only for the rows that batches have used
+    (:func:`lazy_zeros`; see README, million-row vocabularies).
     """
 
     def __init__(
@@ -78,8 +90,8 @@ class SparseRowAdam(torch.optim.Optimizer):
         state = self.state[param]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg"] = lazy_zeros(param)
+            state["exp_avg_sq"] = lazy_zeros(param)
         state["step"] += 1
         # SparseAdam: w -= lr * sqrt(bc2) / bc1 * m / (sqrt(v) + eps); Adam's kernel computes
         # w -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps'), the same for eps' = eps / sqrt(bc2).

@@ -11,9 +11,9 @@ epochs after the first) and the validation MSE after the last epoch.
         [--processes 2] [--device cpu]
 
 ``--sparse-runs N`` instead starts the same torchrun training N times in a row with
-``token_embedding_storage_type=row_sparse`` on synthetic sequence pairs (tied table,
-``pooled_embedding``, negative sampling, so the ranks exchange different numbers of rows every
-step) and reports how many runs ended cleanly: exit status 0 from every rank, no traceback, no
+``token_embedding_storage_type=row_sparse`` on synthetic sequence pairs (``latent_pairs``,
+tied table, ``pooled_embedding``, negative sampling, so the ranks exchange different numbers of
+rows every step) and reports how many runs ended cleanly: exit status 0 from every rank, no traceback, no
 abort message, the model written.
 
     python benchmarks/distributed.py --sparse-runs 20 [--processes 2] [--device cpu]
@@ -105,7 +105,7 @@ def run(
 SPARSE_RUN = {
     "enc0_network": "pooled_embedding",
     "enc0_max_seq_len": "20",
-    "enc0_vocab_size": "5000",
+    "enc0_vocab_size": "500",
     "enc0_token_embedding_dim": "64",
     "enc_dim": "64",
     "tied_token_embedding_weight": "True",
@@ -128,9 +128,7 @@ def sparse_runs(runs: int, processes: int, device: str) -> None:
 
     with tempfile.TemporaryDirectory(prefix="object2vec-sparse-runs-") as tmp:
         root = Path(tmp)
-        records = latent_pairs(6000, vocab0=5000, vocab1=5000, max_len0=20, max_len1=20, seed=0)
-        for r in records:
-            r["label"] = 1  # positives; negative sampling adds the zeros
+        records = latent_pairs(6000, vocab0=500, vocab1=500, max_len0=20, max_len1=20, seed=0, same_kind=True)
         train = write_jsonl(records[:5000], root / "train.jsonl")
         validation = write_jsonl(records[5000:], root / "validation.jsonl")
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

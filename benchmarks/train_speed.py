@@ -1,7 +1,7 @@
 """Training speed of the sparse/ID path: positive pairs/s, samples/s, where the time goes, peak RSS.
 
-Two seeded synthetic workloads, written once to a JSON Lines file and trained on with
-``load_pairs`` + ``Object2Vec(...).fit`` in a fresh process per run:
+Three workloads, written once to a JSON Lines file and trained on with ``load_pairs`` +
+``Object2Vec(...).fit`` in a fresh process per run; two are seeded synthetic data:
 
 - ``starspace``: the StarSpace-shaped workload. Pairs whose in0 has 5-30 tokens and in1 20-50
   tokens from a Zipf vocabulary (50,000 tokens by default), one tied 300-dim table,
@@ -15,20 +15,29 @@ Two seeded synthetic workloads, written once to a JSON Lines file and trained on
 In both, in1 is drawn from the Zipf distribution and half of in0's tokens are taken from its
 in1 (a sentence and its document), so there is something to learn and the training loss is a
 check that two versions train alike. ``--vocab``, ``--dim`` and ``--separate-tables`` (two
-tables, enc0's and enc1's) make the million-row run: ``--vocab 3000000 --dim 64``.
+tables, enc0's and enc1's) make the million-row run: ``--vocab 3000000 --dim 64``. The third is
+real data:
 
-Each run reports: positive pairs/s and samples/s of training (the epochs, negatives included in
-samples), positive pairs/s end to end (reading + building the network + training), the split of
-wall time between reading data, building the network and training, the final training loss,
-and the resident memory after each stage (data, network, peak), from ``/proc/self/status``.
+- ``sick``: SICK entailment with ``benchmarks/sick.py``'s settings for ``--encoder`` (hcnn,
+  bilstm or pooled_embedding; one shared encoder, batch 64, bucket_width 5, dropout 0.3), read
+  from ``--sick DIR``, trained without a validation channel so that only training is timed.
+
+Each run reports: positive pairs/s and samples/s of training (wall clock; samples include the
+negatives), samples per CPU-second (the process's CPU time over the epochs after the first, or
+over the whole fit for one epoch, so it includes the one-time start: steadier than the wall
+clock on a machine other jobs share), positive pairs/s end to end (reading + building the
+network + training), the split of wall time between reading data, building the network and
+training, the final training loss, and resident memory (data, tables, peak), from
+``/proc/self/status``.
 
 ``--compare REV`` also runs the commit REV of this repository (its ``src/``, taken with ``git
 archive``) on the same data file, alternating old and new runs (``--repeat`` times each), and
-prints medians and the ratio: a speed-up is always measured side by side.
+prints medians and the ratio: a speed-up is always measured side by side. Both versions run
+from copies of their ``src/``, so editing the tree during a run changes nothing.
 
-    python benchmarks/train_speed.py [--workload starspace|docemb] [--pairs N] [--vocab V]
-        [--dim D] [--separate-tables] [--epochs 1] [--threads T] [--repeat 3] [--compare REV]
-        [--data-dir DIR] [--profile]
+    python benchmarks/train_speed.py [--workload starspace|docemb|sick] [--pairs N] [--vocab V]
+        [--dim D] [--separate-tables] [--encoder hcnn|bilstm] [--sick DIR] [--epochs 1]
+        [--threads T] [--repeat 3] [--compare REV] [--data-dir DIR] [--profile]
 """
 
 from __future__ import annotations

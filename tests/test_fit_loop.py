@@ -33,6 +33,7 @@ from object2vec.training.fit import (
     train_epoch,
     validation_loss,
 )
+from object2vec.training.sparse_adam import SparseRowAdam
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -211,7 +212,7 @@ DENSE_OPTIMIZERS = {
 }
 #: With row_sparse token tables: (the dense parameters' optimizer, the tables' optimizer).
 SPARSE_OPTIMIZERS = {
-    "adam": (torch.optim.Adam, torch.optim.SparseAdam),
+    "adam": (torch.optim.Adam, SparseRowAdam),  # SparseAdam's update on gathered rows
     "adagrad": (torch.optim.Adagrad, torch.optim.Adagrad),
     "sgd": (torch.optim.SGD, torch.optim.SGD),
 }

@@ -38,7 +38,7 @@ from typing import Any
 
 from .api import Object2Vec
 from .errors import Object2VecError
-from .hyperparameters import HyperparameterError, check_run, load_hyperparameters_file, parse_hyperparameters
+from .hyperparameters import load_hyperparameters_file
 from .training import distributed
 from .training.distributed import NODE_SHARDED_ENV
 
@@ -230,8 +230,6 @@ def train_launch(args: Sequence[str], layout: Layout, gpus: Callable[[], int] = 
     if cluster is not None and len(cluster.hosts) > 1:
         rendezvous = _rendezvous(cluster, layout, nproc)
         return Launch([sys.executable, *TORCHRUN, *rendezvous, *train], _cluster_environ(cluster, layout))
-    if nproc > 1 and not layout.environ.get(NPROC_ENV) and not _runs_in(nproc, layout, args):
-        nproc = 1  # every GPU is the default, not a demand: these settings train in one process
     if nproc == 1:
         return Launch([sys.executable, *train])
     return Launch([sys.executable, *TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", *train])
@@ -259,22 +257,6 @@ def _cluster_environ(cluster: Cluster, layout: Layout) -> dict[str, str]:
     if sharded := layout.node_sharded_channels():
         environ[NODE_SHARDED_ENV] = ",".join(sharded)
     return environ
-
-
-def _runs_in(processes: int, layout: Layout, args: Sequence[str]) -> bool:
-    """Whether the job's settings can train with ``processes`` processes (``check_run``: e.g.
-    row_sparse tables cannot); settings that do not even parse are left for ``train`` to report."""
-    overrides = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
-    try:
-        hp = parse_hyperparameters({**layout.read_hyperparameters(), **overrides})
-    except Object2VecError:
-        return True
-    try:
-        check_run(hp, processes)
-    except HyperparameterError as exc:
-        print(f"object2vec container: training in one process, not {processes}: {exc}", file=sys.stderr)
-        return False
-    return True
 
 
 def launch(argv: Sequence[str], layout: Layout, gpus: Callable[[], int] = visible_gpus) -> Launch:

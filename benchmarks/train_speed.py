@@ -27,8 +27,8 @@ negatives), samples per CPU-second (the process's CPU time over the epochs after
 over the whole fit for one epoch, so it includes the one-time start: steadier than the wall
 clock on a machine other jobs share), positive pairs/s end to end (reading + building the
 network + training), the split of wall time between reading data, building the network and
-training, the final training loss, and resident memory (data, tables, peak), from
-``/proc/self/status``.
+training, the final training loss, and resident memory (data, tables, the optimizers' state as
+resident pages, peak), from ``/proc/self/status`` and ``/proc/self/smaps``.
 
 ``--compare REV`` also runs the commit REV of this repository (its ``src/``, taken with ``git
 archive``) on the same data file, alternating old and new runs (``--repeat`` times each), and
@@ -212,9 +212,55 @@ def memory_mb() -> dict[str, float]:
     return {"rss": fields["VmRSS"], "peak": fields["VmHWM"]}
 
 
+#: Tensors at least this large get their own ``mmap`` from the allocator, so the resident size of
+#: that mapping in ``/proc/self/smaps`` is the tensor's own; smaller ones count whole.
+OWN_MAPPING_BYTES = 64 * 2**20
+
+
+def mappings_rss() -> list[tuple[int, int, int]]:
+    """``(start, end, resident bytes)`` of every mapping of this process (Linux smaps)."""
+    found, current = [], None
+    with open("/proc/self/smaps") as handle:
+        for line in handle:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(x, 16) for x in head.split("-"))
+                current = [start, end]
+            elif head == "Rss:" and current is not None:
+                found.append((current[0], current[1], int(line.split()[1]) * 1024))
+                current = None
+    return found
+
+
+def resident_mb(tensors) -> float:
+    """Resident memory of ``tensors`` in MB: a large tensor's pages actually taken (a moment table
+    allocated lazily occupies only the rows written), a small one's full size."""
+    maps = mappings_rss()
+    total = 0
+    for tensor in tensors:
+        size = tensor.numel() * tensor.element_size()
+        if size < OWN_MAPPING_BYTES:
+            total += size
+            continue
+        ptr = tensor.data_ptr()
+        total += next((rss for start, end, rss in maps if start <= ptr < end), size)
+    return total / 2**20
+
+
+def optimizer_tensors(optimizers) -> list:
+    return [
+        v
+        for opt in optimizers
+        for state in opt.state.values()
+        for v in state.values()
+        if hasattr(v, "data_ptr")
+    ]
+
+
 def worker(config: dict) -> dict:
     """Read the data, build and train the model; timings, loss and memory as a dict."""
     import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from object2vec import Object2Vec
     from object2vec.training import load_pairs
@@ -234,9 +280,12 @@ def worker(config: dict) -> dict:
         profiler.enable()
     epoch_cpu = []  # the CPU clock when each epoch's line is logged
     log = lambda line: line.startswith("epoch ") and epoch_cpu.append(time.process_time())  # noqa: E731
+    optimizers = {}  # every optimizer that steps, for the memory its state takes
+    hook = register_optimizer_step_post_hook(lambda opt, *_: optimizers.setdefault(id(opt), opt))
     fit_started, fit_cpu = time.perf_counter(), time.process_time()
     model.fit(data, seed=config["seed"], log=log, progress=False)
     fit_s = time.perf_counter() - fit_started
+    hook.remove()
     if profiler is not None:
         profiler.disable()
         _print_profile(profiler)
@@ -261,6 +310,7 @@ def worker(config: dict) -> dict:
             "start": before["rss"],
             "after_data": after_data["rss"],
             "tables": tables,
+            "optimizer": resident_mb(optimizer_tensors(optimizers.values())),
             "peak": memory_mb()["peak"],
         },
     }
@@ -318,6 +368,7 @@ def summary(runs: list[dict]) -> dict:
         "peak_mb": statistics.median(r["memory_mb"]["peak"] for r in runs),
         "data_mb": statistics.median(r["memory_mb"]["after_data"] - r["memory_mb"]["start"] for r in runs),
         "tables_mb": runs[0]["memory_mb"]["tables"],
+        "optimizer_mb": statistics.median(r["memory_mb"]["optimizer"] for r in runs),
     }
 
 
@@ -343,6 +394,7 @@ def print_table(results: dict[str, dict]) -> None:
         ("train_loss", "train loss", "{:.4f}"),
         ("data_mb", "data MB", "{:,.0f}"),
         ("tables_mb", "tables MB", "{:,.0f}"),
+        ("optimizer_mb", "optimizer state MB", "{:,.0f}"),
         ("peak_mb", "peak RSS MB", "{:,.0f}"),
     ]
     print("| code | " + " | ".join(title for _, title, _ in columns) + " |")

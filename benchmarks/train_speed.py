@@ -242,8 +242,8 @@ def resident_mb(tensors) -> float:
         if size < OWN_MAPPING_BYTES:
             total += size
             continue
-        ptr = tensor.data_ptr()
-        total += next((rss for start, end, rss in maps if start <= ptr < end), size)
+        start = tensor.data_ptr()  # its mappings: madvise may split one allocation into several
+        total += sum(rss for low, high, rss in maps if low < start + size and high > start)
     return total / 2**20
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -73,3 +75,21 @@ def test_lazy_zeros_are_zeros_of_the_right_shape():
     assert zeros.shape == like.shape and zeros.dtype == like.dtype and not zeros.any()
     zeros[5] = 1.0
     assert zeros.sum() == 3
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads resident memory from /proc")
+def test_lazy_zeros_take_memory_only_for_the_rows_written():
+    """64 MB of moments, 100 rows written far apart: a few hundred KB become resident (4 KB pages),
+    not the 64 MB that huge pages or ``torch.zeros`` would take."""
+    before = resident_kb()
+    zeros = lazy_zeros(torch.empty(262_144, 64))
+    zeros[torch.arange(0, 262_144, 2_622)] = 1.0
+    assert resident_kb() - before < 8 * 1024
+    assert zeros.sum() == 100 * 64
+
+
+def resident_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")

@@ -28,7 +28,7 @@ over the whole fit for one epoch, so it includes the one-time start: steadier th
 clock on a machine other jobs share), positive pairs/s end to end (reading + building the
 network + training), the split of wall time between reading data, building the network and
 training, the final training loss, and resident memory (data, tables, the optimizers' state as
-resident pages, peak), from ``/proc/self/status`` and ``/proc/self/smaps``.
+resident pages, peak), from ``/proc/self/status`` and ``mincore``.
 
 ``--compare REV`` also runs the commit REV of this repository (its ``src/``, taken with ``git
 archive``) on the same data file, alternating old and new runs (``--repeat`` times each), and
@@ -43,7 +43,9 @@ from copies of their ``src/``, so editing the tree during a run changes nothing.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import mmap
 import os
 import shutil
 import statistics
@@ -212,38 +214,23 @@ def memory_mb() -> dict[str, float]:
     return {"rss": fields["VmRSS"], "peak": fields["VmHWM"]}
 
 
-#: Tensors at least this large get their own ``mmap`` from the allocator, so the resident size of
-#: that mapping in ``/proc/self/smaps`` is the tensor's own; smaller ones count whole.
-OWN_MAPPING_BYTES = 64 * 2**20
-
-
-def mappings_rss() -> list[tuple[int, int, int]]:
-    """``(start, end, resident bytes)`` of every mapping of this process (Linux smaps)."""
-    found, current = [], None
-    with open("/proc/self/smaps") as handle:
-        for line in handle:
-            head = line.split(maxsplit=1)[0]
-            if "-" in head and not head.endswith(":"):
-                start, end = (int(x, 16) for x in head.split("-"))
-                current = [start, end]
-            elif head == "Rss:" and current is not None:
-                found.append((current[0], current[1], int(line.split()[1]) * 1024))
-                current = None
-    return found
-
-
 def resident_mb(tensors) -> float:
-    """Resident memory of ``tensors`` in MB: a large tensor's pages actually taken (a moment table
-    allocated lazily occupies only the rows written), a small one's full size."""
-    maps = mappings_rss()
+    """Resident memory of ``tensors`` in MB, page by page (``mincore``): a moment table allocated
+    lazily counts only the pages of the rows written. Where ``mincore`` is missing: full sizes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = mmap.PAGESIZE
     total = 0
-    for tensor in tensors:
+    for tensor in {t.data_ptr(): t for t in tensors}.values():
         size = tensor.numel() * tensor.element_size()
-        if size < OWN_MAPPING_BYTES:
+        start = tensor.data_ptr() - tensor.data_ptr() % page
+        length = tensor.data_ptr() + size - start
+        pages = (ctypes.c_ubyte * ((length + page - 1) // page))()
+        if size == 0 or not hasattr(libc, "mincore"):
             total += size
-            continue
-        start = tensor.data_ptr()  # its mappings: madvise may split one allocation into several
-        total += sum(rss for low, high, rss in maps if low < start + size and high > start)
+        elif libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(length), pages) != 0:
+            raise OSError(ctypes.get_errno(), "mincore failed")
+        else:  # bit 0 of each byte: the page is resident; whole pages at the edges count
+            total += min(size, int((np.frombuffer(pages, dtype=np.uint8) & 1).sum()) * page)
     return total / 2**20
 
 

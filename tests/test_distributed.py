@@ -332,7 +332,8 @@ for table, got in zip(net.token_tables, exchanged):
     assert torch.allclose(got, expected, atol=1e-6), (got - expected).abs().max()
 dist.barrier()
 dist.destroy_process_group()
-print("exchange ok", rank)
+sys.stdout.write(f"exchange ok {rank}\\n")  # one write: the ranks share the pipe, print() writes in parts
+sys.stdout.flush()
 """
 
 
@@ -345,7 +346,7 @@ def test_row_sparse_gradients_averaged_across_ranks_equal_the_whole_batch_gradie
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     done = subprocess.run([*command, str(script), tied], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(re.findall(r"exchange ok (\d)", done.stdout)) == ["0", "1"]
+    assert sorted(re.findall(r"exchange ok (\d)", done.stdout)) == ["0", "1"], done.stdout + done.stderr
 
 
 #: The 2-dimensional latent task has a sudden step in accuracy (about 0.8 -> 0.95) whose epoch

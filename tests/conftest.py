@@ -136,6 +136,30 @@ def wait_until_listening(process: subprocess.Popen, timeout: float = 60.0) -> st
 # --- the network's own answers ------------------------------------------------------------------
 
 
+def train_short_sequence_model(root: Path, vocab: int, dim: int, records: int, **settings: str):
+    """A pooled_embedding model trained for one epoch on ``records`` latent pairs of at most 4
+    tokens (vocabulary ``vocab`` on both sides, every width ``dim``): the model the batch
+    transform tests answer with. ``settings`` adds or overrides hyperparameters."""
+    from object2vec import Object2Vec
+    from object2vec.sample_data import latent_pairs, write_jsonl
+
+    hp = {
+        "enc0_network": "pooled_embedding",
+        "enc0_max_seq_len": "4",
+        "enc1_max_seq_len": "4",
+        "enc0_vocab_size": str(vocab),
+        "enc1_vocab_size": str(vocab),
+        "enc0_token_embedding_dim": str(dim),
+        "enc_dim": str(dim),
+        "mlp_layers": "1",
+        "mlp_dim": str(dim),
+        "epochs": "1",
+        **settings,
+    }
+    data = write_jsonl(latent_pairs(records, vocab, vocab, max_len0=4, max_len1=4), root / "train.jsonl")
+    return Object2Vec(hp).fit(data, seed=0, log=lambda *_: None, progress=False)
+
+
 def direct_embeddings(net, side: int, sequences, cap: int | None = None) -> np.ndarray:
     """Each sequence encoded alone by encoder ``side`` of ``net``, called directly
     (``net.encoders[side]``; a tied network has one), cut to that side's ``max_seq_len`` (and

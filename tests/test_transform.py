@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
-from conftest import direct_embeddings, direct_scores
+from conftest import direct_embeddings, direct_scores, train_short_sequence_model
 
 import object2vec
-from object2vec import Object2Vec, cli
+from object2vec import cli
 from object2vec.inputs import LongLine
-from object2vec.sample_data import latent_pairs, write_jsonl
+from object2vec.sample_data import latent_pairs
 from object2vec.serving import transform as transform_module
 from object2vec.serving.transform import TransformError, plan_batches, transform
 
@@ -21,21 +21,8 @@ VOCAB = 60
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("transform")
-    hp = {
-        "enc0_network": "pooled_embedding",
-        "enc0_max_seq_len": "4",
-        "enc1_max_seq_len": "4",
-        "enc0_vocab_size": str(VOCAB),
-        "enc1_vocab_size": str(VOCAB),
-        "enc0_token_embedding_dim": "8",
-        "enc_dim": "8",
-        "mlp_layers": "1",
-        "mlp_dim": "8",
-        "epochs": "1",
-        "mini_batch_size": "64",
-    }
-    data = write_jsonl(latent_pairs(200, VOCAB, VOCAB, max_len0=4, max_len1=4), root / "train.jsonl")
-    return Object2Vec(hp).fit(data, seed=0, log=lambda *_: None, progress=False).save(root / "model")
+    trained = train_short_sequence_model(root, VOCAB, dim=8, records=200, mini_batch_size="64")
+    return trained.save(root / "model")
 
 
 @pytest.fixture(scope="module")

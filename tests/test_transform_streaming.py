@@ -8,10 +8,11 @@ import gzip
 
 import orjson
 import pytest
+from conftest import train_short_sequence_model
 
-from object2vec import Object2Vec, cli
+from object2vec import cli
 from object2vec.inputs import ReadError
-from object2vec.sample_data import latent_pairs, write_jsonl
+from object2vec.sample_data import latent_pairs
 from object2vec.serving import transform as transform_module
 from object2vec.serving.transform import transform
 
@@ -22,20 +23,7 @@ VOCAB = 30
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("model")
-    hp = {
-        "enc0_network": "pooled_embedding",
-        "enc0_max_seq_len": "4",
-        "enc1_max_seq_len": "4",
-        "enc0_vocab_size": str(VOCAB),
-        "enc1_vocab_size": str(VOCAB),
-        "enc0_token_embedding_dim": "4",
-        "enc_dim": "4",
-        "mlp_layers": "1",
-        "mlp_dim": "4",
-        "epochs": "1",
-    }
-    data = write_jsonl(latent_pairs(100, VOCAB, VOCAB, max_len0=4, max_len1=4), root / "train.jsonl")
-    trained = Object2Vec(hp).fit(data, seed=0, log=lambda *_: None, progress=False)
+    trained = train_short_sequence_model(root, VOCAB, dim=4, records=100)
     return trained, trained.save(root / "model")
 
 

@@ -188,6 +188,14 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def run_neighbors(capsys, model_dir, index, queries, output, *extra) -> tuple[int, str, str]:
+    """``object2vec neighbors`` on ``queries`` into ``output`` (``model_dir`` None: no --model-dir)."""
+    model = ["--model-dir", model_dir] if model_dir is not None else []
+    return run_cli(
+        capsys, "neighbors", *model, "--index", index, "--input", queries, "--output", output, *extra
+    )
+
+
 @pytest.fixture
 def movie_index(trained, tmp_path, write_jsonl, capsys):
     model, model_dir = trained
@@ -206,22 +214,7 @@ def test_cli_neighbors_answers_inputs_and_vectors_in_order(
     vector = model.embed(in1=[[7]])[0].tolist()
     queries = write_jsonl([{"in1": [3]}, {"embedding": vector}, {"in1": [12], "id": "x"}], "queries.jsonl")
     out_file = tmp_path / "out.jsonl"
-    code, _, _ = run_cli(
-        capsys,
-        "neighbors",
-        "--model-dir",
-        model_dir,
-        "--index",
-        movie_index,
-        "--input",
-        queries,
-        "--output",
-        out_file,
-        "-k",
-        "4",
-        "--ef",
-        "64",
-    )
+    code, _, _ = run_neighbors(capsys, model_dir, movie_index, queries, out_file, "-k", "4", "--ef", "64")
     assert code == 0
     lines = [orjson.loads(line) for line in out_file.read_bytes().splitlines()]
     assert [line["neighbors"][0]["id"] for line in lines] == ["m3", "m7", "m12"]
@@ -242,46 +235,12 @@ def test_cli_refuses_another_models_or_sides_queries(trained, movie_index, tmp_p
     )
     queries = write_jsonl([{"in1": [3]}], "queries.jsonl")
     out_file = tmp_path / "out.jsonl"
-    code, _, err = run_cli(
-        capsys,
-        "neighbors",
-        "--model-dir",
-        other,
-        "--index",
-        movie_index,
-        "--input",
-        queries,
-        "--output",
-        out_file,
-    )
+    code, _, err = run_neighbors(capsys, other, movie_index, queries, out_file)
     assert code == 2 and "was built from model" in err and "use --force" in err and not out_file.exists()
-    code, _, _ = run_cli(
-        capsys,
-        "neighbors",
-        "--model-dir",
-        other,
-        "--index",
-        movie_index,
-        "--input",
-        queries,
-        "--output",
-        out_file,
-        "--force",
-    )
+    code, _, _ = run_neighbors(capsys, other, movie_index, queries, out_file, "--force")
     assert code == 0 and out_file.exists()
     users = write_jsonl([{"in0": [3]}], "users.jsonl")
-    code, _, err = run_cli(
-        capsys,
-        "neighbors",
-        "--model-dir",
-        model_dir,
-        "--index",
-        movie_index,
-        "--input",
-        users,
-        "--output",
-        out_file,
-    )
+    code, _, err = run_neighbors(capsys, model_dir, movie_index, users, out_file)
     assert code == 2 and "holds in1 embeddings but the query is an in0 input" in err
 
 
@@ -299,18 +258,7 @@ def test_cli_bad_query_lines_name_file_line_and_field(
 ):
     _, model_dir = trained
     queries = write_jsonl(lines, "queries.jsonl")
-    code, _, err = run_cli(
-        capsys,
-        "neighbors",
-        "--model-dir",
-        model_dir,
-        "--index",
-        movie_index,
-        "--input",
-        queries,
-        "--output",
-        tmp_path / "out.jsonl",
-    )
+    code, _, err = run_neighbors(capsys, model_dir, movie_index, queries, tmp_path / "out.jsonl")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
@@ -342,12 +290,8 @@ def test_cli_neighbors_without_a_model_takes_vectors_only(
     model, _ = trained
     out_file = tmp_path / "out.jsonl"
     vectors = write_jsonl([{"embedding": model.embed(in1=[[5]])[0].tolist()}], "vectors.jsonl")
-    code, _, _ = run_cli(
-        capsys, "neighbors", "--index", movie_index, "--input", vectors, "--output", out_file
-    )
+    code, _, _ = run_neighbors(capsys, None, movie_index, vectors, out_file)
     assert code == 0 and orjson.loads(out_file.read_bytes())["neighbors"][0]["id"] == "m5"
     inputs = write_jsonl([{"in1": [5]}], "inputs.jsonl")
-    code, _, err = run_cli(
-        capsys, "neighbors", "--index", movie_index, "--input", inputs, "--output", out_file
-    )
+    code, _, err = run_neighbors(capsys, None, movie_index, inputs, out_file)
     assert code == 2 and "line 1: 'in1' needs a model to embed it (--model-dir)" in err

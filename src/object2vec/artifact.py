@@ -227,11 +227,19 @@ def _swappable(root: Path) -> bool:
     return not os.path.ismount(root) and os.access(root.parent, os.W_OK)
 
 
+def write_weights(net: torch.nn.Module, directory: str | os.PathLike) -> Path:
+    """Write ``net``'s weights file into ``directory`` exactly as a saved model holds it (so a
+    digest of it is the digest of the saved model's weights); returns its path."""
+    path = Path(directory) / WEIGHTS_FILE
+    save_model(net, str(path))
+    return path
+
+
 def _write_model(
     directory: Path, hp: Hyperparameters, net: Object2VecNet, metrics: dict | None, extra_files
 ) -> None:
     (directory / HYPERPARAMETERS_FILE).write_text(hp.to_json() + "\n", encoding="utf-8")
-    save_model(net, str(directory / WEIGHTS_FILE))
+    write_weights(net, directory)
     (directory / METRICS_FILE).write_text(
         json.dumps(metrics or {}, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import WEIGHTS_FILE, replaced_directory, resolve_model_dir
+from .artifact import WEIGHTS_FILE, replaced_directory, resolve_model_dir, write_weights
 from .errors import Object2VecError
 
 INDEX_FILE = "index.faiss"
@@ -65,11 +65,8 @@ def model_fingerprint(model: Any) -> str:
     from or saved to, else of the file ``save`` would write now."""
     if getattr(model, "model_dir", None) is not None:
         return weights_fingerprint(model.model_dir)
-    from safetensors.torch import save_model
-
     with tempfile.TemporaryDirectory(prefix="object2vec-fingerprint-") as tmp:
-        save_model(model.predictor.net, str(Path(tmp) / WEIGHTS_FILE))
-        return file_fingerprint(Path(tmp) / WEIGHTS_FILE)
+        return file_fingerprint(write_weights(model.predictor.net, tmp))
 
 
 def short(fingerprint: str | None) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
+import torch
 from loadgen import have_wrk, json_floor, load
 
 from object2vec import artifact
@@ -59,10 +60,31 @@ SECONDS = {"pooled_embedding": 6, "hcnn": 20, "bilstm": 40}
 
 
 def write_model(encoder: str, enc_dim: int, root: Path) -> Path:
+    """A model with seeded random weights, saved by the ``object2vec`` this process imports."""
     hp = parse_hyperparameters(
         {**MODEL, "enc_dim": str(enc_dim), "enc0_network": encoder, "enc1_network": "enc0"}
     )
+    torch.manual_seed(0)
     return artifact.save(root / encoder, hp, Object2VecNet(hp).eval())
+
+
+def write_model_with(src: str | None, encoder: str, enc_dim: int, root: Path) -> Path:
+    """The same model saved by the code under ``src`` (None: this process's): an older tree may not
+    read the hyperparameters a newer one writes, so each server gets a model its own code wrote."""
+    if src is None:
+        return write_model(encoder, enc_dim, root)
+    script = (
+        "import sys, pathlib, serve; "
+        "serve.write_model(sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3]))"
+    )
+    env = dict(os.environ, PYTHONPATH=with_path(os.pathsep.join([src, str(Path(__file__).parent)])))
+    subprocess.run([sys.executable, "-c", script, encoder, str(enc_dim), str(root)], env=env, check=True)
+    return root / encoder
+
+
+def with_path(src: str) -> str:
+    """``src`` first on the import path, then whatever PYTHONPATH already held (extra packages)."""
+    return os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
 
 
 def free_port() -> int:
@@ -74,7 +96,7 @@ def free_port() -> int:
 def start_server(model_dir: Path, src: str | None, workers: int, threads: int | None):
     """``object2vec serve`` from ``src`` (a source tree; None: this interpreter's package)."""
     port = free_port()
-    env = dict(os.environ, **({"PYTHONPATH": src} if src else {}))
+    env = dict(os.environ, **({"PYTHONPATH": with_path(src)} if src else {}))
     command = [sys.executable, "-m", "object2vec", "serve", "--model-dir", str(model_dir)]
     command += ["--port", str(port), "--workers", str(workers)]
     command += ["--threads", str(threads)] if threads else []
@@ -172,7 +194,10 @@ def main() -> None:
     rows: dict[str, dict[str, list[dict]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for encoder in args.encoders.split(","):
-            model_dir = write_model(encoder, args.enc_dim, Path(tmp))
+            model_dirs = {
+                name: write_model_with(src, encoder, args.enc_dim, Path(tmp) / name)
+                for name, src in variants.items()
+            }
             bodies = bodies_for(args.batch, args.seed)
             seconds = args.seconds or SECONDS.get(encoder, 10)
             for repeat in range(args.repeat):
@@ -185,7 +210,7 @@ def main() -> None:
                     }
                 )
                 for name, src in variants.items():
-                    process, url = start_server(model_dir, src, args.workers, args.threads)
+                    process, url = start_server(model_dirs[name], src, args.workers, args.threads)
                     try:
                         pid = process.pid if args.workers == 1 else None
                         row = measure(url, pid, bodies, args.batch, seconds)

@@ -215,12 +215,13 @@ def memory_mb() -> dict[str, float]:
 
 
 def resident_mb(tensors) -> float:
-    """Resident memory of ``tensors`` in MB, page by page (``mincore``): a moment table allocated
-    lazily counts only the pages of the rows written. Where ``mincore`` is missing: full sizes."""
+    """Resident memory of the CPU tensors among ``tensors`` in MB, page by page (``mincore``): a
+    moment table allocated lazily counts only the pages of the rows written. Where ``mincore`` is
+    missing: full sizes. Tensors on a GPU are counted by :func:`gpu_peak_mb` instead."""
     libc = ctypes.CDLL(None, use_errno=True)
     page = mmap.PAGESIZE
     total = 0
-    for tensor in {t.data_ptr(): t for t in tensors}.values():
+    for tensor in {t.data_ptr(): t for t in tensors if t.device.type == "cpu"}.values():
         size = tensor.numel() * tensor.element_size()
         start = tensor.data_ptr() - tensor.data_ptr() % page
         length = tensor.data_ptr() + size - start
@@ -232,6 +233,13 @@ def resident_mb(tensors) -> float:
         else:  # bit 0 of each byte: the page is resident; whole pages at the edges count
             total += min(size, int((np.frombuffer(pages, dtype=np.uint8) & 1).sum()) * page)
     return total / 2**20
+
+
+def gpu_peak_mb() -> float:
+    """Peak GPU memory the run allocated (tables, optimizer state, activations), 0 on the CPU."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else 0.0
 
 
 def optimizer_tensors(optimizers) -> list:
@@ -299,7 +307,9 @@ def worker(config: dict) -> dict:
             "tables": tables,
             "optimizer": resident_mb(optimizer_tensors(optimizers.values())),
             "peak": memory_mb()["peak"],
+            "gpu_peak": gpu_peak_mb(),
         },
+        "device": str(next(model.net.parameters()).device),
     }
 
 
@@ -314,7 +324,8 @@ def _print_profile(profiler) -> None:
 
 def run_once(src: Path, config: dict) -> dict:
     """One training run of the code under ``src`` in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(config["threads"])}
+    path = os.pathsep.join(p for p in (str(src), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(config["threads"])}
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(config)],
         env=env,
@@ -366,6 +377,8 @@ def describe(r: dict) -> str:
         f"train {r['train_s']:.1f}s, "
         f"read {r['read_s']:.1f}s, loss {r['train_loss']:.4f}, "
         f"peak {r['memory_mb']['peak']:,.0f} MB"
+        + (f", GPU peak {r['memory_mb']['gpu_peak']:,.0f} MB" if r["memory_mb"].get("gpu_peak") else "")
+        + f", on {r.get('device', 'cpu')}"
     )
 
 
@@ -401,6 +414,11 @@ def print_table(results: dict[str, dict]) -> None:
         print(f"\nratio (this tree / compared): {ratios}")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (``taskset`` or a container's limit), else all of them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def title(args) -> str:
     if args.workload == "sick":
         return f"SICK entailment, {args.encoder}, benchmarks/sick.py settings, {args.epochs} epoch(s)"
@@ -422,7 +440,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, help="token dimension (default: the workload's)")
     parser.add_argument("--separate-tables", action="store_true", help="enc0 and enc1 each their own table")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--threads", type=int, default=usable_cores(), help="default: the usable cores")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each version (medians reported)")
     parser.add_argument("--compare", metavar="REV", help="also run commit REV, alternating with this tree")

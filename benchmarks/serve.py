@@ -209,7 +209,8 @@ def main() -> None:
                         "write/s": floor["write rows/s"],
                     }
                 )
-                for name, src in variants.items():
+                order = list(variants.items())
+                for name, src in order if repeat % 2 == 0 else reversed(order):  # neither always first
                     process, url = start_server(model_dirs[name], src, args.workers, args.threads)
                     try:
                         pid = process.pid if args.workers == 1 else None

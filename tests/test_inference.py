@@ -72,6 +72,21 @@ def test_predictor_scores_match_the_network_within_1e6():
     np.testing.assert_allclose(predictor.predict(in0, in1), expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("activation", ["linear", "relu", "tanh"])
+def test_eval_outputs_equal_the_whole_mlp_with_its_dropout_and_identity_layers(activation):
+    """In eval mode the network skips the MLP's no-op layers (dropout, the ``linear`` activation's
+    identity): the outputs must be those of running every layer."""
+    torch.manual_seed(0)
+    hp = network("pooled_embedding").hp.replace(dropout="0.5", mlp_activation=activation, mlp_layers="2")
+    net = Object2VecNet(hp).eval()
+    a, b = torch.randn(9, 12), torch.randn(9, 12)
+    with torch.inference_mode():
+        every_layer = net.head(net.mlp(net.compare(a, b)))
+        assert torch.equal(net.outputs(a, b), every_layer)
+    net.train()  # training keeps the dropout layers: two passes differ
+    assert not torch.equal(net.outputs(a, b), net.outputs(a, b))
+
+
 def test_length_chunks_cover_every_row_within_the_budget():
     lengths = np.sort(np.random.default_rng(0).integers(1, 300, size=1000))
     chunks = list(length_chunks(lengths, max_rows=64, budget=2048))

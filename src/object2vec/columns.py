@@ -168,8 +168,10 @@ class SequenceColumn:
     def truncated(self, max_len: int | None) -> SequenceColumn:
         """Every sequence cut to its first ``max_len`` tokens (``None``: no limit); the column
         itself when none is longer."""
+        if max_len is None:
+            return self
         lengths = self.lengths
-        if max_len is None or not len(lengths) or lengths.max() <= max_len:
+        if not len(lengths) or lengths.max() <= max_len:
             return self
         position = np.arange(len(self.tokens)) - np.repeat(self.offsets[:-1], lengths)
         return SequenceColumn.from_lengths(self.tokens[position < max_len], np.minimum(lengths, max_len))

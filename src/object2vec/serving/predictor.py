@@ -114,6 +114,7 @@ class Predictor:
             )
         self.encoder_device, self.head_device = placement(self.device, self.preferred_mode)
         self.net.place(self.encoder_device, self.head_device)
+        self._max_seq_lens = (hp.encoder(0).max_seq_len, hp.encoder(1).max_seq_len)
 
     @classmethod
     def load(
@@ -135,7 +136,7 @@ class Predictor:
         return 1 if self.net.regression else self.hp.num_classes
 
     def _max_len(self, side: int, cap: int | None) -> int:
-        limit = self.hp.encoder(side).max_seq_len
+        limit = self._max_seq_lens[side]
         return limit if cap is None else min(limit, cap)
 
     def _column(
@@ -253,7 +254,7 @@ class Predictor:
         return answers  # type: ignore[return-value]
 
     def _capped(self, side: int, column: SequenceColumn) -> SequenceColumn:
-        return column.truncated(self.hp.encoder(side).max_seq_len)
+        return column.truncated(self._max_seq_lens[side])
 
     def _encode(self, side: int, column: SequenceColumn, batch_size: int) -> torch.Tensor:
         return encode_column(self.net.encoder(side), column, self.encoder_device, batch_size)
@@ -272,7 +273,8 @@ class Predictor:
         shape = (len(col0),) if self.net.regression else (len(col0), self.hp.num_classes)
         if not chunks:
             return np.empty(shape, dtype=np.float32)
-        return torch.cat(chunks).float().cpu().numpy().reshape(shape)
+        scores = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        return scores.float().cpu().numpy().reshape(shape)
 
     def _head_scores(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The network's ``scores`` from the two encodings, on the head's device (which may differ
@@ -282,4 +284,6 @@ class Predictor:
 
 def _split(rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     """``rows`` cut into consecutive blocks of ``sizes`` rows (views, no copies)."""
+    if len(sizes) == 1:  # one request in the pass: the whole array
+        return [rows]
     return np.split(rows, np.cumsum(sizes)[:-1]) if sizes else []

@@ -77,6 +77,40 @@ def test_a_request_queued_past_the_limit_gets_503(tmp_path, monkeypatch):
     assert "busy" in second.json()["error"]
 
 
+def test_a_request_given_up_while_queued_leaves_no_error_behind():
+    """A client that goes away while its request waits cancels what it awaited: when the queue
+    limit passes, the request's timer must not raise into the event loop, and the requests that
+    stayed are answered or refused as usual."""
+    from types import SimpleNamespace
+
+    from object2vec.serving.server import MicroBatcher, Overloaded
+
+    def slow_run(batch):
+        time.sleep(0.3)  # a long pass: the later requests wait in the queue meanwhile
+        return [np.zeros((job.size, 2), np.float32) for job in batch]
+
+    async def scenario() -> tuple[list, object]:
+        loop = asyncio.get_running_loop()
+        errors: list = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        batcher = MicroBatcher(slow_run, max_wait_s=0.0, max_queue_s=0.1)
+        first = asyncio.create_task(batcher.submit(SimpleNamespace(size=1)))
+        await asyncio.sleep(0.05)  # the first pass has started
+        gone = asyncio.create_task(batcher.submit(SimpleNamespace(size=1)))
+        stays = asyncio.create_task(batcher.submit(SimpleNamespace(size=1)))
+        await asyncio.sleep(0.02)
+        gone.cancel()
+        answer = await first
+        with pytest.raises(Overloaded):
+            await stays  # waited past the limit while the pass ran
+        await asyncio.sleep(0.2)  # every timer has fired by now
+        assert gone.cancelled() and answer.shape == (1, 2)
+        return errors, batcher
+
+    errors, batcher = asyncio.run(scenario())
+    assert errors == []
+
+
 def serve(model_dir: Path, port: int, *options: str) -> subprocess.Popen:
     process = subprocess.Popen(
         [

@@ -37,6 +37,7 @@ CPU_TOKEN_BUDGET = 2048
 
 
 def token_budget(device: torch.device) -> int:
+    """The chunk size in padded tokens for a sequence encoder running on ``device``."""
     return CPU_TOKEN_BUDGET if device.type == "cpu" else TOKEN_BUDGET
 
 

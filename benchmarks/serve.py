@@ -35,6 +35,7 @@ import numpy as np
 import orjson
 import torch
 from loadgen import have_wrk, json_floor, load
+from processes import with_path
 
 from object2vec import artifact
 from object2vec.hyperparameters import parse_hyperparameters
@@ -80,11 +81,6 @@ def write_model_with(src: str | None, encoder: str, enc_dim: int, root: Path) ->
     env = dict(os.environ, PYTHONPATH=with_path(os.pathsep.join([src, str(Path(__file__).parent)])))
     subprocess.run([sys.executable, "-c", script, encoder, str(enc_dim), str(root)], env=env, check=True)
     return root / encoder
-
-
-def with_path(src: str) -> str:
-    """``src`` first on the import path, then whatever PYTHONPATH already held (extra packages)."""
-    return os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
 
 
 def free_port() -> int:

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from processes import usable_cores, with_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -324,8 +325,7 @@ def _print_profile(profiler) -> None:
 
 def run_once(src: Path, config: dict) -> dict:
     """One training run of the code under ``src`` in a fresh process."""
-    path = os.pathsep.join(p for p in (str(src), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(config["threads"])}
+    env = {**os.environ, "PYTHONPATH": with_path(str(src)), "OMP_NUM_THREADS": str(config["threads"])}
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(config)],
         env=env,
@@ -412,11 +412,6 @@ def print_table(results: dict[str, dict]) -> None:
             ]
         )
         print(f"\nratio (this tree / compared): {ratios}")
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (``taskset`` or a container's limit), else all of them."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def title(args) -> str:

@@ -61,6 +61,18 @@ def test_encodings_match_the_eager_padded_forward(encoder, max_len, batch_size):
     torch.testing.assert_close(fast, eager, rtol=1e-6, atol=1e-6)
 
 
+def test_a_pooled_sequence_cut_to_no_tokens_pools_to_zeros():
+    """``max_len=0`` through the Python API leaves empty sequences: the pooled encoder then gives
+    the projection of zeros (``embedding_bag``'s mean of an empty bag), never a division by 0."""
+    net = network("pooled_embedding")
+    column = SequenceColumn.from_lists([[1, 2, 3], [4]]).truncated(0)
+    assert column.lengths.tolist() == [0, 0]
+    fast = encode_column(net.encoder(0), column, torch.device("cpu"), 1024)
+    with torch.inference_mode():
+        expected = net.encoder(0).project(torch.zeros(2, 16))
+    torch.testing.assert_close(fast, expected)
+
+
 def test_predictor_scores_match_the_network_within_1e6():
     net = network("hcnn")
     predictor = Predictor(net.hp, net, device="cpu")

@@ -30,8 +30,8 @@ from .encoders import Encoder, PooledEmbeddingEncoder
 #: enough that per-call overhead is small against the arithmetic, small enough that sorted chunks
 #: hold sequences of nearly one length. On the CPU 2,048: embedding 1,000 sequences of 5-32 tokens
 #: took 214 ms (hcnn) and 1,020 ms (bilstm) against 301 and 1,234 ms with 8,192, two threads;
-#: 1,024 was no faster (README "Serving performance"). A GPU, where padding costs less than a
-#: launch, keeps 8,192, the budget its figures were measured with.
+#: 1,024 was no faster (README "Serving performance"). Other devices keep 8,192, the budget the
+#: GPU figures were measured with (no other size was measured there).
 TOKEN_BUDGET = 8192
 CPU_TOKEN_BUDGET = 2048
 
@@ -73,9 +73,10 @@ def _pooled(
         offsets = column.offsets[start : start + batch_size + 1]
         tokens = torch.from_numpy(column.tokens[offsets[0] : offsets[-1]]).to(device)
         starts = torch.from_numpy(offsets[:-1] - offsets[0]).to(device)
-        counts = torch.from_numpy(np.diff(offsets)).to(device=device, dtype=torch.float32)
-        # the sum, then the division by each sequence's length: the same numbers as mode="mean",
-        # whose per-call setup costs about 40 us more (a third of a one-instance pass)
+        counts = torch.from_numpy(np.diff(offsets)).clamp_(min=1).to(device=device, dtype=torch.float32)
+        # the sum, then the division by each sequence's length: the same numbers as mode="mean"
+        # (an empty sequence, cut to 0 tokens by max_len=0, pools to zeros as there), whose
+        # per-call setup costs about 10-20 us more
         pooled = F.embedding_bag(tokens, encoder.embedding.weight, starts, mode="sum")
         outputs.append(encoder.project(pooled.div_(counts.unsqueeze(1).to(pooled.dtype))))
     if not outputs:

@@ -167,15 +167,18 @@ class MicroBatcher:
             self._wakeup.clear()
             while self._jobs:
                 batch = await self._gather()
-                await self._answer(batch)
+                if batch:
+                    await self._answer(batch)
 
     def _take(self, budget: int) -> list[_Job]:
         taken, size = [], 0
         while self._jobs and (not taken or size + self._jobs[0].size <= budget):
             job = self._jobs.popleft()
-            job.taken = True
             if job.expiry is not None:
                 job.expiry.cancel()
+            if job.future.done():  # its submit was cancelled: no one waits for the answer
+                continue
+            job.taken = True
             taken.append(job)
             size += job.size
         return taken

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from overrides import add_set_option, parse_overrides
 
 from object2vec import Object2Vec
 from object2vec.columns import SequenceColumn
@@ -186,15 +187,9 @@ def main() -> None:
     )
     parser.add_argument("--experiments", default="a,b,c", help="comma-separated subset of a,b,c,d")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override a hyperparameter (repeatable)",
-    )
+    add_set_option(parser)
     args = parser.parse_args()
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = parse_overrides(args.set)
     if overrides:
         print(f"overrides: {overrides}", flush=True)
     results = [run(key.strip(), args.data, args.seed, overrides) for key in args.experiments.split(",")]

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from overrides import add_set_option, parse_overrides
 from scipy.stats import pearsonr, spearmanr
 
 from object2vec import Object2Vec
@@ -257,14 +258,6 @@ def reference_benchmark(args, vocab, train_rows, trial_rows, overrides) -> None:
         )
 
 
-def parse_overrides(items: list[str]) -> dict[str, str]:
-    pairs_ = [item.split("=", 1) for item in items]
-    bad = [item for item, parts in zip(items, pairs_) if len(parts) != 2]
-    if bad:
-        raise SystemExit(f"--set expects name=value, got {bad[0]!r}")
-    return {name.strip(): value.strip() for name, value in pairs_}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -291,13 +284,7 @@ def main() -> None:
         action="store_true",
         help="tied_encoder_weight=False: enc1 with its own weights (the reference's enc1_network=enc0)",
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override a hyperparameter (repeatable)",
-    )
+    add_set_option(parser)
     parser.add_argument(
         "--log",
         action="store_const",

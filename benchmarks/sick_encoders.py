@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sick import hyperparameters, pairs, parse_overrides, read_sick
+from overrides import add_set_option, parse_overrides
+from sick import hyperparameters, pairs, read_sick
 
 from object2vec.columns import SequenceColumn
 from object2vec.hyperparameters import parse_hyperparameters
@@ -164,7 +165,7 @@ def main() -> None:
     parser.add_argument("--variant", choices=VARIANTS, default="separate")
     parser.add_argument("--task", default="entailment", choices=("entailment", "relatedness"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    add_set_option(parser)
     parser.add_argument("--trace-steps", type=int, default=0, help="follow the first epoch, every K steps")
     args = parser.parse_args()
     torch.set_num_threads(1)

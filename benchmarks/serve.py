@@ -5,7 +5,8 @@ For each encoder (``pooled_embedding``, ``hcnn``, ``bilstm``) a model of a fixed
 free loopback port (one worker unless ``--workers``), and this script measures:
 
 - embeddings/s and scores/s with requests of ``--batch`` (1,000) instances on 2 connections;
-- requests/s and p50/p99 latency of single-pair requests on 16 connections;
+- requests/s and p50/p99 latency of single-pair requests (scores) and of single-instance
+  embedding requests on 16 connections;
 - the server process's CPU time per request;
 - the JSON floor, in the same run: what orjson alone needs to parse the same request bodies and
   write the same answers on one core (instances/s), and the server's embeddings/s against it.
@@ -133,6 +134,7 @@ def bodies_for(batch: int, seed: int) -> dict[str, list[bytes]]:
         "embed": [doc(instances(rng, batch, False)) for _ in range(4)],
         "score": [doc(instances(rng, batch, True)) for _ in range(4)],
         "single": [doc(instances(rng, 1, True)) for _ in range(64)],
+        "single embed": [doc(instances(rng, 1, False)) for _ in range(64)],
     }
 
 
@@ -159,7 +161,11 @@ def measure(url: str, pid: int | None, bodies: dict[str, list[bytes]], batch: in
     row["c16 p99 ms"] = single["p99_ms"]
     spent = (cpu_seconds(pid) if pid else float("nan")) - cpu
     row["c16 server CPU ms/req"] = 1000 * spent / max(1, single["requests"])
-    runs = (embed, score, single)
+    single_embed = load(url, as_json(bodies["single embed"]), 16, max(5.0, seconds / 2))
+    row["c16 embed req/s"] = single_embed["requests/s"]
+    row["c16 embed p50 ms"] = single_embed["p50_ms"]
+    row["c16 embed p99 ms"] = single_embed["p99_ms"]
+    runs = (embed, score, single, single_embed)
     row["errors"] = sum(run.get(k, 0) for run in runs for k in ("status_errors", "timeouts"))
     return row
 

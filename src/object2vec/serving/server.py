@@ -33,21 +33,17 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from ..artifact import resolve_model_dir
 from ..columns import Instances
 from ..index import NeighborIndex
 from . import protocol
+from .asgi import Answer, App, Handler, HttpRequest, Routes, error_answer
 from .neighbors import NeighborSearch, open_served_index
 from .predictor import InputError, Predictor, inference_threads
 from .settings import (
@@ -214,46 +210,40 @@ class MicroBatcher:
                 job.future.set_result(rows)
 
 
-def error_response(status: int, message: str) -> Response:
-    return Response(protocol.error_body(message), status_code=status, media_type=protocol.JSON)
-
-
-def json_errors(
-    handler: Callable[[Request], Awaitable[Response]],
-) -> Callable[[Request], Awaitable[Response]]:
+def json_errors(handler: Handler) -> Handler:
     """Client mistakes -> their 4xx; anything else -> a 500 for this request, logged."""
 
-    async def guarded(request: Request) -> Response:
+    async def guarded(request: HttpRequest) -> Answer:
         try:
             return await handler(request)
         except protocol.RequestError as exc:
-            return error_response(exc.status, str(exc))
+            return error_answer(exc.status, str(exc))
         except InputError as exc:
-            return error_response(400, str(exc))
+            return error_answer(400, str(exc))
         except Overloaded as exc:
-            response = error_response(503, str(exc))
-            response.headers["retry-after"] = "1"
-            return response
+            answer = error_answer(503, str(exc))
+            answer.headers.append(("retry-after", "1"))
+            return answer
         except Exception as exc:
             logger.exception("request failed")
-            return error_response(500, f"internal error: {type(exc).__name__}")
+            return error_answer(500, f"internal error: {type(exc).__name__}")
 
     return guarded
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: HttpRequest, limit: int) -> bytes:
     """The body, refused with a 413 as soon as it is known to exceed ``limit`` bytes."""
     too_large = f"the request body is larger than the payload limit of {limit / MB:.3g} MB"
-    declared = request.headers.get("content-length", "")
+    declared = request.header("content-length") or ""
     if declared.isdigit() and int(declared) > limit:
         raise protocol.RequestError(too_large, status=413)
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in request.chunks():
         size += len(chunk)
         if size > limit:
             raise protocol.RequestError(too_large, status=413)
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def execution_parameters_of(settings: ServeSettings) -> dict:
@@ -268,9 +258,7 @@ def execution_parameters_of(settings: ServeSettings) -> dict:
     }
 
 
-def create_app(
-    predictor: Predictor, settings: ServeSettings, index: NeighborIndex | None = None
-) -> Starlette:
+def create_app(predictor: Predictor, settings: ServeSettings, index: NeighborIndex | None = None) -> App:
     """The ASGI application answering with ``predictor`` (and with ``index``, on ``POST /neighbors``)."""
     vocab_sizes = (predictor.hp.enc0_vocab_size, predictor.hp.enc1_vocab_size)
     batcher = MicroBatcher(
@@ -279,61 +267,54 @@ def create_app(
         settings.batch_wait_ms / 1000,
         settings.max_queue_ms / 1000,
     )
+    parameters = protocol.encode_object(execution_parameters_of(settings))
 
-    async def ping(request: Request) -> Response:
-        return Response(b'{"status":"ok"}', media_type=protocol.JSON)
+    async def ping(request: HttpRequest) -> Answer:
+        return Answer(b'{"status":"ok"}')
 
-    async def execution_parameters(request: Request) -> Response:
-        return Response(protocol.encode_object(execution_parameters_of(settings)), media_type=protocol.JSON)
+    async def execution_parameters(request: HttpRequest) -> Answer:
+        return Answer(parameters)
 
-    async def read_request(request: Request) -> tuple[protocol.BodyFormat, str, bytes]:
+    async def read_request(request: HttpRequest) -> tuple[protocol.BodyFormat, str, bytes]:
         """The body's format, the answer's media type and the body (within the payload limit):
         the same rules for every POST route."""
-        body_format = protocol.parse_content_type(request.headers.get("content-type"))
+        body_format = protocol.parse_content_type(request.header("content-type"))
         accept = protocol.parse_accept(
-            request.headers.get("accept"), protocol.default_accept(body_format, settings.default_accept)
+            request.header("accept"), protocol.default_accept(body_format, settings.default_accept)
         )
         return body_format, accept, await read_body(request, settings.max_payload_bytes)
 
     @json_errors
-    async def invocations(request: Request) -> Response:
+    async def invocations(request: HttpRequest) -> Answer:
         with batcher.reading():
             body_format, accept, body = await read_request(request)
             parsed = protocol.decode_request(body, body_format, vocab_sizes)
         rows = await batcher.submit(parsed)
-        return Response(protocol.encode_rows(rows, parsed.mode, accept), media_type=accept)
+        return Answer(protocol.encode_rows(rows, parsed.mode, accept), accept)
 
     search = NeighborSearch(index, vocab_sizes) if index is not None else None
 
     @json_errors
-    async def neighbors(request: Request) -> Response:
+    async def neighbors(request: HttpRequest) -> Answer:
         with batcher.reading():
             body_format, accept, body = await read_request(request)
-            parsed = search.decode(body, body_format, request.query_params.get("k"))
+            parsed = search.decode(body, body_format, request.query("k"))
         inputs = parsed.instances()
         embeddings = await batcher.submit(inputs) if inputs is not None else None
         loop = asyncio.get_running_loop()
-        return Response(
-            await loop.run_in_executor(None, search.answer, parsed, embeddings, accept), media_type=accept
-        )
+        return Answer(await loop.run_in_executor(None, search.answer, parsed, embeddings, accept), accept)
 
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        return error_response(exc.status_code, str(exc.detail))
-
-    routes = [
-        Route("/ping", ping, methods=["GET"]),
-        Route("/execution-parameters", execution_parameters, methods=["GET"]),
-        Route("/invocations", invocations, methods=["POST"]),
-        Route("/endpoints/{name}/invocations", invocations, methods=["POST"]),
-    ]
+    routes = Routes()
+    routes.add("/ping", "GET", ping)
+    routes.add("/execution-parameters", "GET", execution_parameters)
+    routes.add("/invocations", "POST", invocations)
+    routes.add("/endpoints/{name}/invocations", "POST", invocations)
     if search is not None:
-        routes.append(Route("/neighbors", neighbors, methods=["POST"]))
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
-    app.state.predictor, app.state.settings, app.state.batcher = predictor, settings, batcher
-    return app
+        routes.add("/neighbors", "POST", neighbors)
+    return App(routes, predictor=predictor, settings=settings, batcher=batcher)
 
 
-def load_app(settings: ServeSettings) -> Starlette:
+def load_app(settings: ServeSettings) -> App:
     """Load the model named by ``settings`` and build its app (one call per serving process)."""
     predictor = Predictor.load(
         settings.model_dir, device=settings.device or None, preferred_mode=settings.preferred_mode or None
@@ -377,7 +358,7 @@ def settle_memory(keep_bytes: int = 256 * 1024 * 1024, mmap_from: int = 32 * 102
         logger.debug("mallopt not available; malloc defaults kept")
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> App:
     """uvicorn's app factory for ``--workers N``: each worker process loads the model itself."""
     return load_app(ServeSettings.from_env())
 
@@ -464,7 +445,7 @@ def serve(
 
 
 @contextlib.contextmanager
-def running(app: Starlette, host: str = DEFAULT_HOST, port: int = 0) -> Iterator[str]:
+def running(app: App, host: str = DEFAULT_HOST, port: int = 0) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a background thread (``port=0``: a free port); yields the
     base URL and stops the server on exit. The quickstart, tests and benchmarks use it."""
     import uvicorn

@@ -1,0 +1,152 @@
+"""The HTTP plumbing of the inference service: a plain ASGI application, no web framework.
+
+The service has five fixed routes and answers every one with a body of bytes it has already
+encoded, so a framework's routing, middleware stack and request/response objects would only add
+work to each request: under 16 connections uvicorn answered ``GET /ping`` 1.3x faster from this
+kind of app than through Starlette (README, "Serving performance"). What a framework did for us
+and this module keeps: a JSON ``{"error": ...}`` body for an unknown path (404) or method (405,
+with ``Allow``), ``HEAD`` wherever ``GET`` is allowed, and the lifespan protocol uvicorn speaks at
+start and stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from urllib.parse import parse_qsl
+
+import orjson
+
+JSON = "application/json"
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request body arrived: nothing to answer."""
+
+
+@dataclass
+class Answer:
+    """A response: status, body bytes, media type and any extra headers."""
+
+    body: bytes
+    media_type: str = JSON
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def error_answer(status: int, message: str) -> Answer:
+    return Answer(orjson.dumps({"error": message}), JSON, status)
+
+
+class HttpRequest:
+    """What a handler reads of a request: headers, query parameters and the body."""
+
+    __slots__ = ("scope", "_receive", "_headers")
+
+    def __init__(self, scope: dict, receive: Callable[[], Awaitable[dict]]):
+        self.scope = scope
+        self._receive = receive
+        self._headers: dict[str, str] | None = None
+
+    def header(self, name: str) -> str | None:
+        """A header's value by lower-case name (the last one when repeated)."""
+        if self._headers is None:
+            pairs = self.scope["headers"]
+            self._headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in pairs}
+        return self._headers.get(name)
+
+    def query(self, name: str) -> str | None:
+        return dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1"))).get(name)
+
+    async def chunks(self):
+        """The body as it arrives; :class:`ClientGone` if the client leaves first."""
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            yield message.get("body", b"")
+            if not message.get("more_body", False):
+                return
+
+
+Handler = Callable[[HttpRequest], Awaitable[Answer]]
+
+
+class Routes:
+    """Exact paths, plus ``/endpoints/{name}/invocations`` style paths with one variable segment."""
+
+    def __init__(self):
+        self._exact: dict[str, dict[str, Handler]] = {}
+        self._patterns: list[tuple[str, str, dict[str, Handler]]] = []
+
+    def add(self, path: str, method: str, handler: Handler) -> None:
+        """``path`` may hold one ``{name}`` segment, matched by any non-empty segment."""
+        methods = {method: handler, **({"HEAD": handler} if method == "GET" else {})}
+        if "{" in path:
+            prefix, rest = path.split("{", 1)
+            self._patterns.append((prefix, rest.split("}", 1)[1], methods))
+        else:
+            self._exact.setdefault(path, {}).update(methods)
+
+    def find(self, path: str) -> dict[str, Handler] | None:
+        methods = self._exact.get(path)
+        if methods is not None:
+            return methods
+        for prefix, suffix, methods in self._patterns:
+            middle = path[len(prefix) : len(path) - len(suffix)]
+            if path.startswith(prefix) and path.endswith(suffix) and middle and "/" not in middle:
+                return methods
+        return None
+
+
+class App:
+    """An ASGI application answering ``routes``; ``state`` holds what tests and callers inspect."""
+
+    def __init__(self, routes: Routes, **state):
+        self.routes = routes
+        self.state = SimpleNamespace(**state)
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            answer = await self._answer(scope, receive)
+            if answer is not None:
+                await send_answer(send, answer)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+
+    async def _answer(self, scope: dict, receive) -> Answer | None:
+        methods = self.routes.find(scope["path"])
+        if methods is None:
+            return error_answer(404, "Not Found")
+        handler = methods.get(scope["method"])
+        if handler is None:
+            answer = error_answer(405, "Method Not Allowed")
+            answer.headers.append(("allow", ", ".join(methods)))
+            return answer
+        try:
+            return await handler(HttpRequest(scope, receive))
+        except ClientGone:
+            return None
+
+
+async def send_answer(send, answer: Answer) -> None:
+    headers: Iterable[tuple[bytes, bytes]] = [
+        (b"content-type", answer.media_type.encode("latin-1")),
+        (b"content-length", str(len(answer.body)).encode()),
+        *((k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers),
+    ]
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+async def _lifespan(receive, send) -> None:
+    """Nothing to set up or tear down: acknowledge start and stop."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -10,7 +10,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from object2vec.hyperparameters import parse_hyperparameters
 from object2vec.nn import Object2VecNet
-from object2vec.nn.encoders import Dropout, bag_means, masked_mean_max, padding_mask
+from object2vec.nn.encoders import (
+    RADIX_SORT_BOUND,
+    Dropout,
+    bag_means,
+    masked_mean_max,
+    padding_mask,
+    stable_argsort,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -50,6 +57,16 @@ def test_pooling_and_its_table_gradient_match_the_masked_mean(sparse):
         )
         grad = grad.to_dense()
     assert torch.allclose(grad, reference.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("bound", [30, RADIX_SORT_BOUND, RADIX_SORT_BOUND + 1])
+def test_the_token_sort_is_torch_stable_sort(bound):
+    """Radix sort (16-bit IDs) or torch.sort: the same permutation, equal IDs in position order."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, bound, (5000,), generator=generator)
+    ids[::7] = bound - 1  # many repeats, and the largest ID
+    assert torch.equal(stable_argsort(ids, bound), torch.sort(ids, stable=True)[1])
+    assert stable_argsort(ids[:0], bound).tolist() == []
 
 
 def net(network: str, **settings) -> Object2VecNet:

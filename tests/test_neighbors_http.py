@@ -71,6 +71,12 @@ def test_neighbors_of_inputs_and_vectors_in_order(served, post):
     assert predictions[0]["neighbors"][0]["score"] == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("query", ["?k=", "?k", "?k=0", "?k=x"])
+def test_a_blank_or_bad_k_in_the_query_is_a_400(post, query):
+    response = post({"instances": [{"in1": [4]}]}, path=f"/neighbors{query}")
+    assert response.status_code == 400 and "k" in response.json()["error"]
+
+
 def test_k_defaults_to_10_and_json_lines_both_ways(post):
     body = b'{"in1": [5]}\n{"in1": [6]}\n'
     response = post(body, content_type=JSONLINES, accept=JSONLINES, path="/neighbors?k=2")

@@ -364,6 +364,54 @@ def test_routes_and_unknown_paths(client):
     assert missing.status_code == 404 and "error" in missing.json()
     wrong_method = client.get("/invocations")
     assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+    assert wrong_method.headers["allow"] == "POST"
+    head = client.loop.run_until_complete(client.http.head("/ping"))
+    assert head.status_code == 200 and head.headers["content-type"] == "application/json"
+    for path in ("/endpoints//invocations", "/endpoints/a/b/invocations", "/ping/"):
+        assert client.post({"instances": [{"in0": [1]}]}, path=path).status_code == 404
+
+
+def test_the_first_of_a_repeated_header_counts(model, loop):
+    """As with the framework the server used before: a CSV type first is refused, whatever follows."""
+    app = create_app(model.predictor, ServeSettings("unused"))
+    body = orjson.dumps({"instances": [{"in0": [1, 2]}]})
+    headers = [(b"content-type", b"text/csv"), (b"content-type", b"application/json")]
+    status, _ = loop.run_until_complete(call_asgi(app, "POST", "/invocations", headers, [body]))
+    assert status == 415
+
+
+def test_a_client_that_leaves_during_its_upload_gets_no_answer_and_logs_no_error(model, loop, caplog):
+    app = create_app(model.predictor, ServeSettings("unused"))
+    headers = [(b"content-type", b"application/json")]
+    status, sent = loop.run_until_complete(
+        call_asgi(app, "POST", "/invocations", headers, [b'{"instances": [{"in0"'], disconnect=True)
+    )
+    assert status is None and sent == []
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert app.state.batcher.arriving == 0  # no request left counted as on its way
+
+
+async def call_asgi(app, method, path, headers, chunks, disconnect=False):
+    """Drive the ASGI app directly: ``chunks`` as the body's messages (then a disconnect if asked);
+    returns the response status (None if none was sent) and every message sent."""
+    messages = [
+        {"type": "http.request", "body": c, "more_body": disconnect or i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
+    if disconnect:
+        messages.append({"type": "http.disconnect"})
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": headers, "query_string": b""}
+    await app(scope, receive, send)
+    start = [m for m in sent if m["type"] == "http.response.start"]
+    return (start[0]["status"] if start else None), sent
 
 
 def test_execution_parameters_report_the_workers_and_the_payload_limit(model, loop):

@@ -133,16 +133,18 @@ class Encoder(nn.Module):
 RADIX_SORT_BOUND = 1 << 16
 
 
-def stable_argsort(ids: torch.Tensor, bound: int) -> torch.Tensor:
-    """The permutation that sorts ``ids`` (all in ``[0, bound)``), equal IDs kept in position order.
+def stable_sort(ids: torch.Tensor, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ids`` (all in ``[0, bound)``) sorted, and the permutation that sorts them, equal IDs kept
+    in position order.
 
     On the CPU with ``bound`` at most 65,536, numpy's radix sort of the IDs as 16-bit integers:
     the same permutation as ``torch.sort(ids, stable=True)`` in about a sixth of the time (110 against
     640 us for the 13,400 tokens of a StarSpace-shaped batch; 5% of its training step before).
     Larger vocabularies would need two radix passes, measured slower than ``torch.sort``."""
     if ids.device.type != "cpu" or bound > RADIX_SORT_BOUND:
-        return torch.sort(ids, stable=True)[1]
-    return torch.from_numpy(np.argsort(ids.numpy().astype(np.uint16), kind="stable"))
+        return torch.sort(ids, stable=True)
+    order = torch.from_numpy(np.argsort(ids.detach().numpy().astype(np.uint16), kind="stable"))
+    return ids[order], order
 
 
 class _SparseBagMean(torch.autograd.Function):
@@ -165,8 +167,7 @@ class _SparseBagMean(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         flat, owner, scale = ctx.saved_tensors
-        order = stable_argsort(flat, ctx.table_shape[0])
-        sorted_ids = flat[order]
+        sorted_ids, order = stable_sort(flat, ctx.table_shape[0])
         rows, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
         values = F.embedding_bag(
             owner[order],

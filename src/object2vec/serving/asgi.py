@@ -1,12 +1,14 @@
 """The HTTP plumbing of the inference service: a plain ASGI application, no web framework.
 
-The service has five fixed routes and answers every one with a body of bytes it has already
-encoded, so a framework's routing, middleware stack and request/response objects would only add
-work to each request: under 16 connections uvicorn answered ``GET /ping`` 1.3x faster from this
-kind of app than through Starlette (README, "Serving performance"). What a framework did for us
-and this module keeps: a JSON ``{"error": ...}`` body for an unknown path (404) or method (405,
-with ``Allow``), ``HEAD`` wherever ``GET`` is allowed, and the lifespan protocol uvicorn speaks at
-start and stop.
+The service has four fixed routes (five with an index) and answers every one with a body of bytes
+it has already encoded, so a framework's routing, middleware stack and request/response objects
+would only add work to each request: under 16 connections uvicorn answered ``GET /ping`` 1.3x
+faster from this kind of app than through Starlette (README, "Serving performance"). What the
+service had from Starlette and keeps: a JSON ``{"error": ...}`` body for an unknown path (404) or
+method (405, now with ``Allow``), ``HEAD`` wherever ``GET`` is allowed, the first of a repeated
+header, blank query values kept, and the lifespan protocol uvicorn speaks at start and stop. Not
+kept: Starlette's redirect of a path with a trailing slash (``/ping/`` is a 404 here; SageMaker
+and its clients never add one).
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from urllib.parse import parse_qsl
 
-import orjson
-
-JSON = "application/json"
+from .protocol import JSON, error_body
 
 
 class ClientGone(Exception):
@@ -36,7 +36,7 @@ class Answer:
 
 
 def error_answer(status: int, message: str) -> Answer:
-    return Answer(orjson.dumps({"error": message}), JSON, status)
+    return Answer(error_body(message), JSON, status)
 
 
 class HttpRequest:
@@ -50,14 +50,17 @@ class HttpRequest:
         self._headers: dict[str, str] | None = None
 
     def header(self, name: str) -> str | None:
-        """A header's value by lower-case name (the last one when repeated)."""
+        """A header's value by lower-case name (the first one when repeated)."""
         if self._headers is None:
-            pairs = self.scope["headers"]
-            self._headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in pairs}
+            self._headers = {}
+            for key, value in self.scope["headers"]:
+                self._headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
         return self._headers.get(name)
 
     def query(self, name: str) -> str | None:
-        return dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1"))).get(name)
+        """A query parameter's value (the first one; ``""`` for ``?name=`` or ``?name``)."""
+        query = self.scope.get("query_string", b"").decode("latin-1")
+        return next((value for key, value in parse_qsl(query, keep_blank_values=True) if key == name), None)
 
     async def chunks(self):
         """The body as it arrives; :class:`ClientGone` if the client leaves first."""

@@ -360,7 +360,7 @@ def encode_rows(rows: np.ndarray, key: str, accept: str) -> bytes:
     row written by :func:`encode_object`.
     """
     rows = np.ascontiguousarray(rows, dtype=np.float32)
-    step = max(1, ENCODE_CHUNK_VALUES // max(1, rows.shape[1] if rows.ndim == 2 else 1))
+    step = max(1, ENCODE_CHUNK_VALUES // max(1, rows.shape[1]))
     close = b"]}\n" if accept == JSONLINES else b"]}"
     opening = b'{"' + key.encode() + b'":['
     pieces = []

@@ -43,7 +43,7 @@ from ..artifact import resolve_model_dir
 from ..columns import Instances
 from ..index import NeighborIndex
 from . import protocol
-from .asgi import Answer, App, Handler, HttpRequest, Routes, error_answer
+from .asgi import Answer, App, ClientGone, Handler, HttpRequest, Routes, error_answer
 from .neighbors import NeighborSearch, open_served_index
 from .predictor import InputError, Predictor, inference_threads
 from .settings import (
@@ -224,6 +224,8 @@ def json_errors(handler: Handler) -> Handler:
             answer = error_answer(503, str(exc))
             answer.headers.append(("retry-after", "1"))
             return answer
+        except ClientGone:  # no one to answer: the app sends nothing
+            raise
         except Exception as exc:
             logger.exception("request failed")
             return error_answer(500, f"internal error: {type(exc).__name__}")

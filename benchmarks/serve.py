@@ -155,19 +155,22 @@ def measure(url: str, pid: int | None, bodies: dict[str, list[bytes]], batch: in
     row["scores/s"] = score["requests/s"] * batch
     drain(url, bodies["single"][0])
     cpu = cpu_seconds(pid) if pid else float("nan")
-    single = load(url, as_json(bodies["single"]), 16, max(5.0, seconds / 2))
-    row["c16 req/s"] = single["requests/s"]
-    row["c16 p50 ms"] = single["p50_ms"]
-    row["c16 p99 ms"] = single["p99_ms"]
+    single = load_16(url, as_json(bodies["single"]), seconds, "c16", row)
     spent = (cpu_seconds(pid) if pid else float("nan")) - cpu
     row["c16 server CPU ms/req"] = 1000 * spent / max(1, single["requests"])
-    single_embed = load(url, as_json(bodies["single embed"]), 16, max(5.0, seconds / 2))
-    row["c16 embed req/s"] = single_embed["requests/s"]
-    row["c16 embed p50 ms"] = single_embed["p50_ms"]
-    row["c16 embed p99 ms"] = single_embed["p99_ms"]
+    single_embed = load_16(url, as_json(bodies["single embed"]), seconds, "c16 embed", row)
     runs = (embed, score, single, single_embed)
     row["errors"] = sum(run.get(k, 0) for run in runs for k in ("status_errors", "timeouts"))
     return row
+
+
+def load_16(url: str, bodies, seconds: float, label: str, row: dict) -> dict:
+    """Single-instance requests on 16 connections; their requests/s and p50/p99 go into ``row``."""
+    result = load(url, bodies, 16, max(5.0, seconds / 2))
+    row[f"{label} req/s"] = result["requests/s"]
+    row[f"{label} p50 ms"] = result["p50_ms"]
+    row[f"{label} p99 ms"] = result["p99_ms"]
+    return result
 
 
 def load_average() -> str:

@@ -107,6 +107,17 @@ def test_weight_average_spans_a_quarter_epoch_of_at_least_100_steps(steps_per_ep
     assert WeightAverage(net, hp, steps_per_epoch).decay == pytest.approx(decay, abs=1e-12)
 
 
+@pytest.mark.parametrize(
+    "epochs, steps_per_epoch, decay",
+    [(3, 354, 1 - 1 / 1062), (3, 10, 0.99), (0.5, 1000, 1 - 1 / 500), (100, 4000, 0.9999)],
+)
+def test_weight_average_epochs_sets_the_span(epochs, steps_per_epoch, decay):
+    """weight_average_epochs=3 averages over three epochs' steps (MovieLens (e): 3 x 354), still
+    at least 100 steps and at most 10,000."""
+    net, hp = small_net(weight_average_epochs=str(epochs))
+    assert WeightAverage(net, hp, steps_per_epoch).decay == pytest.approx(decay, abs=1e-12)
+
+
 def test_weight_average_follows_early_steps_closely_then_averages_slowly():
     """shadow <- d * shadow + (1 - d) * weights after each step, with d = min(decay, (1 + t) / (10 + t))
     at step t: the first steps are followed almost fully (d = 2/11 at step 1), later ones barely."""

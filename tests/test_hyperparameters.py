@@ -78,6 +78,14 @@ EXTENSIONS = {
 }
 
 
+#: Numeric hyperparameters beyond the reference: name -> (kind, default, low, high). The
+#: schema and boundary tests run over NUMBERS, the reference's and these together.
+NUMERIC_EXTENSIONS = {
+    "weight_average_epochs": ("float", 0.25, 0.01, 100.0),
+}
+NUMBERS = {**NUMERIC, **NUMERIC_EXTENSIONS}
+
+
 def parse(**values):
     return parse_hyperparameters({**REQUIRED, **values})
 
@@ -104,12 +112,12 @@ def assert_names_range(message: str, low: float, high: float) -> None:
 
 
 def test_schema_declares_exactly_the_documented_names():
-    assert set(SCHEMA) == set(NUMERIC) | set(OTHER) | set(EXTENSIONS)
+    assert set(SCHEMA) == set(NUMBERS) | set(OTHER) | set(EXTENSIONS)
 
 
-@pytest.mark.parametrize("name", sorted(NUMERIC))
+@pytest.mark.parametrize("name", sorted(NUMBERS))
 def test_numeric_schema_matches_documentation(name):
-    kind, default, low, high = NUMERIC[name]
+    kind, default, low, high = NUMBERS[name]
     param = SCHEMA[name]
     assert (param.kind, param.low, param.high) == (kind, low, high)
     if default is not None:
@@ -118,13 +126,13 @@ def test_numeric_schema_matches_documentation(name):
 
 
 def test_every_numeric_schema_parameter_has_its_boundaries_tested():
-    """The boundary tests below run over NUMERIC; the schema must declare no other number."""
-    assert {n for n, p in SCHEMA.items() if p.kind in ("int", "float", "int_or_auto")} == set(NUMERIC)
+    """The boundary tests below run over NUMBERS; the schema must declare no other number."""
+    assert {n for n, p in SCHEMA.items() if p.kind in ("int", "float", "int_or_auto")} == set(NUMBERS)
 
 
 def test_every_default():
     hp = parse_hyperparameters(REQUIRED)
-    for name, (_, default, _, _) in NUMERIC.items():
+    for name, (_, default, _, _) in NUMBERS.items():
         if default is not None:
             assert hp[name] == default, name
             assert type(hp[name]) is type(default), name
@@ -163,9 +171,9 @@ def own_network(name: str) -> dict[str, str]:
     return {"enc1_network": "hcnn"} if name.startswith("enc1_") else {}
 
 
-@pytest.mark.parametrize("name", sorted(NUMERIC))
+@pytest.mark.parametrize("name", sorted(NUMBERS))
 def test_boundaries_are_valid(name):
-    kind, _, low, high = NUMERIC[name]
+    kind, _, low, high = NUMBERS[name]
     for bound in (low, high):
         for raw in (bound, str(bound)):
             hp = parse(**own_network(name), **{name: raw})
@@ -173,10 +181,10 @@ def test_boundaries_are_valid(name):
             assert type(hp[name]) is (float if kind == "float" else int)
 
 
-@pytest.mark.parametrize("name", sorted(NUMERIC))
+@pytest.mark.parametrize("name", sorted(NUMBERS))
 @pytest.mark.parametrize("side", ["below", "above"])
 def test_just_outside_the_range_is_refused(name, side):
-    kind, _, low, high = NUMERIC[name]
+    kind, _, low, high = NUMBERS[name]
     value = outside(kind, low, high)[side == "above"]
     for raw in (value, repr(value)):
         with pytest.raises(HyperparameterError) as err:

@@ -240,6 +240,15 @@ SCHEMA: dict[str, Param] = {
             help="Beyond the reference: two encoders (tied_encoder_weight=False) of one architecture "
             "share their last linear map to enc_dim: both inputs land in one space, each keeps its body.",
         ),
+        Param(
+            "weight_average_epochs",
+            "float",
+            0.25,
+            0.01,
+            100.0,
+            help="Beyond the reference: how many epochs of steps the moving average of the weights "
+            "(used to evaluate and to save) spans; at least 100 steps, at most 10,000.",
+        ),
         Param("token_embedding_storage_type", "choice", "dense", choices=("dense", "row_sparse")),
         Param("bucket_width", "int", 0, 0, 100, help="Allowed length difference within a batch; 0 = off."),
     ]

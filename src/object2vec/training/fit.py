@@ -181,21 +181,24 @@ class WeightAverage:
 
     Mini-batch training ends each epoch at a noisy point; on small, sparse data (ID pairs such as
     MovieLens) the validation loss of consecutive epochs jumps by several percent for that
-    reason alone. The average over the last ``HORIZON`` of an epoch's steps (at least
-    ``MIN_HORIZON_STEPS``) sits nearer the
+    reason alone. The average over the last ``weight_average_epochs`` epochs' steps (a quarter
+    of an epoch by default; at least ``MIN_HORIZON_STEPS``, at most 10,000 steps) sits nearer the
     bottom of the valley and generalises better; training itself still steps the raw weights.
+    A span of several epochs is the stochastic weight averaging of long runs at a constant
+    learning rate (README: MovieLens benchmark, experiment (e)).
     With ``row_sparse`` storage the token tables are left out, since averaging every row each
     step would make their update dense again.
     """
 
-    HORIZON = 0.25  # of an epoch's steps ...
-    MIN_HORIZON_STEPS = 100  # ... but at least this many (large batches make short epochs)
+    MIN_HORIZON_STEPS = 100  # large batches make short epochs
+    MAX_DECAY = 0.9999  # a span of 10,000 steps at most
 
     def __init__(self, net: Object2VecNet, hp: Hyperparameters, steps_per_epoch: int):
         skip = {id(t.weight) for t in net.token_tables} if hp.row_sparse else set()
         self.params = [p for p in net.parameters() if p.requires_grad and id(p) not in skip]
         self.shadow = [p.detach().clone() for p in self.params]
-        self.decay = min(0.9999, 1.0 - 1.0 / max(self.MIN_HORIZON_STEPS, self.HORIZON * steps_per_epoch))
+        span = max(self.MIN_HORIZON_STEPS, hp.weight_average_epochs * steps_per_epoch)
+        self.decay = min(self.MAX_DECAY, 1.0 - 1.0 / span)
         self.steps = 0
 
     @torch.no_grad()

@@ -11,6 +11,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -311,6 +312,32 @@ def test_a_checkpoint_of_other_hyperparameters_or_data_is_refused(channels, tmp_
     assert main([*args, *BASE, "epochs=2", "--checkpoint-dir", str(tmp_path / "ckpt")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "written for other data" in err and "--checkpoint-dir" in err
+
+
+@pytest.mark.parametrize(
+    "added_later", ["weight_average_epochs", "weight_decay_scope", "tied_encoder_projection"]
+)
+def test_a_checkpoint_written_before_a_hyperparameter_existed_resumes(channels, tmp_path, added_later):
+    """A checkpoint without a hyperparameter added since was trained with its default: it
+    belongs to a run that leaves that hyperparameter at its default, and to no other."""
+    train, validation = channels
+    small_fit(train, validation, tmp_path / "ckpt")
+    first, last = checkpoint.checkpoints(tmp_path / "ckpt")  # after epochs 1 and 2
+    shutil.rmtree(last)
+    state = json.loads((first / "state.json").read_text())
+    del state["hyperparameters"][added_later]
+    (first / "state.json").write_text(json.dumps(state))
+    lines: list[str] = []
+    resumed = small_fit(train, validation, tmp_path / "ckpt", log=lines.append)
+    assert any("resuming from" in line for line in lines)
+    assert [r["epoch"] for r in resumed.result.history] == [1, 2]
+    changed = {
+        "weight_average_epochs": "3",
+        "weight_decay_scope": "token_tables",
+        "tied_encoder_projection": "True",
+    }
+    with pytest.raises(CheckpointError, match=rf"other hyperparameters \({added_later}="):
+        small_fit(train, validation, tmp_path / "ckpt", **{added_later: changed[added_later]})
 
 
 def test_the_newest_two_are_kept_and_a_damaged_one_is_passed_over(channels, tmp_path):

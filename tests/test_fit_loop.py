@@ -107,6 +107,15 @@ def test_weight_average_spans_a_quarter_epoch_of_at_least_100_steps(steps_per_ep
     assert WeightAverage(net, hp, steps_per_epoch).decay == pytest.approx(decay, abs=1e-12)
 
 
+def test_the_default_weight_average_span_is_the_quarter_epoch_it_always_was():
+    """weight_average_epochs left at its default gives, bit for bit, the decay of the fixed
+    quarter-epoch span that came before it, for every epoch length."""
+    net, hp = small_net()
+    for steps_per_epoch in [*range(0, 2000), 4000, 39_999, 40_000, 40_001, 10**6]:
+        before = min(0.9999, 1.0 - 1.0 / max(100, 0.25 * steps_per_epoch))
+        assert WeightAverage(net, hp, steps_per_epoch).decay == before, steps_per_epoch
+
+
 @pytest.mark.parametrize(
     "epochs, steps_per_epoch, decay",
     [(3, 354, 1 - 1 / 1062), (3, 10, 0.99), (0.5, 1000, 1 - 1 / 500), (100, 4000, 0.9999)],
@@ -240,6 +249,41 @@ def test_each_optimizer_is_built_with_the_given_rate_and_weight_decay(name):
     assert type(optimizer) is DENSE_OPTIMIZERS[name]
     assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [(0.0123, 0.0456)]
     assert sorted(param_ids(optimizer)) == sorted(id(p) for p in net.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(DENSE_OPTIMIZERS))
+@pytest.mark.parametrize("tied", [False, True])
+def test_weight_decay_scope_token_tables_decays_the_tables_alone(name, tied):
+    extra = {"tied_token_embedding_weight": True, "enc1_vocab_size": 50} if tied else {}
+    net, hp = small_net(
+        optimizer=name, learning_rate=0.0123, weight_decay=0.0456, weight_decay_scope="token_tables", **extra
+    )
+    (optimizer,) = make_optimizers(net, hp)
+    assert type(optimizer) is DENSE_OPTIMIZERS[name]
+    tables = sorted(id(t.weight) for t in net.token_tables)
+    assert len(tables) == (1 if tied else 2)
+    decayed, free = optimizer.param_groups
+    assert [(g["lr"], g["weight_decay"]) for g in (decayed, free)] == [(0.0123, 0.0456), (0.0123, 0)]
+    others = sorted(id(p) for p in net.parameters() if id(p) not in tables)
+    assert sorted(id(p) for p in decayed["params"]) == tables
+    assert sorted(id(p) for p in free["params"]) == others
+
+
+def test_weight_decay_scope_token_tables_shrinks_only_the_tables():
+    """With no gradient from the loss, decay alone moves parameters: the tables shrink, the rest
+    stays where it is."""
+    net, hp = small_net(
+        optimizer="sgd", learning_rate=0.1, weight_decay=0.5, weight_decay_scope="token_tables"
+    )
+    (optimizer,) = make_optimizers(net, hp)
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    for param in net.parameters():
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    tables = {id(t.weight) for t in net.token_tables}
+    for name, param in net.named_parameters():
+        expected = before[name] * (1 - 0.1 * 0.5) if id(param) in tables else before[name]
+        torch.testing.assert_close(param.detach(), expected, rtol=0, atol=1e-7, msg=name)
 
 
 @pytest.mark.parametrize("name", sorted(SPARSE_OPTIMIZERS))

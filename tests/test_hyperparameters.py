@@ -75,6 +75,7 @@ OTHER = {
 EXTENSIONS = {
     "tied_encoder_weight": ("auto", ("auto", True, False)),
     "tied_encoder_projection": (False, (True, False)),
+    "weight_decay_scope": ("all", ("all", "token_tables")),
 }
 
 
@@ -619,3 +620,11 @@ def test_describe_schema_lists_every_parameter_with_default():
     assert "4096" in lines["enc_dim"] and "10000" in lines["enc_dim"]
     assert "(required)" in lines["enc0_vocab_size"]
     assert "0.0004" in lines["learning_rate"]
+
+
+def test_weight_decay_scope_token_tables_is_refused_with_row_sparse_tables():
+    """row_sparse tables take no weight decay, so decay confined to them would decay nothing."""
+    assert parse(weight_decay_scope="token_tables").weight_decay_scope == "token_tables"
+    with pytest.raises(HyperparameterError) as err:
+        parse(weight_decay_scope="token_tables", token_embedding_storage_type="row_sparse")
+    assert_names(str(err.value), "weight_decay_scope=token_tables", "row_sparse")

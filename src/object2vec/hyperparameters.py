@@ -219,6 +219,14 @@ SCHEMA: dict[str, Param] = {
         Param("learning_rate", "float", 0.0004, 1e-6, 1.0),
         Param("weight_decay", "float", 0.0, 0.0, 10000.0),
         Param("dropout", "float", 0.0, 0.0, 1.0),
+        Param(
+            "weight_decay_scope",
+            "choice",
+            "all",
+            choices=("all", "token_tables"),
+            help="Beyond the reference: which parameters weight_decay applies to; token_tables: the "
+            "token (ID) tables only, the encoders' other layers, the MLP and the output left free.",
+        ),
         Param("epochs", "int", 30, 1, 100),
         Param("mini_batch_size", "int", 32, 1, 10000),
         Param("early_stopping_patience", "int", 3, 1, 5),
@@ -247,7 +255,7 @@ SCHEMA: dict[str, Param] = {
             0.01,
             100.0,
             help="Beyond the reference: how many epochs of steps the moving average of the weights "
-            "(used to evaluate and to save) spans; at least 100 steps, at most 10,000.",
+            "(used to evaluate, early-stop and save) spans; at least 100 steps, at most 10,000.",
         ),
         Param("token_embedding_storage_type", "choice", "dense", choices=("dense", "row_sparse")),
         Param("bucket_width", "int", 0, 0, 100, help="Allowed length difference within a batch; 0 = off."),
@@ -512,6 +520,17 @@ def _sparse_optimizer_supported(hp: Hyperparameters) -> None:
         )
 
 
+def _decay_has_a_scope(hp: Hyperparameters) -> None:
+    """row_sparse tables take no weight decay (it would make their update dense), so decay
+    confined to the token tables would decay nothing."""
+    if hp.weight_decay_scope == "token_tables" and hp.row_sparse:
+        raise HyperparameterError(
+            "weight_decay_scope=token_tables decays nothing with token_embedding_storage_type=row_sparse "
+            "(row-sparse tables take no weight decay); use weight_decay_scope=all or "
+            "token_embedding_storage_type=dense"
+        )
+
+
 def _pretrained_needs_vocab(hp: Hyperparameters) -> None:
     """A pretrained file's rows are placed by their tokens' IDs, which only a vocabulary gives."""
     for enc in hp.encoders:
@@ -547,6 +566,7 @@ CROSS_PARAMETER_RULES: tuple[Callable[[Hyperparameters], None], ...] = (
     _shared_projection_fits,
     _tied_tables_match,
     _sparse_optimizer_supported,
+    _decay_has_a_scope,
     _pretrained_needs_vocab,
     _one_table_one_set_of_files,
 )

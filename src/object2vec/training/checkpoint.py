@@ -51,7 +51,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .. import artifact
 from ..errors import Object2VecError, UsageError
-from ..hyperparameters import Hyperparameters
+from ..hyperparameters import HyperparameterError, Hyperparameters, parse_hyperparameters
 from ..runtime import Logger
 from . import distributed
 from .data import PairDataset
@@ -232,7 +232,7 @@ class RunCheckpoints:
         """Refuse a checkpoint of another run: resuming it would train something else."""
         if state.get("format") != FORMAT:
             raise CheckpointError(f"{path}: checkpoint format {state.get('format')!r}, expected {FORMAT}")
-        saved, now = state["hyperparameters"], self.hp.to_strings()
+        saved, now = _as_now(path, state["hyperparameters"]), self.hp.to_strings()
         if saved != now:
             changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             detail = ", ".join(f"{k}={saved.get(k)} there, {now.get(k)} now" for k in changed[:5])
@@ -481,3 +481,12 @@ def _all_gather_bytes(run: distributed.Context, data: bytes) -> list[bytes]:
     blobs = [torch.empty_like(padded, device=device) for _ in range(run.world_size)]
     dist.all_gather(blobs, padded.to(device))
     return [bytes(blob[: int(n)].cpu().numpy()) for blob, n in zip(blobs, lengths)]
+
+
+def _as_now(path: Path, saved: dict[str, str]) -> dict[str, str]:
+    """A checkpoint's hyperparameters as this version writes them: one written before a
+    hyperparameter existed lacks its key, and was trained with its default, which parsing fills in."""
+    try:
+        return parse_hyperparameters(saved).to_strings()
+    except HyperparameterError as exc:
+        raise CheckpointError(f"{path}: its hyperparameters no longer parse ({exc}){_ELSEWHERE}") from None

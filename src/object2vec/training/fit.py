@@ -44,13 +44,14 @@ def seed_everything(seed: int | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _dense_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """PyTorch's optimizer ``name``, in its multi-tensor form: Adam's fused kernel (one pass per
-    tensor: 2.4 ms a step for MovieLens (a)'s 2.4 M parameters against 14.9 ms one operation at a
-    time, with the same update to float32 rounding), the others' ``foreach`` form."""
-    params = list(params)
+def _dense_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """PyTorch's optimizer ``name`` over parameter ``groups`` (each with its ``weight_decay``), in
+    its multi-tensor form: Adam's fused kernel (one pass per tensor: 2.4 ms a step for MovieLens
+    (a)'s 2.4 M parameters against 14.9 ms one operation at a time, with the same update to
+    float32 rounding), the others' ``foreach`` form."""
+    groups = [group for group in groups if group["params"]]
     fast = {"foreach": True}
-    if name == "adam" and all(p.device.type in ("cpu", "cuda") for p in params):
+    if name == "adam" and all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"]):
         fast = {"fused": True}
     factories = {
         "adam": torch.optim.Adam,
@@ -59,7 +60,7 @@ def _dense_optimizer(name: str, params, lr: float, weight_decay: float) -> torch
         "rmsprop": torch.optim.RMSprop,
         "adadelta": torch.optim.Adadelta,
     }
-    return factories[name](params, lr=lr, weight_decay=weight_decay, **fast)
+    return factories[name](groups, lr=lr, **fast)
 
 
 def _sparse_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -79,17 +80,29 @@ def make_optimizers(net: Object2VecNet, hp: Hyperparameters) -> list[torch.optim
     take sparse gradients directly (rmsprop and adadelta have no sparse form; the hyperparameter
     rules refuse them with row_sparse). ``weight_decay`` then applies to the dense parameters only
     (decaying every row each step would make the update dense again).
+
+    ``weight_decay_scope=token_tables`` decays the token tables alone (a prior on the ID
+    embeddings, as matrix factorisation regularises its factors) and leaves the rest free
+    (README: MovieLens benchmark, experiment (f)).
     """
     trainable = [p for p in net.parameters() if p.requires_grad]
-    if not hp.row_sparse:
-        return [_dense_optimizer(hp.optimizer, trainable, hp.learning_rate, hp.weight_decay)]
-    sparse_ids = {id(t.weight) for t in net.token_tables}
-    sparse = [p for p in trainable if id(p) in sparse_ids]
-    dense = [p for p in trainable if id(p) not in sparse_ids]
-    optimizers = [_dense_optimizer(hp.optimizer, dense, hp.learning_rate, hp.weight_decay)]
-    if sparse:
-        optimizers.append(_sparse_optimizer(hp.optimizer, sparse, hp.learning_rate))
-    return optimizers
+    table_ids = {id(t.weight) for t in net.token_tables}
+    tables = [p for p in trainable if id(p) in table_ids]
+    others = [p for p in trainable if id(p) not in table_ids]
+    if hp.row_sparse:
+        optimizers = [_dense_optimizer(hp.optimizer, [_group(others, hp.weight_decay)], hp.learning_rate)]
+        if tables:
+            optimizers.append(_sparse_optimizer(hp.optimizer, tables, hp.learning_rate))
+        return optimizers
+    if hp.weight_decay_scope == "token_tables":
+        groups = [_group(tables, hp.weight_decay), _group(others, 0.0)]
+    else:
+        groups = [_group(trainable, hp.weight_decay)]
+    return [_dense_optimizer(hp.optimizer, groups, hp.learning_rate)]
+
+
+def _group(params: list[torch.Tensor], weight_decay: float) -> dict:
+    return {"params": params, "weight_decay": weight_decay}
 
 
 def batch_loss(net: nn.Module, batch: Batch, regression: bool) -> torch.Tensor:
@@ -182,22 +195,23 @@ class WeightAverage:
     Mini-batch training ends each epoch at a noisy point; on small, sparse data (ID pairs such as
     MovieLens) the validation loss of consecutive epochs jumps by several percent for that
     reason alone. The average over the last ``weight_average_epochs`` epochs' steps (a quarter
-    of an epoch by default; at least ``MIN_HORIZON_STEPS``, at most 10,000 steps) sits nearer the
+    of an epoch by default; at least ``MIN_SPAN_STEPS``, at most 10,000 steps) sits nearer the
     bottom of the valley and generalises better; training itself still steps the raw weights.
-    A span of several epochs is the stochastic weight averaging of long runs at a constant
-    learning rate (README: MovieLens benchmark, experiment (e)).
+    Early steps are followed closely (:meth:`update`), so the full span holds once a run is
+    about nine times as long. A span of several epochs is close to the stochastic weight
+    averaging of long runs at a constant learning rate (README: MovieLens benchmark, experiment (e)).
     With ``row_sparse`` storage the token tables are left out, since averaging every row each
     step would make their update dense again.
     """
 
-    MIN_HORIZON_STEPS = 100  # large batches make short epochs
+    MIN_SPAN_STEPS = 100  # large batches make short epochs
     MAX_DECAY = 0.9999  # a span of 10,000 steps at most
 
     def __init__(self, net: Object2VecNet, hp: Hyperparameters, steps_per_epoch: int):
         skip = {id(t.weight) for t in net.token_tables} if hp.row_sparse else set()
         self.params = [p for p in net.parameters() if p.requires_grad and id(p) not in skip]
         self.shadow = [p.detach().clone() for p in self.params]
-        span = max(self.MIN_HORIZON_STEPS, hp.weight_average_epochs * steps_per_epoch)
+        span = max(self.MIN_SPAN_STEPS, hp.weight_average_epochs * steps_per_epoch)
         self.decay = min(self.MAX_DECAY, 1.0 - 1.0 / span)
         self.steps = 0
 

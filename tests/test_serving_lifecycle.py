@@ -61,6 +61,9 @@ def test_a_request_queued_past_the_limit_gets_503(tmp_path, monkeypatch):
         return answer(batch, **kwargs)
 
     monkeypatch.setattr(predictor, "answer", slow_answer)
+    # a pass this slow is not one the event loop may run itself: it goes to the inference thread,
+    # and the loop keeps reading (and queueing) the next request meanwhile
+    monkeypatch.setattr(predictor, "cheap_pass", lambda batch: False)
     app = create_app(predictor, ServeSettings("unused", max_queue_ms=100))
 
     async def send() -> list[httpx.Response]:

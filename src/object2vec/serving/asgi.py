@@ -113,13 +113,16 @@ class App:
     async def __call__(self, scope: dict, receive, send) -> None:
         kind = scope["type"]
         if kind == "http":
-            answer = await self._answer(scope, receive)
+            answer = await self.respond(scope, receive)
             if answer is not None:
                 await send_answer(send, answer)
         elif kind == "lifespan":
             await _lifespan(receive, send)
 
-    async def _answer(self, scope: dict, receive) -> Answer | None:
+    async def respond(self, scope: dict, receive) -> Answer | None:
+        """The answer to the request of ``scope`` (its body read through ``receive``), or None
+        when the client left first. uvicorn's :class:`~object2vec.serving.http.DirectProtocol`
+        calls this without the ASGI ``send`` step."""
         methods = self.routes.find(scope["path"])
         if methods is None:
             return error_answer(404, "Not Found")

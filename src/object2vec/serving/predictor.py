@@ -27,6 +27,11 @@ from ..nn.inference import encode_column
 from ..runtime import resolve_device
 
 INFERENCE_BATCH_SIZE = 1024
+#: The most arithmetic a pass of pooled encoders on a CPU may need to count as cheap (counted by
+#: :meth:`Predictor.pass_flop`): 2 GFLOP is 15-30 ms on two cores of 70-130 GFLOP/s. 1,000
+#: embeddings of the benchmark's model (enc_dim 256) need 0.14 GFLOP, 1,000 pairs with its
+#: 2-layer MLP of 512 1.8 GFLOP.
+CHEAP_PASS_FLOP = 2e9
 PREFERRED_MODES = ("embedding", "classification")
 
 
@@ -115,6 +120,15 @@ class Predictor:
         self.encoder_device, self.head_device = placement(self.device, self.preferred_mode)
         self.net.place(self.encoder_device, self.head_device)
         self._max_seq_lens = (hp.encoder(0).max_seq_len, hp.encoder(1).max_seq_len)
+        self._pooled_on_cpu = (
+            all(hp.encoder(side).network == "pooled_embedding" for side in (0, 1))
+            and self.encoder_device.type == "cpu"
+            and self.head_device.type == "cpu"
+        )
+        encoders = [self.net.encoder(side) for side in (0, 1)]
+        self._encoder_flop = [(hp.encoder(s).token_embedding_dim, _linear_flop(encoders[s])) for s in (0, 1)]
+        in_encoders = {id(module) for encoder in encoders for module in encoder.modules()}
+        self._head_flop = _linear_flop(self.net, skip=in_encoders)
 
     @classmethod
     def load(
@@ -130,6 +144,26 @@ class Predictor:
     def embedding_dim(self) -> int:
         """Length of every embedding vector: the encoders' output size, ``enc_dim``."""
         return self.hp.enc_dim
+
+    def cheap_pass(self, batch: Sequence[Instances]) -> bool:
+        """Whether answering ``batch`` costs little beside the JSON around it: pooled encoders on a
+        CPU and at most ``CHEAP_PASS_FLOP`` (1,000 embeddings take about 2 ms), where hcnn or bilstm
+        take hundreds of ms. The server runs such passes on its event loop (``MicroBatcher``)."""
+        return self._pooled_on_cpu and self.pass_flop(batch) <= CHEAP_PASS_FLOP
+
+    def pass_flop(self, batch: Sequence[Instances]) -> float:
+        """The arithmetic of answering ``batch`` with pooled encoders: a token's vector added to its
+        sequence's sum, each sequence's projection (and the rest of the encoder's linear layers),
+        and for pairs the comparator's MLP and head. Tokens past ``max_seq_len`` are counted too
+        (an upper bound)."""
+        flop = 0.0
+        for part in batch:
+            for side, column in enumerate(part.columns):
+                per_token, per_sequence = self._encoder_flop[side]
+                flop += len(column.tokens) * per_token + len(column) * per_sequence
+            if part.pairs:
+                flop += part.size * self._head_flop
+        return flop
 
     @property
     def num_outputs(self) -> int:
@@ -280,6 +314,13 @@ class Predictor:
         """The network's ``scores`` from the two encodings, on the head's device (which may differ
         from the encoders' under INFERENCE_PREFERRED_MODE=embedding)."""
         return self.net.score_encodings(a, b)
+
+
+def _linear_flop(module: torch.nn.Module, skip: frozenset[int] | set[int] = frozenset()) -> int:
+    """Multiply-adds (x2) of one row through every linear layer of ``module`` not in ``skip``."""
+    return 2 * sum(
+        m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear) and id(m) not in skip
+    )
 
 
 def _split(rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:

@@ -1,4 +1,5 @@
-"""The inference service: the SageMaker container contract over HTTP, served by uvicorn.
+"""The inference service: the SageMaker container contract over HTTP, served by uvicorn (with the
+connection handling of :mod:`object2vec.serving.http`).
 
 Routes: ``GET /ping``, ``POST /invocations``, ``POST /endpoints/{name}/invocations`` (what
 ``boto3.client("sagemaker-runtime").invoke_endpoint`` sends, so clients of a hosted endpoint work
@@ -44,6 +45,7 @@ from ..columns import Instances
 from ..index import NeighborIndex
 from . import protocol
 from .asgi import Answer, App, ClientGone, Handler, HttpRequest, Routes, error_answer
+from .http import http_protocol
 from .neighbors import NeighborSearch, open_served_index
 from .predictor import InputError, Predictor, inference_threads
 from .settings import (
@@ -92,10 +94,15 @@ class MicroBatcher:
     writing other requests meanwhile) and hands each request its rows. A job still queued after
     ``max_queue_s`` leaves the queue with :class:`Overloaded`.
 
-    Every pass runs on the thread, however small: running tiny passes on the event loop instead
-    (no thread hand-off) was measured slower at 16 concurrent single requests (median 581 against
-    619 requests/s, p99 120 against 92 ms on a busy 2-core machine): on the thread, torch's work
-    (which releases the GIL) overlaps the loop's HTTP and JSON work for the next requests.
+    Passes that ``inline(parts)`` calls cheap run on the event loop itself; the others (all of
+    them without ``inline``) run on the inference thread. A pass on the thread pays for the
+    GIL at every torch call: each call releases it, and getting it back waits until the event
+    loop's thread lets go, which under load (orjson writing an answer holds it for milliseconds)
+    is one switch interval (5 ms) per call. A 1,000-instance pooled pass took 72 ms beside a
+    thread writing JSON against 2.2 ms alone (README, "Serving performance"). So a pass that is
+    cheap anyway (the pooled encoder on a CPU: about 2 ms for 1,000 instances) is faster run
+    where the GIL already is; a long one (hcnn, bilstm: hundreds of ms) goes to the thread, whose
+    torch calls are long enough for the waits not to matter, so the loop keeps serving meanwhile.
     """
 
     def __init__(
@@ -104,8 +111,10 @@ class MicroBatcher:
         max_instances: int = DEFAULT_MAX_BATCH_INSTANCES,
         max_wait_s: float = DEFAULT_BATCH_WAIT_MS / 1000,
         max_queue_s: float = DEFAULT_MAX_QUEUE_MS / 1000,
+        inline: Callable[[list[Instances]], bool] | None = None,
     ):
         self.run = run
+        self.inline = inline
         self.max_instances = max_instances
         self.max_wait_s = max_wait_s
         self.max_queue_s = max_queue_s
@@ -199,7 +208,10 @@ class MicroBatcher:
     async def _answer(self, batch: list[_Job]) -> None:
         parts = [job.instances for job in batch]
         try:
-            answers = await asyncio.get_running_loop().run_in_executor(self._executor, self.run, parts)
+            if self.inline is not None and self.inline(parts):
+                answers = self.run(parts)
+            else:
+                answers = await asyncio.get_running_loop().run_in_executor(self._executor, self.run, parts)
         except Exception as exc:  # a bug must fail these requests, never the worker
             for job in batch:
                 if not job.future.done():
@@ -268,6 +280,7 @@ def create_app(predictor: Predictor, settings: ServeSettings, index: NeighborInd
         settings.max_batch_instances,
         settings.batch_wait_ms / 1000,
         settings.max_queue_ms / 1000,
+        inline=predictor.cheap_pass,
     )
     parameters = protocol.encode_object(execution_parameters_of(settings))
 
@@ -425,6 +438,7 @@ def serve(
         open_served_index(settings.index, root)
     port = serve_port(port, platform)
     options = dict(
+        http=http_protocol(),
         host=host,
         port=port,
         access_log=access_log,
@@ -455,7 +469,7 @@ def running(app: App, host: str = DEFAULT_HOST, port: int = 0) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, http=http_protocol(), access_log=False, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

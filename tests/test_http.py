@@ -1,0 +1,309 @@
+"""The service's HTTP/1.1 connections (uvicorn's handling, answers written by
+``object2vec.serving.http.DirectProtocol``) over real sockets, and which thread runs a pass."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from object2vec import artifact
+from object2vec.hyperparameters import parse_hyperparameters
+from object2vec.nn import Object2VecNet
+from object2vec.serving import http, server
+from object2vec.serving import predictor as predictor_module
+from object2vec.serving.predictor import Predictor
+from object2vec.serving.server import create_app
+from object2vec.serving.settings import ServeSettings
+
+VOCAB, DIM = 300, 8
+
+
+def random_model(directory: Path, encoder: str = "pooled_embedding", **settings: str) -> Path:
+    hp = parse_hyperparameters(
+        {
+            "enc0_network": encoder,
+            "enc0_vocab_size": str(VOCAB),
+            "enc1_vocab_size": str(VOCAB),
+            "enc0_max_seq_len": "10",
+            "enc1_max_seq_len": "10",
+            "enc0_token_embedding_dim": str(DIM),
+            "enc1_token_embedding_dim": str(DIM),
+            "enc_dim": str(DIM),
+            "mlp_dim": "16",
+            "num_classes": "3",
+            **settings,
+        }
+    )
+    return artifact.save(directory, hp, Object2VecNet(hp).eval())
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory) -> Predictor:
+    return Predictor.load(random_model(tmp_path_factory.mktemp("model")), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def address(predictor):
+    """(host, port) of the service on a real socket, payload limit 0.05 MB."""
+    app = create_app(predictor, ServeSettings("unused", max_payload_mb=0.05))
+    with server.running(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        yield host, int(port)
+
+
+def embed_body(n: int) -> bytes:
+    rng = np.random.default_rng(n)
+    return orjson.dumps({"instances": [{"in0": rng.integers(0, VOCAB, 6).tolist()} for _ in range(n)]})
+
+
+def request(method: str, path: str, body: bytes = b"", *headers: str, version: str = "1.1") -> bytes:
+    lines = [f"{method} {path} HTTP/{version}", "Host: test", *headers]
+    if body or method == "POST":
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class Reader:
+    """Reads responses off one connection: status, lower-case headers and body."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.buffer = sock, b""
+        sock.settimeout(10)
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(1 << 16)
+        self.buffer += chunk
+        return bool(chunk)
+
+    def response(self, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buffer:
+            assert self._fill(), f"connection closed before a response: {self.buffer!r}"
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+        length = 0 if head_only else int(headers["content-length"])
+        while len(self.buffer) < length:
+            assert self._fill(), "connection closed inside a body"
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return int(status_line.split()[1]), headers, body
+
+    def closed(self) -> bool:
+        """Whether the server closed the connection (with nothing more sent)."""
+        return not self._fill() and not self.buffer
+
+
+def connect(address) -> tuple[socket.socket, Reader]:
+    sock = socket.create_connection(address)
+    return sock, Reader(sock)
+
+
+def test_an_answer_has_its_status_line_headers_and_body(address):
+    sock, reader = connect(address)
+    with sock:
+        sock.sendall(request("GET", "/ping"))
+        status, headers, body = reader.response()
+    assert status == 200 and body == b'{"status":"ok"}'
+    assert headers["content-type"] == "application/json" and headers["content-length"] == "15"
+    assert "date" in headers and headers["server"] == "uvicorn"  # uvicorn's default headers stay
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(address):
+    sock, reader = connect(address)
+    with sock:
+        sizes = [3, 1, 2]
+        sock.sendall(
+            b"".join(request("POST", "/invocations", embed_body(n)) for n in sizes) + request("GET", "/ping")
+        )
+        answers = [reader.response() for _ in sizes]
+        assert [len(orjson.loads(body)["predictions"]) for _, _, body in answers] == sizes
+        assert reader.response()[2] == b'{"status":"ok"}'
+        sock.sendall(request("GET", "/ping"))  # kept alive
+        assert reader.response()[0] == 200
+
+
+def test_head_answers_the_headers_of_get_without_the_body(address):
+    sock, reader = connect(address)
+    with sock:
+        sock.sendall(request("HEAD", "/ping") + request("GET", "/ping"))
+        status, headers, _ = reader.response(head_only=True)
+        assert status == 200 and headers["content-length"] == "15"
+        assert reader.response()[2] == b'{"status":"ok"}'  # the next answer starts right after the head
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [request("GET", "/ping", b"", "Connection: close"), request("GET", "/ping", version="1.0")],
+    ids=["connection-close", "http-1.0"],
+)
+def test_the_connection_closes_after_the_answer_when_the_client_asks(address, raw):
+    sock, reader = connect(address)
+    with sock:
+        sock.sendall(raw)
+        status, headers, _ = reader.response()
+        assert status == 200 and headers["connection"] == "close"
+        assert reader.closed()
+
+
+def test_errors_keep_their_status_headers_and_json_body(address):
+    sock, reader = connect(address)
+    with sock:
+        sock.sendall(request("DELETE", "/ping") + request("POST", "/nowhere", b"{}"))
+        status, headers, body = reader.response()
+        assert status == 405 and headers["allow"] == "GET, HEAD" and orjson.loads(body)["error"]
+        status, _, body = reader.response()
+        assert status == 404 and orjson.loads(body) == {"error": "Not Found"}
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_sent_and_the_connection_serves_on(address):
+    body = b"x" * 60_000  # over the 0.05 MB limit
+    sock, reader = connect(address)
+    with sock:
+        head, _, _ = request("POST", "/invocations", body).partition(b"\r\n\r\n")
+        sock.sendall(head + b"\r\n\r\n")  # the headers only: the length alone is refused
+        status, _, answer = reader.response()
+        assert status == 413 and b"payload limit" in answer
+
+
+def test_expect_100_continue_gets_the_interim_answer_then_the_answer(address):
+    body = embed_body(2)
+    sock, reader = connect(address)
+    with sock:
+        head, _, _ = request("POST", "/invocations", body, "Expect: 100-continue").partition(b"\r\n\r\n")
+        sock.sendall(head + b"\r\n\r\n")
+        assert reader.response(head_only=True)[0] == 100
+        sock.sendall(body)
+        status, _, answer = reader.response()
+    assert status == 200 and len(orjson.loads(answer)["predictions"]) == 2
+
+
+def test_a_malformed_request_is_400_and_the_server_serves_on(address):
+    sock, reader = connect(address)
+    with sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        assert reader.response()[0] == 400
+    sock, reader = connect(address)
+    with sock:
+        sock.sendall(request("GET", "/ping"))
+        assert reader.response()[0] == 200
+
+
+def test_a_large_answer_arrives_whole_and_equals_the_in_process_one(predictor):
+    """An answer over ``JOIN_LIMIT`` goes out as head and body buffers of one write."""
+    app = create_app(predictor, ServeSettings("unused"))
+    body = embed_body(1500)
+    with server.running(app) as url:
+        response = httpx.post(
+            f"{url}/invocations", content=body, headers={"content-type": "application/json"}
+        )
+    assert len(response.content) > http.JOIN_LIMIT
+    got = np.array([row["embeddings"] for row in response.json()["predictions"]], dtype=np.float32)
+    instances = [item["in0"] for item in orjson.loads(body)["instances"]]
+    np.testing.assert_array_equal(got, predictor.embed(in0=instances))
+
+
+def test_the_access_log_names_method_path_version_and_status(predictor, monkeypatch):
+    """As ``object2vec serve --access-log`` logs (uvicorn's format; logging left to the test)."""
+    import uvicorn
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    access = logging.getLogger("uvicorn.access")
+    monkeypatch.setattr(access, "handlers", [handler])
+    monkeypatch.setattr(access, "level", access.level)  # restored after the test
+    access.setLevel(logging.INFO)  # (which also clears logging's cache of enabled levels)
+    app = create_app(predictor, ServeSettings("unused"))
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(app, http=http.http_protocol(), access_log=True, log_config=None)
+    uvicorn_server = uvicorn.Server(config)
+    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not uvicorn_server.started:
+            threading.Event().wait(0.01)
+        httpx.get(f"http://127.0.0.1:{sock.getsockname()[1]}/ping?probe=1")
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+    assert any('"GET /ping?probe=1 HTTP/1.1" 200' in record.getMessage() for record in records), records
+
+
+def test_an_application_other_than_the_service_is_served_through_asgi():
+    async def hello(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send(
+            {"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"text/plain")]}
+        )
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    assert http.served_app(hello) is None
+    with server.running(hello) as url:
+        response = httpx.get(url)
+    assert response.status_code == 201 and response.text == "hello"
+
+
+def test_the_service_is_found_inside_uvicorns_middleware(predictor):
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    app = create_app(predictor, ServeSettings("unused"))
+    assert http.served_app(ProxyHeadersMiddleware(app)) is app
+
+
+def passes_by_thread(predictor: Predictor, bodies: list[bytes], monkeypatch) -> list[str]:
+    """The name of the thread each forward pass ran on, serving ``bodies`` one after another."""
+    names: list[str] = []
+    answer = predictor.answer
+
+    def recording(batch, **kwargs):
+        names.append(threading.current_thread().name)
+        return answer(batch, **kwargs)
+
+    monkeypatch.setattr(predictor, "answer", recording)
+    app = create_app(predictor, ServeSettings("unused"))
+
+    async def send() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
+            for body in bodies:
+                response = await client.post("/invocations", content=body)
+                assert response.status_code == 200
+
+    asyncio.run(send())
+    return names
+
+
+def test_cheap_passes_run_on_the_event_loop_and_costly_ones_on_the_inference_thread(predictor, monkeypatch):
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop on this thread
+    # 3 embeddings of 6 tokens: 3 x (6 x 8 + 2 x 8 x 8) = 528 FLOP
+    assert predictor.pass_flop([server.protocol.decode_request(embed_body(3), *json_and_vocab())]) == 528
+    assert passes_by_thread(predictor, [embed_body(3)], monkeypatch) == [loop_thread]
+    monkeypatch.setattr(predictor_module, "CHEAP_PASS_FLOP", 527)
+    assert passes_by_thread(predictor, [embed_body(3)], monkeypatch)[0].startswith("object2vec-inference")
+
+
+def json_and_vocab():
+    return server.protocol.parse_content_type("application/json"), (VOCAB, VOCAB)
+
+
+def test_pairs_count_the_mlp_and_sequence_encoders_never_run_on_the_loop(predictor, tmp_path):
+    pairs = orjson.dumps({"instances": [{"in0": [1, 2], "in1": [3]}, {"in0": [4], "in1": [5, 6, 7]}]})
+    parsed = server.protocol.decode_request(pairs, *json_and_vocab())
+    encoders = 7 * DIM + 4 * (2 * DIM * DIM)  # 7 tokens, 4 sequences projected
+    # comparator (hadamard, concat, abs_diff: 4 x 8 = 32 wide) -> MLP 32x16, 16x16 -> head 16x3, per pair
+    head = 2 * (32 * 16 + 16 * 16 + 16 * 3)
+    assert predictor.pass_flop([parsed]) == encoders + 2 * head
+    hcnn = Predictor.load(random_model(tmp_path / "hcnn", "hcnn"), device="cpu")
+    assert not hcnn.cheap_pass([parsed]) and predictor.cheap_pass([parsed])

@@ -16,6 +16,7 @@ from object2vec.nn.encoders import (
     bag_means,
     masked_mean_max,
     padding_mask,
+    real_tokens,
     stable_sort,
 )
 
@@ -57,6 +58,15 @@ def test_pooling_and_its_table_gradient_match_the_masked_mean(sparse):
         )
         grad = grad.to_dense()
     assert torch.allclose(grad, reference.grad, atol=1e-6)
+
+
+def test_real_tokens_are_the_masked_ids_in_order():
+    ids, lengths = batch(40, 9, 500, seed=3)
+    lengths[5] = 0  # an empty sequence (cut to nothing by max_len=0) gives no token
+    got = real_tokens(ids, lengths)
+    assert got.dtype == ids.dtype and torch.equal(got, ids[padding_mask(lengths, 9)])
+    narrow, short = ids[:, :4], lengths.clamp(max=4)  # a strided view of the batch
+    assert torch.equal(real_tokens(narrow, short), narrow[padding_mask(short, 4)])
 
 
 @pytest.mark.parametrize("bound", [30, RADIX_SORT_BOUND, RADIX_SORT_BOUND + 1])

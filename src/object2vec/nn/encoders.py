@@ -112,6 +112,17 @@ def padding_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def real_tokens(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The real tokens of padded ``[B, T]`` ``ids`` (``lengths`` at most ``T``), one sequence after
+    another. On the CPU by numpy's boolean indexing: 55-60 us for a StarSpace-shaped batch's
+    1,536 x 50 IDs where torch's ``ids[mask]`` took 280-300 us (and ``masked_select`` 175); the
+    same tokens in the same order."""
+    if ids.device.type != "cpu":
+        return ids[padding_mask(lengths, ids.shape[1])]
+    mask = np.arange(ids.shape[1]) < lengths.numpy()[:, None]
+    return torch.from_numpy(ids.numpy()[mask])
+
+
 class Encoder(nn.Module):
     """Maps padded token IDs and their lengths to one ``enc_dim`` vector per sequence.
 
@@ -144,7 +155,7 @@ def stable_sort(ids: torch.Tensor, bound: int) -> tuple[torch.Tensor, torch.Tens
     if ids.device.type != "cpu" or bound > RADIX_SORT_BOUND:
         return torch.sort(ids, stable=True)
     order = torch.from_numpy(np.argsort(ids.detach().numpy().astype(np.uint16), kind="stable"))
-    return ids[order], order
+    return ids.index_select(0, order), order
 
 
 class _SparseBagMean(torch.autograd.Function):
@@ -170,11 +181,11 @@ class _SparseBagMean(torch.autograd.Function):
         sorted_ids, order = stable_sort(flat, ctx.table_shape[0])
         rows, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
         values = F.embedding_bag(
-            owner[order],
+            owner.index_select(0, order),
             grad.contiguous(),
             counts.cumsum(0) - counts,
             mode="sum",
-            per_sample_weights=scale[order],
+            per_sample_weights=scale.index_select(0, order),
         )
         table_grad = torch.sparse_coo_tensor(
             rows.unsqueeze(0), values, ctx.table_shape, is_coalesced=True, check_invariants=False
@@ -197,7 +208,7 @@ def bag_means(table: nn.Embedding, inputs: list[tuple[torch.Tensor, torch.Tensor
     flats, counts = [], []
     for ids, lengths in inputs:
         lengths = lengths.clamp(max=ids.shape[1])
-        flats.append(ids[padding_mask(lengths, ids.shape[1])])
+        flats.append(real_tokens(ids, lengths))
         counts.append(lengths)
     flat, lengths = torch.cat(flats), torch.cat(counts)
     offsets = lengths.cumsum(0) - lengths
@@ -206,7 +217,7 @@ def bag_means(table: nn.Embedding, inputs: list[tuple[torch.Tensor, torch.Tensor
         pooled = F.embedding_bag(flat, weight, offsets, mode="mean")
     else:
         owner = torch.repeat_interleave(torch.arange(len(lengths), device=flat.device), lengths)
-        scale = lengths.clamp(min=1).to(weight.dtype).reciprocal()[owner]
+        scale = lengths.clamp(min=1).to(weight.dtype).reciprocal().index_select(0, owner)
         pooled = _SparseBagMean.apply(weight, flat, offsets, owner, scale)
     return list(pooled.split([len(c) for c in counts]))
 

@@ -82,7 +82,7 @@ class DirectProtocol(HttpToolsProtocol):
         self.service = served_app(self.app)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app) -> None:
-        if self.service is None:
+        if self.service is None or app is not self.app:  # not the service (e.g. uvicorn's 503 app)
             super()._start_asgi_task(cycle, app)
             return
         task = self.loop.create_task(self._respond(cycle))

@@ -113,14 +113,14 @@ class SequenceColumn:
     def from_lists(cls, sequences: Sequence[Sequence[int]]) -> SequenceColumn:
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
         offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        lengths.cumsum(out=offsets[1:])
         tokens = np.fromiter((t for s in sequences for t in s), dtype=np.int64, count=int(offsets[-1]))
         return cls(tokens, offsets)
 
     @classmethod
     def from_lengths(cls, tokens: np.ndarray, lengths: np.ndarray) -> SequenceColumn:
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        lengths.cumsum(out=offsets[1:])
         return cls(tokens, offsets)
 
     @classmethod

@@ -309,6 +309,9 @@ def _decode_columns(
     columns = []
     for side in (0, 1):
         sequences = given[side] if missing[side] == 0 else [s for s in given[side] if s is not None]
+        if not sequences:  # the side no instance gives (an embedding request's other encoder)
+            columns.append(SequenceColumn.from_lengths(np.zeros(0, np.int64), np.zeros(0, np.int64)))
+            continue
         try:
             column = SequenceColumn.checked(sequences, vocab_sizes[side], may_hold_bools)
         except InvalidSequence:

@@ -175,6 +175,8 @@ def test_a_body_over_the_limit_is_413_before_it_is_sent_and_the_connection_serve
         sock.sendall(head + b"\r\n\r\n")  # the headers only: the length alone is refused
         status, _, answer = reader.response()
         assert status == 413 and b"payload limit" in answer
+        sock.sendall(body + request("GET", "/ping"))  # the refused body is skipped, then served on
+        assert reader.response()[0] == 200
 
 
 def test_expect_100_continue_gets_the_interim_answer_then_the_answer(address):
@@ -271,11 +273,49 @@ def test_an_application_other_than_the_service_is_served_through_asgi():
     assert response.status_code == 201 and response.text == "hello"
 
 
-def test_the_service_is_found_inside_uvicorns_middleware(predictor):
+def test_the_service_is_found_inside_uvicorns_middleware_and_no_other(predictor):
     from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
     app = create_app(predictor, ServeSettings("unused"))
     assert http.served_app(ProxyHeadersMiddleware(app)) is app
+
+    class Refusing:  # a middleware of the user's: it must run
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    assert http.served_app(Refusing(app)) is None
+    with server.running(Refusing(app)) as url:
+        assert httpx.get(f"{url}/ping").status_code == 401
+
+
+def test_the_direct_path_answers_the_service(predictor, monkeypatch):
+    """uvicorn calls the override (a uvicorn without ``_start_asgi_task`` would skip it silently)."""
+    calls = []
+    respond = http.DirectProtocol._respond
+
+    async def counting(self, cycle):
+        calls.append(cycle.scope["path"])
+        await respond(self, cycle)
+
+    monkeypatch.setattr(http.DirectProtocol, "_respond", counting)
+    with server.running(create_app(predictor, ServeSettings("unused"))) as url:
+        assert httpx.get(f"{url}/ping").status_code == 200
+    assert calls == ["/ping"]
+
+
+def test_memory_bound_passes_are_not_cheap(predictor, tmp_path):
+    long = orjson.dumps({"instances": [{"in0": [1] * 70_000}]})
+    assert not predictor.cheap_pass([server.protocol.decode_request(long, *json_and_vocab())])
+    wide = Predictor.load(random_model(tmp_path / "wide", mlp_dim="2048", mlp_layers="2"), device="cpu")
+    pair = orjson.dumps({"instances": [{"in0": [1], "in1": [2]}]})
+    parsed = server.protocol.decode_request(pair, *json_and_vocab())
+    assert wide.pass_flop([parsed]) < 2e9 and not wide.cheap_pass([parsed])  # 4.3M head weights
+    single = orjson.dumps({"instances": [{"in0": [1]}]})
+    assert wide.cheap_pass([server.protocol.decode_request(single, *json_and_vocab())])
 
 
 def passes_by_thread(predictor: Predictor, bodies: list[bytes], monkeypatch) -> list[str]:

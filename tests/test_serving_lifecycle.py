@@ -61,8 +61,8 @@ def test_a_request_queued_past_the_limit_gets_503(tmp_path, monkeypatch):
         return answer(batch, **kwargs)
 
     monkeypatch.setattr(predictor, "answer", slow_answer)
-    # a pass this slow is not one the event loop may run itself: it goes to the inference thread,
-    # and the loop keeps reading (and queueing) the next request meanwhile
+    # the queue limit is for passes on the inference thread (the loop keeps reading, and queueing,
+    # the next request meanwhile); a pooled model's small passes would run on the loop itself
     monkeypatch.setattr(predictor, "cheap_pass", lambda batch: False)
     app = create_app(predictor, ServeSettings("unused", max_queue_ms=100))
 

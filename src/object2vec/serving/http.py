@@ -7,10 +7,13 @@ the per-request ASGI layer between the parsed request and the bytes of the answe
 middleware, the app called with ``scope``/``receive``/``send``, and two ``send`` messages each
 checked and written on their own, so an answer went out in two socket writes. Here the handler's
 :class:`~object2vec.serving.asgi.Answer` is written in one, status line and headers included.
-``GET /ping`` under 16 connections: 29,000 requests/s this way against 13,000-17,000 through ASGI on
-the same 2-core machine (README, "Serving performance").
+``GET /ping`` under 16 connections: 18,400-29,000 requests/s this way against 13,300-17,500 through
+ASGI on the same 2-core machine (README, "Serving performance").
 
-An application that is not an :class:`App` (or wraps none) is served through ASGI as uvicorn would.
+An application that is not an :class:`App`, or an App behind any middleware other than uvicorn's
+own proxy-headers and message-logger wrappers, is served through ASGI as uvicorn would. With the
+direct path the access log shows the connection's peer address (uvicorn's proxy-headers middleware,
+which would put an ``X-Forwarded-For`` client in its place, is not run).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from .asgi import Answer, App, error_answer
 logger = logging.getLogger("object2vec.server")
 
 #: Bodies up to this size are joined to the head and written as one bytes object; larger ones
-#: go out as two buffers of one ``writelines`` call, so a multi-megabyte answer is not copied.
+#: go out as two buffers of one ``writelines`` call (uvloop sends them without joining them).
 JOIN_LIMIT = 64 * 1024
 
 
@@ -43,13 +46,14 @@ STATUS_LINES = {status.value: status_line(status.value) for status in http.HTTPS
 
 
 def served_app(app) -> App | None:
-    """The :class:`App` that uvicorn's loaded application is or wraps (its middlewares keep the
-    application they wrap as ``.app``), else None."""
-    for _ in range(8):
-        if isinstance(app, App):
-            return app
-        app = getattr(app, "app", None)
-    return None
+    """The :class:`App` that uvicorn's loaded application is, or wraps in uvicorn's own proxy-headers
+    or message-logger middleware; None for anything else (another middleware must run)."""
+    from uvicorn.middleware.message_logger import MessageLoggerMiddleware
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    while isinstance(app, (ProxyHeadersMiddleware, MessageLoggerMiddleware)):
+        app = app.app
+    return app if isinstance(app, App) else None
 
 
 def response_head(answer: Answer, default_headers, keep_alive: bool) -> bytes:
@@ -98,6 +102,9 @@ class DirectProtocol(HttpToolsProtocol):
         try:
             if answer is not None and not cycle.disconnected:
                 await self._write(cycle, answer)
+        except Exception:  # as uvicorn does when an application fails mid-answer: close
+            logger.exception("writing the answer failed")
+            cycle.transport.close()
         finally:
             cycle.on_response = lambda: None  # as uvicorn does: no reference back to the connection
 

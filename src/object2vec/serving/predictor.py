@@ -32,6 +32,11 @@ INFERENCE_BATCH_SIZE = 1024
 #: embeddings of the benchmark's model (enc_dim 256) need 0.14 GFLOP, 1,000 pairs with its
 #: 2-layer MLP of 512 1.8 GFLOP.
 CHEAP_PASS_FLOP = 2e9
+#: ...and at most this many tokens (memory-bound gathers the FLOP count underrates: 2M tokens of
+#: 1,000 dimensions took 385 ms) and head weights (a pass reads them all, however few pairs: an MLP
+#: of 4 x 8,192 took 153 ms for 4 pairs); 1,000 instances of 5-32 tokens are 18,700 tokens.
+CHEAP_PASS_TOKENS = 65_536
+CHEAP_PASS_HEAD_WEIGHTS = 4_000_000
 PREFERRED_MODES = ("embedding", "classification")
 
 
@@ -147,9 +152,16 @@ class Predictor:
 
     def cheap_pass(self, batch: Sequence[Instances]) -> bool:
         """Whether answering ``batch`` costs little beside the JSON around it: pooled encoders on a
-        CPU and at most ``CHEAP_PASS_FLOP`` (1,000 embeddings take about 2 ms), where hcnn or bilstm
-        take hundreds of ms. The server runs such passes on its event loop (``MicroBatcher``)."""
-        return self._pooled_on_cpu and self.pass_flop(batch) <= CHEAP_PASS_FLOP
+        CPU, at most ``CHEAP_PASS_FLOP``, ``CHEAP_PASS_TOKENS`` tokens and, for pairs, a head of at
+        most ``CHEAP_PASS_HEAD_WEIGHTS`` weights (1,000 embeddings take about 2 ms), where hcnn or
+        bilstm take hundreds of ms. The server runs such passes on its event loop (``MicroBatcher``)."""
+        if not self._pooled_on_cpu:
+            return False
+        tokens = sum(len(column.tokens) for part in batch for column in part.columns)
+        pairs = any(part.pairs and part.size for part in batch)
+        if tokens > CHEAP_PASS_TOKENS or (pairs and self._head_flop / 2 > CHEAP_PASS_HEAD_WEIGHTS):
+            return False
+        return self.pass_flop(batch) <= CHEAP_PASS_FLOP
 
     def pass_flop(self, batch: Sequence[Instances]) -> float:
         """The arithmetic of answering ``batch`` with pooled encoders: a token's vector added to its

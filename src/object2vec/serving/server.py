@@ -90,9 +90,10 @@ class MicroBatcher:
 
     One worker coroutine per event loop takes every queued job (up to ``max_instances``
     instances), waits at most ``max_wait_s`` for requests that are still being read, runs the
-    gathered instances in one pass on an inference thread (so the event loop keeps reading and
-    writing other requests meanwhile) and hands each request its rows. A job still queued after
-    ``max_queue_s`` leaves the queue with :class:`Overloaded`.
+    gathered instances in one pass (on the event loop when cheap, else on an inference thread, so
+    the event loop keeps reading and writing other requests meanwhile) and hands each request its
+    rows. A job still queued after ``max_queue_s`` leaves the queue with :class:`Overloaded` (only a
+    pass on the thread lets jobs queue meanwhile; a pass on the loop is bounded by its cost).
 
     Passes that ``inline(parts)`` calls cheap run on the event loop itself; the others (all of
     them without ``inline``) run on the inference thread. A pass on the thread pays for the

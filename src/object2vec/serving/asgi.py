@@ -137,12 +137,17 @@ class App:
             return None
 
 
-async def send_answer(send, answer: Answer) -> None:
-    headers: Iterable[tuple[bytes, bytes]] = [
+def answer_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
+    """The headers of ``answer``: its media type, its length and its own (both ways of sending)."""
+    return [
         (b"content-type", answer.media_type.encode("latin-1")),
         (b"content-length", str(len(answer.body)).encode()),
         *((k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers),
     ]
+
+
+async def send_answer(send, answer: Answer) -> None:
+    headers: Iterable[tuple[bytes, bytes]] = answer_headers(answer)
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})
 

@@ -25,7 +25,7 @@ import logging
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from .asgi import Answer, App, error_answer
+from .asgi import Answer, App, answer_headers, error_answer
 
 logger = logging.getLogger("object2vec.server")
 
@@ -60,17 +60,8 @@ def response_head(answer: Answer, default_headers, keep_alive: bool) -> bytes:
     """Status line and headers: uvicorn's default ones (``date``, ``server``), the media type, the
     length, the answer's own, and ``connection: close`` when the connection ends after it."""
     head = [STATUS_LINES.get(answer.status) or status_line(answer.status)]
-    for name, value in default_headers:
+    for name, value in (*default_headers, *answer_headers(answer)):
         head += [name, b": ", value, b"\r\n"]
-    head += [
-        b"content-type: ",
-        answer.media_type.encode("latin-1"),
-        b"\r\ncontent-length: ",
-        str(len(answer.body)).encode("ascii"),
-        b"\r\n",
-    ]
-    for name, value in answer.headers:
-        head += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
     if not keep_alive:
         head.append(b"connection: close\r\n")
     head.append(b"\r\n")

@@ -157,11 +157,10 @@ class Predictor:
         bilstm take hundreds of ms. The server runs such passes on its event loop (``MicroBatcher``)."""
         if not self._pooled_on_cpu:
             return False
-        tokens = sum(len(column.tokens) for part in batch for column in part.columns)
-        pairs = any(part.pairs and part.size for part in batch)
-        if tokens > CHEAP_PASS_TOKENS or (pairs and self._head_flop / 2 > CHEAP_PASS_HEAD_WEIGHTS):
+        if self._head_flop / 2 > CHEAP_PASS_HEAD_WEIGHTS and any(part.pairs and part.size for part in batch):
             return False
-        return self.pass_flop(batch) <= CHEAP_PASS_FLOP
+        tokens = sum(len(column.tokens) for part in batch for column in part.columns)
+        return tokens <= CHEAP_PASS_TOKENS and self.pass_flop(batch) <= CHEAP_PASS_FLOP
 
     def pass_flop(self, batch: Sequence[Instances]) -> float:
         """The arithmetic of answering ``batch`` with pooled encoders: a token's vector added to its

@@ -3,6 +3,8 @@ columnar token checks, columnar request decoding and byte-for-byte answer encodi
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import orjson
 import pytest
@@ -11,7 +13,7 @@ import torch
 from object2vec.columns import InvalidSequence, SequenceColumn, token_problem
 from object2vec.hyperparameters import parse_hyperparameters
 from object2vec.nn import Object2VecNet
-from object2vec.nn.inference import encode_column, length_chunks
+from object2vec.nn.inference import chunk_threads, encode_column, length_chunks
 from object2vec.serving import protocol
 from object2vec.serving.predictor import Predictor
 
@@ -107,6 +109,72 @@ def test_length_chunks_cover_every_row_within_the_budget():
         rows = chunk.stop - chunk.start
         assert rows <= 64 and (rows == 1 or rows * lengths[chunk.stop - 1] <= 2048)
     assert list(length_chunks(np.array([5000]), 64, 2048)) == [slice(0, 1)]  # too long: alone
+
+
+
+@pytest.fixture
+def two_torch_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("encoder", ["hcnn", "bilstm"])
+def test_chunks_run_side_by_side_on_one_torch_thread_each_with_the_same_encodings(encoder, two_torch_threads):
+    """With two torch threads a pass of many chunks runs them on the chunk threads, each of which
+    computes with one torch thread; the encodings are those of one chunk after another."""
+    net = network(encoder)
+    column = SequenceColumn.from_lists(sequences(300, 24, seed=3))
+    seen = set()
+    forward = net.encoder(0).forward
+
+    def recording_forward(ids, lengths):
+        seen.add((threading.current_thread().name.split("_")[0], torch.get_num_threads()))
+        return forward(ids, lengths)
+
+    net.encoder(0).forward = recording_forward
+    side_by_side = encode_column(net.encoder(0), column, torch.device("cpu"), 16)
+    assert seen == {("object2vec-chunks", 1)}
+    torch.set_num_threads(1)
+    seen.clear()
+    one_after_another = encode_column(net.encoder(0), column, torch.device("cpu"), 16)
+    assert seen == {(threading.current_thread().name.split("_")[0], 1)}
+    torch.testing.assert_close(side_by_side, one_after_another, rtol=1e-6, atol=1e-6)
+
+
+def test_a_pass_of_one_chunk_runs_on_the_callers_threads(two_torch_threads):
+    net = network("hcnn")
+    seen = []
+    forward = net.encoder(0).forward
+    net.encoder(0).forward = lambda ids, lengths: seen.append(threading.current_thread()) or forward(ids, lengths)
+    encode_column(net.encoder(0), SequenceColumn.from_lists(sequences(5, 24)), torch.device("cpu"), 1024)
+    assert seen == [threading.current_thread()]
+
+
+def test_chunk_threads_leave_other_threads_torch_thread_count_alone(two_torch_threads):
+    """``set_num_threads(1)`` on a chunk thread also changes the count threads started later begin
+    with; making the pool sets that back, for the caller and for any thread started after."""
+    pool = chunk_threads(3)
+    assert chunk_threads(3) is pool
+    assert sorted(pool.map(lambda _: torch.get_num_threads(), range(30))) == [1] * 30
+    assert torch.get_num_threads() == 2
+    later = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert later == [2]
+
+
+def test_a_chunks_error_reaches_the_caller(two_torch_threads):
+    net = network("hcnn")
+
+    def failing(ids, lengths):
+        raise RuntimeError("chunk failed")
+
+    net.encoder(0).forward = failing
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        encode_column(net.encoder(0), SequenceColumn.from_lists(sequences(100, 24)), torch.device("cpu"), 8)
 
 
 BAD_COLUMNS = [

@@ -111,7 +111,6 @@ def test_length_chunks_cover_every_row_within_the_budget():
     assert list(length_chunks(np.array([5000]), 64, 2048)) == [slice(0, 1)]  # too long: alone
 
 
-
 @pytest.fixture
 def two_torch_threads():
     threads = torch.get_num_threads()
@@ -147,7 +146,12 @@ def test_a_pass_of_one_chunk_runs_on_the_callers_threads(two_torch_threads):
     net = network("hcnn")
     seen = []
     forward = net.encoder(0).forward
-    net.encoder(0).forward = lambda ids, lengths: seen.append(threading.current_thread()) or forward(ids, lengths)
+
+    def recording_forward(ids, lengths):
+        seen.append(threading.current_thread())
+        return forward(ids, lengths)
+
+    net.encoder(0).forward = recording_forward
     encode_column(net.encoder(0), SequenceColumn.from_lists(sequences(5, 24)), torch.device("cpu"), 1024)
     assert seen == [threading.current_thread()]
 

@@ -12,8 +12,8 @@ import torch
 
 from object2vec.columns import InvalidSequence, SequenceColumn, token_problem
 from object2vec.hyperparameters import parse_hyperparameters
-from object2vec.nn import Object2VecNet
-from object2vec.nn.inference import chunk_threads, encode_column, length_chunks
+from object2vec.nn import Object2VecNet, inference
+from object2vec.nn.inference import chunk_threads, encode_column, length_chunks, projected_table
 from object2vec.serving import protocol
 from object2vec.serving.predictor import Predictor
 
@@ -111,6 +111,50 @@ def test_length_chunks_cover_every_row_within_the_budget():
     assert list(length_chunks(np.array([5000]), 64, 2048)) == [slice(0, 1)]  # too long: alone
 
 
+def pooled_against_eager(net: Object2VecNet, column: SequenceColumn) -> None:
+    ids, lengths = column.padded(np.arange(len(column)))
+    with torch.inference_mode():
+        eager = net.encoder(0)(ids, lengths)
+    fast = encode_column(net.encoder(0), column, torch.device("cpu"), 64)
+    torch.testing.assert_close(fast, eager, rtol=1e-6, atol=1e-6)
+
+
+def test_pooled_encodings_come_from_the_projected_table_and_follow_changed_weights():
+    """The pooled pass gathers rows of the token table already projected; when the weights change
+    in place (an optimizer step, ``load_state_dict``) the table is made again."""
+    net = network("pooled_embedding")  # enc_dim 12 <= token dim 16
+    encoder = net.encoder(0)
+    column = SequenceColumn.from_lists(sequences(80, 24, seed=4))
+    assert encoder not in inference._projected_tables
+    pooled_against_eager(net, column)
+    assert encoder in inference._projected_tables  # made by the pass
+    table = projected_table(encoder)
+    assert table is not None and table.shape == (VOCAB, 12) and projected_table(encoder) is table
+    with torch.no_grad():
+        encoder.project.weight.mul_(2.0)
+        encoder.embedding.weight[5:9] += 1.0
+    assert projected_table(encoder) is not table
+    pooled_against_eager(net, column)
+    net.load_state_dict(network("pooled_embedding").state_dict())
+    pooled_against_eager(net, column)
+
+
+def test_no_projected_table_where_it_would_cost_more_memory(monkeypatch):
+    wide = network("pooled_embedding")
+    wide.encoder(0).project = torch.nn.Linear(16, 40)  # enc_dim 40 > token dim 16
+    wide.encoder(0).enc_dim = 40
+    assert projected_table(wide.encoder(0)) is None
+    pooled_against_eager(wide, SequenceColumn.from_lists(sequences(30, 24)))
+    monkeypatch.setattr(inference, "PROJECTED_TABLE_MAX_BYTES", VOCAB * 12 * 4 - 1)
+    net = network("pooled_embedding")
+    assert projected_table(net.encoder(0)) is None
+    pooled_against_eager(net, SequenceColumn.from_lists(sequences(30, 24)))
+    with torch.inference_mode():  # weights without a version counter
+        frozen = network("pooled_embedding")
+    monkeypatch.undo()
+    assert projected_table(frozen.encoder(0)) is None
+
+
 @pytest.fixture
 def two_torch_threads():
     threads = torch.get_num_threads()
@@ -121,53 +165,83 @@ def two_torch_threads():
 
 @pytest.mark.parametrize("encoder", ["hcnn", "bilstm"])
 def test_chunks_run_side_by_side_on_one_torch_thread_each_with_the_same_encodings(encoder, two_torch_threads):
-    """With two torch threads a pass of many chunks runs them on the chunk threads, each of which
-    computes with one torch thread; the encodings are those of one chunk after another."""
+    """With two torch threads a pass of many chunks runs them on two chunk threads at once (the
+    first two forwards wait for each other), each computing with one torch thread; the encodings
+    are those of one chunk after another."""
     net = network(encoder)
     column = SequenceColumn.from_lists(sequences(300, 24, seed=3))
-    seen = set()
+    seen, calls = set(), []
+    meet = threading.Barrier(2, timeout=30)  # chunks one after another: the first forward times out
     forward = net.encoder(0).forward
 
     def recording_forward(ids, lengths):
-        seen.add((threading.current_thread().name.split("_")[0], torch.get_num_threads()))
+        seen.add((threading.current_thread().name, torch.get_num_threads()))
+        calls.append(None)
+        if len(calls) <= 2:
+            meet.wait()
         return forward(ids, lengths)
 
     net.encoder(0).forward = recording_forward
     side_by_side = encode_column(net.encoder(0), column, torch.device("cpu"), 16)
-    assert seen == {("object2vec-chunks", 1)}
+    assert {name.split("_")[0] for name, _ in seen} == {"object2vec-chunks"} and len(seen) == 2
+    assert {count for _, count in seen} == {1}
     torch.set_num_threads(1)
     seen.clear()
     one_after_another = encode_column(net.encoder(0), column, torch.device("cpu"), 16)
-    assert seen == {(threading.current_thread().name.split("_")[0], 1)}
+    assert seen == {(threading.current_thread().name, 1)}
     torch.testing.assert_close(side_by_side, one_after_another, rtol=1e-6, atol=1e-6)
 
 
-def test_a_pass_of_one_chunk_runs_on_the_callers_threads(two_torch_threads):
-    net = network("hcnn")
-    seen = []
-    forward = net.encoder(0).forward
+@pytest.mark.parametrize("sequence_count", [5, 40])  # one chunk; a few, fewer than the threads
+def test_a_pass_of_fewer_chunks_than_threads_runs_on_the_callers_threads(sequence_count):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        net = network("hcnn")
+        seen = []
+        forward = net.encoder(0).forward
 
-    def recording_forward(ids, lengths):
-        seen.append(threading.current_thread())
-        return forward(ids, lengths)
+        def recording_forward(ids, lengths):
+            seen.append(threading.current_thread())
+            return forward(ids, lengths)
 
-    net.encoder(0).forward = recording_forward
-    encode_column(net.encoder(0), SequenceColumn.from_lists(sequences(5, 24)), torch.device("cpu"), 1024)
-    assert seen == [threading.current_thread()]
+        net.encoder(0).forward = recording_forward
+        column = SequenceColumn.from_lists(sequences(sequence_count, 24))
+        encode_column(net.encoder(0), column, torch.device("cpu"), 16)
+        assert 1 <= len(seen) < 8 and set(seen) == {threading.current_thread()}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def in_new_thread(work):
+    """``work()`` run on a thread of its own (a caller with no chunk threads yet); its result."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(work()))
+    thread.start()
+    thread.join()
+    return result[0]
 
 
 def test_chunk_threads_leave_other_threads_torch_thread_count_alone(two_torch_threads):
     """``set_num_threads(1)`` on a chunk thread also changes the count threads started later begin
     with; making the pool sets that back, for the caller and for any thread started after."""
-    pool = chunk_threads(3)
-    assert chunk_threads(3) is pool
-    assert sorted(pool.map(lambda _: torch.get_num_threads(), range(30))) == [1] * 30
-    assert torch.get_num_threads() == 2
-    later = []
-    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
-    thread.start()
-    thread.join()
-    assert later == [2]
+
+    def start_a_pool():
+        torch.set_num_threads(2)
+        pool = chunk_threads(3)
+        assert chunk_threads(3) is pool
+        return sorted(pool.map(lambda _: torch.get_num_threads(), range(30))), torch.get_num_threads()
+
+    assert in_new_thread(start_a_pool) == ([1] * 30, 2)
+    assert in_new_thread(torch.get_num_threads) == 2  # a thread's first torch call: the default
+
+
+def test_each_calling_thread_has_its_own_chunk_threads(two_torch_threads):
+    """Concurrent callers (a batch transform's workers, each with its share of the cores) do not
+    share one pool of that share."""
+    mine = chunk_threads(2)
+    theirs = in_new_thread(lambda: chunk_threads(2))
+    assert mine is chunk_threads(2) and theirs is not mine
 
 
 def test_a_chunks_error_reaches_the_caller(two_torch_threads):

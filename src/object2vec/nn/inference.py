@@ -5,7 +5,9 @@ sequence of a request to its longest one wastes work in proportion: about 40% of
 uniform lengths of 5..32, and convolutions and recurrences pay for every position. Here:
 
 - ``pooled_embedding``: one ``embedding_bag`` over the flat token column (a mean per sequence,
-  nothing padded or materialised per token), then the encoder's projection;
+  nothing padded or materialised per token), then the encoder's projection; on a CPU, when it
+  costs no more memory per token, the bag is taken over the token table already projected
+  (:func:`projected_table`: a mean commutes with a linear map), so a pass is one gather;
 - every other encoder: its own ``forward`` over length-sorted chunks whose padded size stays
   within :func:`token_budget` tokens, so each chunk holds sequences of nearly equal length.
 
@@ -14,20 +16,22 @@ A sequence's encoding does not depend on what it is batched with (every encoder 
 float32 rounding for the pooled mean (sum order and the division differ; ``tests/test_inference.py``
 bounds the difference by 1e-6).
 
-On a CPU with several torch threads, the chunks of one pass run side by side, one chunk per thread
-and one torch thread per chunk (:func:`chunk_threads`), instead of one chunk at a time with every
-operation split over the threads. An operation on a chunk of about 2,048 tokens is too small to
-split well, and a split operation waits for its slowest thread: whenever the server's event loop
-takes a core to read or write JSON, every operation of the pass stalls behind the thread it
-displaced. Chunk by chunk, the other threads go on. Served over HTTP (1,000-instance requests, 2
-connections, 2 cores) this answered hcnn 1.3x and bilstm 1.2x faster (README, "Serving
-performance").
+On a CPU with several torch threads and a pass of at least as many chunks, the chunks run side
+by side, one chunk per thread and one torch thread per chunk (:func:`chunk_threads`), instead of
+one chunk at a time with every operation split over the threads. A split operation waits for its
+slowest thread: whenever the server's event loop takes a core to read or write JSON, every
+operation of the pass stalls behind the thread it displaced, while chunk by chunk the other
+threads go on. In a process doing nothing else the two ways are equally fast; served over HTTP
+(1,000-instance requests, 2 connections, 2 cores) hcnn answered 1.28x and bilstm 1.45x faster
+(README, "Serving performance"). A pass of fewer chunks than threads keeps the split operations,
+so that no thread idles (only 2 cores were measured).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,8 +46,9 @@ from .encoders import Encoder, PooledEmbeddingEncoder
 #: enough that per-call overhead is small against the arithmetic, small enough that sorted chunks
 #: hold sequences of nearly one length. On the CPU 2,048: embedding 1,000 sequences of 5-32 tokens
 #: took 214 ms (hcnn) and 1,020 ms (bilstm) against 301 and 1,234 ms with 8,192, two threads;
-#: 1,024 was no faster (README "Serving performance"). Other devices keep 8,192, the budget the
-#: GPU figures were measured with (no other size was measured there).
+#: 1,024 was no faster (README "Serving performance"; measured with one chunk at a time, before
+#: chunks ran side by side). Other devices keep 8,192, the budget the GPU figures were measured
+#: with (no other size was measured there).
 TOKEN_BUDGET = 8192
 CPU_TOKEN_BUDGET = 2048
 
@@ -80,6 +85,7 @@ def _pooled(
 ) -> torch.Tensor:
     """Mean token vector per sequence straight from the flat column, ``batch_size`` sequences per
     call (bounded memory), projected. Reads the table's weight directly: at inference it is fixed."""
+    projected = projected_table(encoder)
     outputs = []
     for start in range(0, len(column), batch_size):
         offsets = column.offsets[start : start + batch_size + 1]
@@ -89,11 +95,57 @@ def _pooled(
         # the sum, then the division by each sequence's length: the same numbers as mode="mean"
         # (an empty sequence, cut to 0 tokens by max_len=0, pools to zeros as there), whose
         # per-call setup costs about 10-20 us more
-        pooled = F.embedding_bag(tokens, encoder.embedding.weight, starts, mode="sum")
-        outputs.append(encoder.project(pooled.div_(counts.unsqueeze(1).to(pooled.dtype))))
+        if projected is None:
+            pooled = F.embedding_bag(tokens, encoder.embedding.weight, starts, mode="sum")
+            outputs.append(encoder.project(pooled.div_(counts.unsqueeze(1).to(pooled.dtype))))
+        else:
+            pooled = F.embedding_bag(tokens, projected, starts, mode="sum").div_(counts.unsqueeze(1))
+            outputs.append(pooled if encoder.project.bias is None else pooled.add_(encoder.project.bias))
     if not outputs:
         return torch.zeros(0, encoder.enc_dim, device=device)
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+#: The most memory a pooled encoder's projected token table may take (the table it is made from
+#: stays, so serving holds both).
+PROJECTED_TABLE_MAX_BYTES = 256 * 2**20
+
+_projected_tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def projected_table(encoder: PooledEmbeddingEncoder) -> torch.Tensor | None:
+    """Every token's vector through ``encoder``'s projection, without the bias: the mean of a
+    sequence's rows of it, plus the bias, is the encoding (a mean commutes with a linear map, to
+    float32 rounding), so a pass needs a gather and no matrix product. 1,000 sequences of 5-32
+    tokens, ``enc_dim`` 256: 2.6-2.8 ms -> 0.62-0.65 ms (README "Serving performance").
+
+    None off the CPU, when ``enc_dim`` exceeds the token dimension (each token would then read
+    more than its own row), beyond :data:`PROJECTED_TABLE_MAX_BYTES`, or for weights made under
+    ``torch.inference_mode`` (which have no version counter to tell a change). Made on first use and
+    made again whenever the weights it comes from change in place (their version counters: an
+    optimizer step, ``load_state_dict``)."""
+    weight, project = encoder.embedding.weight, encoder.project
+    rows, dim = weight.shape
+    size = rows * encoder.enc_dim * weight.element_size()
+    if weight.device.type != "cpu" or encoder.enc_dim > dim or size > PROJECTED_TABLE_MAX_BYTES:
+        return None
+    sources = [t for t in (weight, project.weight, project.bias) if t is not None]
+    if any(t.is_inference() for t in sources):  # made under inference_mode: no version counter
+        return None
+    key = tuple((t.data_ptr(), t._version) for t in sources)
+    made = _projected_tables.get(encoder)
+    if made is None or made[0] != key:
+        with torch.inference_mode():
+            made = (key, F.linear(weight, project.weight))
+        _projected_tables[encoder] = made
+    return made[1]
+
+
+def prepare(encoder: Encoder) -> None:
+    """Make now what :func:`encode_column` keeps between calls for ``encoder`` (a pooled encoder's
+    projected table), so that the first request a server answers does not wait for it."""
+    if isinstance(encoder, PooledEmbeddingEncoder):
+        projected_table(encoder)
 
 
 def _in_length_order(
@@ -113,7 +165,7 @@ def _in_length_order(
         out[torch.from_numpy(rows).to(device)] = encoder(ids.to(device), true_lengths.to(device))
 
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1 or len(chunks) == 1:
+    if device.type != "cpu" or threads == 1 or len(chunks) < threads:
         for chunk in chunks:
             encode(chunk)
     else:
@@ -121,36 +173,50 @@ def _in_length_order(
     return out
 
 
-_chunk_pools: dict[int, ThreadPoolExecutor] = {}
-_chunk_pools_lock = threading.Lock()
-os.register_at_fork(after_in_child=_chunk_pools.clear)  # a forked child has none of the threads
+#: Each calling thread's pools, by size: a server's inference thread has one; a batch transform's
+#: concurrent workers (each with its share of the cores as torch threads) one each.
+_callers = threading.local()
+if hasattr(os, "register_at_fork"):  # a forked child has none of the pools' threads
+    os.register_at_fork(after_in_child=lambda: _callers.__dict__.clear())
+
+#: How long starting a pool's threads may take before it is given up (a thread that cannot start).
+POOL_START_TIMEOUT_S = 60.0
 
 
 def chunk_threads(size: int) -> ThreadPoolExecutor:
-    """``size`` threads (shared by every caller asking for that many) each running torch
-    operations on one thread of its own."""
-    with _chunk_pools_lock:
-        if size not in _chunk_pools:
-            _chunk_pools[size] = _one_torch_thread_each(size)
-        return _chunk_pools[size]
+    """The calling thread's pool of ``size`` threads, each running torch operations on one thread
+    of its own. A pool goes with its caller: the executor's threads end once the calling thread
+    has ended and the pool is collected."""
+    pools = _callers.__dict__.setdefault("pools", {})
+    if size not in pools:
+        pools[size] = _one_torch_thread_each(size)
+    return pools[size]
 
 
 def _one_torch_thread_each(size: int) -> ThreadPoolExecutor:
-    """A pool whose threads start with ``torch.set_num_threads(1)``. That call sets the calling
-    thread's own thread count (OpenMP's and MKL's are per thread), and also the count every thread
-    started later begins with: the caller sets that back to its own once every pool thread has
-    made its call."""
-    ready = threading.Barrier(size + 1)
+    """A pool whose threads start with ``torch.set_num_threads(1)``. OpenMP's and MKL's thread
+    counts are per thread, but that call also sets the count that threads making their first torch
+    call later begin with: once every pool thread has made it, the caller sets that back to its own
+    count (a thread making its first torch call during the start would keep 1)."""
+    ready = threading.Barrier(size + 1, timeout=POOL_START_TIMEOUT_S)
     caller_threads = torch.get_num_threads()
 
     def one_torch_thread() -> None:
-        torch.get_num_threads()  # torch's own first-use setup, which would undo the next line later
-        torch.set_num_threads(1)
-        ready.wait()
+        try:
+            torch.get_num_threads()  # torch's own first-use setup, which would undo the next line later
+            torch.set_num_threads(1)
+        finally:
+            ready.wait()
 
     pool = ThreadPoolExecutor(size, thread_name_prefix="object2vec-chunks", initializer=one_torch_thread)
-    for _ in range(size):  # each blocks its thread in the initializer, so the pool starts all of them
-        pool.submit(int)
-    ready.wait()
-    torch.set_num_threads(caller_threads)
+    try:
+        for _ in range(size):  # each blocks its thread in the initializer, so the pool starts all of them
+            pool.submit(int)
+        ready.wait()
+    except BaseException:
+        ready.abort()  # releases the threads that did start
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        torch.set_num_threads(caller_threads)
     return pool

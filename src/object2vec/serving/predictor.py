@@ -23,7 +23,7 @@ from ..columns import Instances, InvalidSequence, SequenceColumn
 from ..errors import Object2VecError
 from ..hyperparameters import Hyperparameters
 from ..nn import Object2VecNet
-from ..nn.inference import encode_column
+from ..nn.inference import encode_column, prepare
 from ..runtime import resolve_device
 
 INFERENCE_BATCH_SIZE = 1024
@@ -175,6 +175,12 @@ class Predictor:
             if part.pairs:
                 flop += part.size * self._head_flop
         return flop
+
+    def prepare(self) -> None:
+        """Make what answering keeps between passes (``nn.inference.prepare``), before the first
+        request rather than during it."""
+        for side in (0, 1):
+            prepare(self.net.encoder(side))
 
     @property
     def num_outputs(self) -> int:

@@ -336,6 +336,7 @@ def load_app(settings: ServeSettings) -> App:
         settings.model_dir, device=settings.device or None, preferred_mode=settings.preferred_mode or None
     )
     inference_threads(settings.workers, settings.threads or None)
+    predictor.prepare()
     index = (
         open_served_index(settings.index, settings.model_dir, predictor.embedding_dim)
         if settings.index

@@ -3,7 +3,10 @@ columnar token checks, columnar request decoding and byte-for-byte answer encodi
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 
 import numpy as np
 import orjson
@@ -242,6 +245,33 @@ def test_each_calling_thread_has_its_own_chunk_threads(two_torch_threads):
     mine = chunk_threads(2)
     theirs = in_new_thread(lambda: chunk_threads(2))
     assert mine is chunk_threads(2) and theirs is not mine
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_starts_chunk_threads_of_its_own(two_torch_threads):
+    """A child forked after its parent made chunk threads has none of their threads: it must make
+    its own rather than queue chunks for threads that do not exist (it would hang)."""
+    net = network("hcnn")
+    column = SequenceColumn.from_lists(sequences(300, 24, seed=5))
+    parent = encode_column(net.encoder(0), column, torch.device("cpu"), 16).numpy()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its encodings' bytes down the pipe, then out without any cleanup
+        try:
+            os.write(write, encode_column(net.encoder(0), column, torch.device("cpu"), 16).numpy().tobytes())
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child did not finish its pass")
+        time.sleep(0.05)
+    with os.fdopen(read, "rb") as pipe:
+        child = np.frombuffer(pipe.read(), dtype=np.float32).reshape(parent.shape)
+    np.testing.assert_array_equal(child, parent)
 
 
 def test_a_chunks_error_reaches_the_caller(two_torch_threads):

@@ -140,6 +140,8 @@ def test_pooled_encodings_come_from_the_projected_table_and_follow_changed_weigh
     pooled_against_eager(net, column)
     net.load_state_dict(network("pooled_embedding").state_dict())
     pooled_against_eager(net, column)
+    encoder.project.weight = torch.nn.Parameter(torch.randn(12, 16))  # a new tensor, version 0
+    pooled_against_eager(net, column)
 
 
 def test_no_projected_table_where_it_would_cost_more_memory(monkeypatch):

@@ -84,7 +84,8 @@ def _pooled(
     encoder: PooledEmbeddingEncoder, column: SequenceColumn, device: torch.device, batch_size: int
 ) -> torch.Tensor:
     """Mean token vector per sequence straight from the flat column, ``batch_size`` sequences per
-    call (bounded memory), projected. Reads the table's weight directly: at inference it is fixed."""
+    call (bounded memory), projected: gathered from :func:`projected_table` where there is one,
+    else from the table's weight and then projected."""
     projected = projected_table(encoder)
     outputs = []
     for start in range(0, len(column), batch_size):
@@ -132,13 +133,20 @@ def projected_table(encoder: PooledEmbeddingEncoder) -> torch.Tensor | None:
     sources = [t for t in (weight, project.weight, project.bias) if t is not None]
     if any(t.is_inference() for t in sources):  # made under inference_mode: no version counter
         return None
-    key = tuple((t.data_ptr(), t._version) for t in sources)
     made = _projected_tables.get(encoder)
-    if made is None or made[0] != key:
+    if made is None or not _same_tensors(made[0], sources):
         with torch.inference_mode():
-            made = (key, F.linear(weight, project.weight))
+            table = F.linear(weight, project.weight)
+        made = ([(weakref.ref(t), t._version) for t in sources], table)
         _projected_tables[encoder] = made
     return made[1]
+
+
+def _same_tensors(seen: list, sources: list[torch.Tensor]) -> bool:
+    """Whether ``sources`` are the very tensors ``seen`` refers to, unchanged in place since."""
+    return len(seen) == len(sources) and all(
+        ref() is tensor and version == tensor._version for (ref, version), tensor in zip(seen, sources)
+    )
 
 
 def prepare(encoder: Encoder) -> None:

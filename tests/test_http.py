@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -216,27 +214,6 @@ def test_a_large_answer_arrives_whole_and_equals_the_in_process_one(predictor):
     np.testing.assert_array_equal(got, predictor.embed(in0=instances))
 
 
-@contextlib.contextmanager
-def uvicorn_serving(app, **options) -> Iterator[str]:
-    """``app`` served by uvicorn with the service's protocol and ``options`` on a free port;
-    logging is left as the test set it (``log_config=None``)."""
-    import uvicorn
-
-    sock = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(app, http=http.http_protocol(), log_config=None, **options)
-    uvicorn_server = uvicorn.Server(config)
-    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not uvicorn_server.started:
-            threading.Event().wait(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        uvicorn_server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 def test_the_access_log_names_method_path_version_and_status(predictor, monkeypatch):
     """As ``object2vec serve --access-log`` logs (uvicorn's format)."""
     records: list[logging.LogRecord] = []
@@ -246,14 +223,16 @@ def test_the_access_log_names_method_path_version_and_status(predictor, monkeypa
     monkeypatch.setattr(access, "handlers", [handler])
     monkeypatch.setattr(access, "level", access.level)  # restored after the test
     access.setLevel(logging.INFO)  # (which also clears logging's cache of enabled levels)
-    with uvicorn_serving(create_app(predictor, ServeSettings("unused")), access_log=True) as url:
+    app = create_app(predictor, ServeSettings("unused"))
+    # logging left as this test set it: no log configuration, no level
+    with server.running(app, access_log=True, log_config=None, log_level=None) as url:
         httpx.get(f"{url}/ping?probe=1")
     assert any('"GET /ping?probe=1 HTTP/1.1" 200' in record.getMessage() for record in records), records
 
 
 def test_uvicorns_own_answers_stay_its_own(predictor):
     """Where uvicorn answers in place of the application (its concurrency limit), it still does."""
-    with uvicorn_serving(create_app(predictor, ServeSettings("unused")), limit_concurrency=1) as url:
+    with server.running(create_app(predictor, ServeSettings("unused")), limit_concurrency=1) as url:
         response = httpx.get(f"{url}/ping")
     assert response.status_code == 503 and response.text == "Service Unavailable"
 

@@ -463,15 +463,18 @@ def serve(
 
 
 @contextlib.contextmanager
-def running(app: App, host: str = DEFAULT_HOST, port: int = 0) -> Iterator[str]:
+def running(app: App, host: str = DEFAULT_HOST, port: int = 0, **config) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a background thread (``port=0``: a free port); yields the
-    base URL and stops the server on exit. The quickstart, tests and benchmarks use it."""
+    base URL and stops the server on exit. The quickstart, tests and benchmarks use it. ``config``:
+    more ``uvicorn.Config`` options, or other values for its quiet defaults (no access log, warnings
+    only)."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, http=http_protocol(), access_log=False, log_level="warning"))
+    config = {"access_log": False, "log_level": "warning", **config}
+    server = uvicorn.Server(uvicorn.Config(app, http=http_protocol(), **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

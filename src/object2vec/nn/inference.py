@@ -87,6 +87,7 @@ def _pooled(
     call (bounded memory), projected: gathered from :func:`projected_table` where there is one,
     else from the table's weight and then projected."""
     projected = projected_table(encoder)
+    table = encoder.embedding.weight if projected is None else projected
     outputs = []
     for start in range(0, len(column), batch_size):
         offsets = column.offsets[start : start + batch_size + 1]
@@ -96,11 +97,10 @@ def _pooled(
         # the sum, then the division by each sequence's length: the same numbers as mode="mean"
         # (an empty sequence, cut to 0 tokens by max_len=0, pools to zeros as there), whose
         # per-call setup costs about 10-20 us more
+        pooled = F.embedding_bag(tokens, table, starts, mode="sum").div_(counts.unsqueeze(1).to(table.dtype))
         if projected is None:
-            pooled = F.embedding_bag(tokens, encoder.embedding.weight, starts, mode="sum")
-            outputs.append(encoder.project(pooled.div_(counts.unsqueeze(1).to(pooled.dtype))))
+            outputs.append(encoder.project(pooled))
         else:
-            pooled = F.embedding_bag(tokens, projected, starts, mode="sum").div_(counts.unsqueeze(1))
             outputs.append(pooled if encoder.project.bias is None else pooled.add_(encoder.project.bias))
     if not outputs:
         return torch.zeros(0, encoder.enc_dim, device=device)

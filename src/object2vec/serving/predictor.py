@@ -165,8 +165,9 @@ class Predictor:
     def pass_flop(self, batch: Sequence[Instances]) -> float:
         """The arithmetic of answering ``batch`` with pooled encoders: a token's vector added to its
         sequence's sum, each sequence's projection (and the rest of the encoder's linear layers),
-        and for pairs the comparator's MLP and head. Tokens past ``max_seq_len`` are counted too
-        (an upper bound)."""
+        and for pairs the comparator's MLP and head. An upper bound: tokens past ``max_seq_len``
+        are counted too, and so is the projection, which a projected token table spares
+        (``nn.inference.projected_table``)."""
         flop = 0.0
         for part in batch:
             for side, column in enumerate(part.columns):

@@ -350,7 +350,12 @@ def test_columnar_decoding_equals_instance_by_instance(kind, caps):
         assert (fast.mode, fast.size, fast.in0, fast.in1) == (exact.mode, exact.size, exact.in0, exact.in1)
 
 
-def test_answers_are_the_bytes_of_one_object_per_row():
+@pytest.mark.parametrize("piece_values", [protocol.ENCODE_CHUNK_VALUES, 10])
+@pytest.mark.parametrize("row_views_from", [1, 10**9])  # every row a view; none
+def test_answers_are_the_bytes_of_one_object_per_row(monkeypatch, piece_values, row_views_from):
+    monkeypatch.setattr(protocol, "ENCODE_CHUNK_VALUES", piece_values)  # 10: a piece of 1 or 10 rows
+    monkeypatch.setitem(protocol.ROW_VIEWS_FROM, protocol.JSON, row_views_from)
+    monkeypatch.setitem(protocol.ROW_VIEWS_FROM, protocol.JSONLINES, row_views_from)
     rows = np.random.default_rng(0).standard_normal((50, 7)).astype(np.float32)
     rows[0, :6] = [np.nan, np.inf, -np.inf, -0.0, 1e-45, 3.4028235e38]
     for accept in (protocol.JSON, protocol.JSONLINES):

@@ -146,6 +146,14 @@ def test_mixing_pairs_and_single_inputs_is_400_naming_both_instances():
         (b'{"instances": [{"in0": ["7"]}]}', False, "not an integer token ID", 0, "in0"),
         (b'{"instances": [{"in0": [true]}]}', False, "not an integer token ID", 0, "in0"),
         (
+            b'{"instances": [{"in0": [2, 5]}, {"in0": [2, false]}]}',
+            False,
+            "not an integer token ID",
+            1,
+            "in0",
+        ),
+        (b'{"in1": [3]}\n{"in1": [true, 4]}', True, "not an integer token ID", 1, "in1"),
+        (
             b'{"instances": [{"in0": [1], "in1": [-4]}]}',
             False,
             "instance 0: 'in1' token ID -4 is outside",

@@ -360,7 +360,8 @@ def test_answers_are_the_bytes_of_one_object_per_row(monkeypatch, piece_values, 
     rows[0, :6] = [np.nan, np.inf, -np.inf, -0.0, 1e-45, 3.4028235e38]
     for accept in (protocol.JSON, protocol.JSONLINES):
         for key in (protocol.SCORES, protocol.EMBEDDINGS):
-            for block in (rows, rows[:1], rows[:, :1], rows[:0], rows[:, ::2].astype(np.float64)):
+            strided = rows[:, ::2]  # not contiguous; then as float64
+            for block in (rows, rows[:1], rows[:, :1], rows[:0], strided, strided.astype(np.float64)):
                 objects = [protocol.encode_object({key: row.astype(np.float32)}) for row in block]
                 expected = (
                     b"".join(o + b"\n" for o in objects)

@@ -350,37 +350,49 @@ def request_mode(instances: Sequence[Instance]) -> str:
     )
 
 
-#: Answers are written this many numbers at a time (256 KB of float32), so that each piece's text
-#: is still in cache for its two bracket replacements and the pieces are copied once, when joined.
-ENCODE_CHUNK_VALUES = 1 << 16
-
-#: From this many values a row, answers are written one numpy row view at a time instead
-#: (:func:`encode_rows`). Measured per 1,000 rows, pieces -> views (orjson 3.13, 2-core AMD
-#: EPYC): JSON 8.2 -> 7.7 ms at 256 values, even at 128, 0.15 -> 0.47 ms at 3; JSON Lines
-#: 13.0 -> 8.3 ms at 256, 3.2 -> 2.5 at 64, even at 32 (within noise), 0.25 -> 0.60 at 3.
+#: From this many values a row, answers are written from numpy row views (:func:`encode_rows`).
+#: Measured in one in-process run per 1,000 rows, pieces -> views (orjson 3.13, 2-core AMD EPYC):
+#: JSON 8.2 -> 7.7 ms at 256 values, even at 128, 0.15 -> 0.47 ms at 3; JSON Lines 13.0 -> 8.3 ms
+#: at 256, 3.2 -> 2.5 at 64, even at 32 (within noise), 0.25 -> 0.60 at 3.
 ROW_VIEWS_FROM = {JSON: 192, JSONLINES: 64}
+
+#: Narrower answers are written this many numbers at a time (256 KB of float32), so that each
+#: piece's text is still in cache for its bracket replacements and the pieces are copied once,
+#: when joined.
+ENCODE_CHUNK_VALUES = 1 << 16
 
 #: orjson options of one JSON Lines answer row.
 ROW_PER_LINE = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 
 
 def encode_rows(rows: np.ndarray, key: str, accept: str) -> bytes:
-    """A 2-D float32 result (one row per instance) -> the response body for ``accept``: the bytes
-    of one object per row written by :func:`encode_object`.
+    """A 2-D float32 result (one row per instance) -> the response body for ``accept`` (JSON
+    Lines, else JSON): the bytes of one object per row written by :func:`encode_object`.
 
-    Wide rows (embeddings) are written by orjson from numpy row views, one ``orjson.dumps`` for a
-    JSON answer and one per line for JSON Lines, with no pass over the text afterwards. Narrow
-    rows (scores) cost more as views (about 0.35 us each) than the text they make, so
-    ``orjson.dumps`` writes them as a 2-D array, a piece of rows at a time, whose brackets two
-    single-byte replacements widen into ``{"key":[...]}`` (numbers never contain brackets).
+    Wide rows (embeddings) are written by orjson from numpy row views, with no pass over the text
+    afterwards. Narrow rows (scores) cost more as views (about 0.35 us each) than the text they
+    make, so they are written as a 2-D array whose brackets are then widened into objects.
     """
     rows = np.ascontiguousarray(rows, dtype=np.float32)
-    if rows.shape[1] >= ROW_VIEWS_FROM[accept]:
-        if accept == JSONLINES:
-            return b"".join([orjson.dumps({key: row}, option=ROW_PER_LINE) for row in rows])
-        return orjson.dumps({"predictions": [{key: row} for row in rows]}, option=orjson.OPT_SERIALIZE_NUMPY)
-    step = max(1, ENCODE_CHUNK_VALUES // max(1, rows.shape[1]))
     lines = accept == JSONLINES
+    if rows.shape[1] >= ROW_VIEWS_FROM[JSONLINES if lines else JSON]:
+        return _rows_from_views(rows, key, lines)
+    return _rows_in_pieces(rows, key, lines)
+
+
+def _rows_from_views(rows: np.ndarray, key: str, lines: bool) -> bytes:
+    """One ``orjson.dumps`` of ``{"predictions": [{key: row}, ...]}`` (JSON), or one per row, each
+    ending its line (JSON Lines)."""
+    if lines:
+        return b"".join([orjson.dumps({key: row}, option=ROW_PER_LINE) for row in rows])
+    return orjson.dumps({"predictions": [{key: row} for row in rows]}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _rows_in_pieces(rows: np.ndarray, key: str, lines: bool) -> bytes:
+    """``orjson.dumps`` of pieces of rows as 2-D arrays (``[[r0...],[r1...]]``), each row's brackets
+    widened into ``{"key":[...]}`` by single-byte replacements (numbers never contain brackets),
+    the pieces joined once."""
+    step = max(1, ENCODE_CHUNK_VALUES // max(1, rows.shape[1]))
     close = b"]}\n" if lines else b"]}"
     opening = b'{"' + key.encode() + b'":['
     parts = [] if lines else [b'{"predictions":[']

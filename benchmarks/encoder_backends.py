@@ -3,8 +3,9 @@
 The server runs hcnn and bilstm through their own ``forward`` on length-sorted chunks
 (``object2vec.nn.inference``). This script times that pass for 1,000 sequences of 5-32 tokens
 with ``benchmarks/serve.py``'s model (20,000-token vocabulary, 256-dimensional tokens,
-``enc_dim`` 256, two layers), chunk after chunk on ``--threads`` torch threads, and the same
-chunks through:
+``enc_dim`` 256, two layers), chunk after chunk on ``--threads`` torch threads (with 2 or more,
+every operation is split over them, where the server would run chunks side by side on one
+thread each: ``--threads 1`` is the server's case), and the same chunks through:
 
 - ``compile``: ``torch.compile(encoder, dynamic=True)`` (its warm-up, compilation included, is
   printed apart);
@@ -42,7 +43,8 @@ from object2vec.serving.predictor import Predictor
 def request_chunks(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The padded chunks the server would run for 1,000 sequences of 5-32 tokens."""
     rng = np.random.default_rng(seed)
-    sequences = [rng.integers(0, serve.VOCAB, size=n).tolist() for n in rng.integers(5, 33, size=1000)]
+    lengths = rng.integers(serve.MIN_LEN, serve.MAX_LEN + 1, size=1000)
+    sequences = [rng.integers(0, serve.VOCAB, size=n).tolist() for n in lengths]
     column = SequenceColumn.from_lists(sequences)
     order = np.argsort(column.lengths, kind="stable")
     chunks = inference.length_chunks(column.lengths[order], 1000, inference.CPU_TOKEN_BUDGET)

@@ -13,7 +13,7 @@ and its clients never add one).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from urllib.parse import parse_qsl
@@ -147,8 +147,7 @@ def answer_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
 
 
 async def send_answer(send, answer: Answer) -> None:
-    headers: Iterable[tuple[bytes, bytes]] = answer_headers(answer)
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.start", "status": answer.status, "headers": answer_headers(answer)})
     await send({"type": "http.response.body", "body": answer.body})
 
 

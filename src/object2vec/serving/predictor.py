@@ -134,6 +134,7 @@ class Predictor:
         self._encoder_flop = [(hp.encoder(s).token_embedding_dim, _linear_flop(encoders[s])) for s in (0, 1)]
         in_encoders = {id(module) for encoder in encoders for module in encoder.modules()}
         self._head_flop = _linear_flop(self.net, skip=in_encoders)
+        self._small_head = self._head_flop / 2 <= CHEAP_PASS_HEAD_WEIGHTS  # weights: 2 FLOP each
 
     @classmethod
     def load(
@@ -157,7 +158,7 @@ class Predictor:
         bilstm take hundreds of ms. The server runs such passes on its event loop (``MicroBatcher``)."""
         if not self._pooled_on_cpu:
             return False
-        if self._head_flop / 2 > CHEAP_PASS_HEAD_WEIGHTS and any(part.pairs and part.size for part in batch):
+        if not self._small_head and any(part.pairs and part.size for part in batch):
             return False
         tokens = sum(len(column.tokens) for part in batch for column in part.columns)
         return tokens <= CHEAP_PASS_TOKENS and self.pass_flop(batch) <= CHEAP_PASS_FLOP

@@ -3,6 +3,7 @@ columnar token checks, columnar request decoding and byte-for-byte answer encodi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -160,12 +161,21 @@ def test_no_projected_table_where_it_would_cost_more_memory(monkeypatch):
     assert projected_table(frozen.encoder(0)) is None
 
 
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """This thread's torch thread count set to ``count``, and set back afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def two_torch_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(2):
+        yield
 
 
 @pytest.mark.parametrize("encoder", ["hcnn", "bilstm"])
@@ -199,23 +209,19 @@ def test_chunks_run_side_by_side_on_one_torch_thread_each_with_the_same_encoding
 
 @pytest.mark.parametrize("sequence_count", [5, 40])  # one chunk; a few, fewer than the threads
 def test_a_pass_of_fewer_chunks_than_threads_runs_on_the_callers_threads(sequence_count):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(8)
-    try:
-        net = network("hcnn")
-        seen = []
-        forward = net.encoder(0).forward
+    net = network("hcnn")
+    seen = []
+    forward = net.encoder(0).forward
 
-        def recording_forward(ids, lengths):
-            seen.append(threading.current_thread())
-            return forward(ids, lengths)
+    def recording_forward(ids, lengths):
+        seen.append(threading.current_thread())
+        return forward(ids, lengths)
 
-        net.encoder(0).forward = recording_forward
-        column = SequenceColumn.from_lists(sequences(sequence_count, 24))
+    net.encoder(0).forward = recording_forward
+    column = SequenceColumn.from_lists(sequences(sequence_count, 24))
+    with torch_threads(8):
         encode_column(net.encoder(0), column, torch.device("cpu"), 16)
-        assert 1 <= len(seen) < 8 and set(seen) == {threading.current_thread()}
-    finally:
-        torch.set_num_threads(threads)
+    assert 1 <= len(seen) < 8 and set(seen) == {threading.current_thread()}
 
 
 def in_new_thread(work):

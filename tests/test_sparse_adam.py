@@ -1,15 +1,41 @@
-"""SparseRowAdam: torch.optim.SparseAdam's update on the used rows, other rows left bit for bit."""
+"""SparseRowAdam: torch.optim.SparseAdam's update on the used rows, other rows left bit for bit.
+
+Both ways of making the update are tested: the C extension (``_row_adam.c``) and PyTorch's
+kernels, which run where the extension was not built (``native`` below)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from object2vec.training import sparse_adam
 from object2vec.training.sparse_adam import SparseRowAdam, distinct_rows, lazy_zeros
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+#: The update as made by the C extension, and by PyTorch's kernels alone.
+WAYS = ["c_extension", "torch_kernels"]
+
+
+@pytest.fixture(params=WAYS)
+def way(request, monkeypatch):
+    """Runs the test once with each way of making the update."""
+    if request.param == "torch_kernels":
+        monkeypatch.setattr(sparse_adam, "_row_adam", None)
+    elif sparse_adam._row_adam is None:
+        pytest.skip("the C extension was not built (no C compiler at install)")
+    return request.param
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler here")
+def test_the_c_extension_was_built_where_a_compiler_is():
+    """With a C compiler at install the extension must be there: without it training silently
+    runs the 2-3x slower update, which no other test would notice."""
+    assert sparse_adam._row_adam is not None
 
 
 def sparse_grad(rows: list[int] | torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
@@ -18,7 +44,7 @@ def sparse_grad(rows: list[int] | torch.Tensor, values: torch.Tensor, shape) -> 
 
 
 @pytest.mark.parametrize("chunk", [None, 7])  # one block per step, or rows in chunks of 7
-def test_matches_sparse_adam_step_for_step(chunk, monkeypatch):
+def test_matches_sparse_adam_step_for_step(chunk, way, monkeypatch):
     if chunk:
         monkeypatch.setattr("object2vec.training.sparse_adam.CHUNK_ELEMENTS", chunk * 16)
     torch.manual_seed(0)
@@ -38,7 +64,7 @@ def test_matches_sparse_adam_step_for_step(chunk, monkeypatch):
     assert float(state["step"]) == 30
 
 
-def test_unused_rows_and_their_moments_stay_untouched():
+def test_unused_rows_and_their_moments_stay_untouched(way):
     torch.manual_seed(1)
     table = torch.nn.Parameter(torch.randn(50, 4))
     before = table.detach().clone()
@@ -53,11 +79,103 @@ def test_unused_rows_and_their_moments_stay_untouched():
     assert not optimizer.state[table]["exp_avg"][~used].any()
 
 
-def test_dense_gradients_are_refused():
+def test_dense_gradients_are_refused(way):
     table = torch.nn.Parameter(torch.zeros(5, 2))
     table.grad = torch.ones(5, 2)
     with pytest.raises(RuntimeError, match="sparse gradients"):
         SparseRowAdam([table]).step()
+
+
+@pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+    reason="the C loop follows PyTorch's kernel for CPUs with FMA (its other kernels round differently)",
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_c_extension_gives_the_bits_of_pytorchs_kernel(threads, monkeypatch):
+    """The same weights and moments, bit for bit, after 20 steps (rows of 16 values: PyTorch's
+    kernel then takes every value through its vector loop, whose arithmetic the C loop follows;
+    its scalar loop for the few values left at the end of a block rounds differently)."""
+    if sparse_adam._row_adam is None:
+        pytest.skip("the C extension was not built")
+    torch.set_num_threads(threads)
+    torch.manual_seed(3)
+    tables = [torch.nn.Parameter(torch.randn(3000, 16)) for _ in range(2)]
+    tables[1].data.copy_(tables[0].data)
+    optimizers = [SparseRowAdam([table], lr=0.01) for table in tables]
+    extension = sparse_adam._row_adam
+    for _ in range(20):
+        rows = torch.randint(0, 2000, (2500,))
+        grad = sparse_grad(rows, torch.randn(2500, 16), (3000, 16))
+        for table, optimizer, module in zip(tables, optimizers, (extension, None)):
+            monkeypatch.setattr(sparse_adam, "_row_adam", module)
+            table.grad = grad
+            optimizer.step()
+    assert torch.equal(tables[0], tables[1])
+    for name in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(optimizers[0].state[tables[0]][name], optimizers[1].state[tables[1]][name])
+
+
+def test_the_c_extension_splits_rows_between_threads_without_changing_them(monkeypatch):
+    """2,000 rows of 64 values: over the extension's threshold for a second thread."""
+    if sparse_adam._row_adam is None:
+        pytest.skip("the C extension was not built")
+    results = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        torch.manual_seed(4)
+        table = torch.nn.Parameter(torch.randn(5000, 64))
+        optimizer = SparseRowAdam([table], lr=0.01)
+        for _ in range(3):
+            table.grad = sparse_grad(torch.randperm(5000)[:2000], torch.randn(2000, 64), (5000, 64))
+            optimizer.step()
+        results.append(table.detach().clone())
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
+def test_the_c_extension_refuses_what_it_cannot_update_safely():
+    """Checked before any row is written: a bad call changes nothing."""
+    extension = sparse_adam._row_adam
+    if extension is None:
+        pytest.skip("the C extension was not built")
+    weight, exp_avg, exp_avg_sq = (np.ones((10, 4), np.float32) for _ in range(3))
+    grad = np.ones((2, 4), np.float32)
+    coefficients = (0.001, 0.1, 0.999, 0.001, 1.0, 1e-8, 1)
+
+    def call(*, rows=(1, 3), weight=weight, grad=grad):
+        extension.step(weight, exp_avg, exp_avg_sq, grad, np.asarray(rows, np.int64), *coefficients)
+
+    with pytest.raises(IndexError, match="row 10 is outside a table of 10 rows"):
+        call(rows=(1, 10))
+    with pytest.raises(IndexError, match="row -1"):
+        call(rows=(-1, 3))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        call(rows=(3, 3))
+    with pytest.raises(ValueError, match="one row of the weight's width"):
+        call(grad=np.ones((3, 4), np.float32))
+    with pytest.raises(TypeError, match="weight must be a 2-D C-contiguous float32 array"):
+        call(weight=np.ones((10, 4), np.float64))
+    with pytest.raises(TypeError, match="rows must be a 1-D contiguous int64 array"):
+        extension.step(weight, exp_avg, exp_avg_sq, grad, np.asarray([1, 3], np.int32), *coefficients)
+    with pytest.raises((TypeError, ValueError, BufferError)):
+        call(weight=np.ones((4, 10), np.float32).T)  # not C-contiguous
+    assert (weight == 1).all() and (exp_avg == 1).all() and (exp_avg_sq == 1).all()
+    call()
+    assert not (weight[[1, 3]] == 1).any() and (weight[[0, 2, 4]] == 1).all()
+
+
+def test_tables_the_c_extension_cannot_take_are_updated_by_pytorchs_kernels():
+    """float64 tables (and tables on other devices) take the PyTorch path: same update."""
+    torch.manual_seed(5)
+    single = torch.nn.Parameter(torch.randn(50, 8))
+    double = torch.nn.Parameter(single.detach().double())
+    optimizers = [SparseRowAdam([single], lr=0.01), SparseRowAdam([double], lr=0.01)]
+    for _ in range(5):
+        rows, values = torch.randint(0, 50, (20,)), torch.randn(20, 8)
+        single.grad = sparse_grad(rows, values, (50, 8))
+        double.grad = sparse_grad(rows, values.double(), (50, 8))
+        for optimizer in optimizers:
+            optimizer.step()
+    assert torch.allclose(single.double(), double, atol=1e-6)
 
 
 def test_distinct_rows_sorts_and_sums_only_when_needed():

@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from object2vec import native
 from object2vec.hyperparameters import parse_hyperparameters
 from object2vec.nn import Object2VecNet
+from object2vec.nn.dropout import keep_mask, keep_mask_numpy
 from object2vec.nn.encoders import (
     RADIX_SORT_BOUND,
     Dropout,
@@ -141,7 +143,12 @@ def test_bilstm_equals_the_packed_bidirectional_lstm(layers):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, want))
 
 
-def test_dropout_keeps_1_minus_p_scaled_and_is_off_in_eval():
+@pytest.mark.parametrize("way", ["c_extension", "numpy"])
+def test_dropout_keeps_1_minus_p_scaled_and_is_off_in_eval(way, monkeypatch):
+    if way == "numpy":
+        monkeypatch.setattr(native, "kernels", None)
+    elif native.kernels is None:
+        pytest.skip("the C extension was not built")
     torch.manual_seed(0)
     dropout, x = Dropout(0.4), torch.ones(200_000)
     assert isinstance(dropout, torch.nn.Dropout)
@@ -150,3 +157,45 @@ def test_dropout_keeps_1_minus_p_scaled_and_is_off_in_eval():
     assert abs(kept.float().mean().item() - 0.6) < 0.005
     assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.6))
     assert torch.equal(dropout.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
+    x.requires_grad_(True)
+    Dropout(0.4)(x).sum().backward()  # the gradient passes where the value was kept, scaled
+    assert x.grad.unique().tolist() == [0.0, pytest.approx(1 / 0.6)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 7), (512, 512)])
+def test_dropout_masks_are_the_same_bits_from_c_and_from_numpy(shape, threads, monkeypatch):
+    """The stream is counter-based: any split of a mask over threads, and numpy where the C loop
+    was not built, give the same mask for the same seed."""
+    if native.kernels is None:
+        pytest.skip("the C extension was not built")
+    torch.set_num_threads(threads)
+    state = torch.get_rng_state()
+    from_c = keep_mask(shape, 0.3)
+    torch.set_rng_state(state)
+    monkeypatch.setattr(native, "kernels", None)
+    assert torch.equal(keep_mask(shape, 0.3), from_c)
+
+
+def test_dropout_masks_follow_torch_manual_seed_and_differ_between_calls():
+    torch.manual_seed(7)
+    first, second = keep_mask((1000,), 0.5), keep_mask((1000,), 0.5)
+    torch.manual_seed(7)
+    assert torch.equal(keep_mask((1000,), 0.5), first) and not torch.equal(first, second)
+
+
+def test_dropout_stream_is_splitmix64_and_its_threshold_is_p():
+    """Draw i is the low (even i) or high (odd i) half of splitmix64's word i // 2 (its published
+    first output for seed 0 is 0xE220A8397B1DCDAF), kept when at least the threshold."""
+    first_word = 0xE220A8397B1DCDAF
+    low, high = first_word & 0xFFFFFFFF, first_word >> 32
+    assert keep_mask_numpy(2, 0, low).tolist() == [True, high >= low]
+    assert keep_mask_numpy(2, 0, low + 1).tolist() == [False, high >= low + 1]
+    draws = keep_mask_numpy(1_000_001, 12345, round(0.25 * 2**32))
+    assert abs(draws.mean() - 0.75) < 0.002
+
+
+def test_dropout_in_float64_scales_in_float64():
+    mask = keep_mask((10_000,), 0.3, dtype=torch.float64)
+    assert mask.dtype == torch.float64
+    assert mask.unique().tolist() == [0.0, 1 / 0.7]

@@ -1,7 +1,7 @@
 """SparseRowAdam: torch.optim.SparseAdam's update on the used rows, other rows left bit for bit.
 
-Both ways of making the update are tested: the C extension (``_row_adam.c``) and PyTorch's
-kernels, which run where the extension was not built (``native`` below)."""
+Both ways of making the update are tested: the C loop (``object2vec/_kernels.c``) and PyTorch's
+kernels, which run where the extension was not built (``way`` below)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from object2vec.training import sparse_adam
+from object2vec import native
 from object2vec.training.sparse_adam import SparseRowAdam, distinct_rows, lazy_zeros
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -25,8 +25,8 @@ WAYS = ["c_extension", "torch_kernels"]
 def way(request, monkeypatch):
     """Runs the test once with each way of making the update."""
     if request.param == "torch_kernels":
-        monkeypatch.setattr(sparse_adam, "_row_adam", None)
-    elif sparse_adam._row_adam is None:
+        monkeypatch.setattr(native, "kernels", None)
+    elif native.kernels is None:
         pytest.skip("the C extension was not built (no C compiler at install)")
     return request.param
 
@@ -35,7 +35,7 @@ def way(request, monkeypatch):
 def test_the_c_extension_was_built_where_a_compiler_is():
     """With a C compiler at install the extension must be there: without it training silently
     runs the 2-3x slower update, which no other test would notice."""
-    assert sparse_adam._row_adam is not None
+    assert native.kernels is not None
 
 
 def sparse_grad(rows: list[int] | torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
@@ -95,19 +95,19 @@ def test_the_c_extension_gives_the_bits_of_pytorchs_kernel(threads, monkeypatch)
     """The same weights and moments, bit for bit, after 20 steps (rows of 16 values: PyTorch's
     kernel then takes every value through its vector loop, whose arithmetic the C loop follows;
     its scalar loop for the few values left at the end of a block rounds differently)."""
-    if sparse_adam._row_adam is None:
+    if native.kernels is None:
         pytest.skip("the C extension was not built")
     torch.set_num_threads(threads)
     torch.manual_seed(3)
     tables = [torch.nn.Parameter(torch.randn(3000, 16)) for _ in range(2)]
     tables[1].data.copy_(tables[0].data)
     optimizers = [SparseRowAdam([table], lr=0.01) for table in tables]
-    extension = sparse_adam._row_adam
+    extension = native.kernels
     for _ in range(20):
         rows = torch.randint(0, 2000, (2500,))
         grad = sparse_grad(rows, torch.randn(2500, 16), (3000, 16))
         for table, optimizer, module in zip(tables, optimizers, (extension, None)):
-            monkeypatch.setattr(sparse_adam, "_row_adam", module)
+            monkeypatch.setattr(native, "kernels", module)
             table.grad = grad
             optimizer.step()
     assert torch.equal(tables[0], tables[1])
@@ -117,7 +117,7 @@ def test_the_c_extension_gives_the_bits_of_pytorchs_kernel(threads, monkeypatch)
 
 def test_the_c_extension_splits_rows_between_threads_without_changing_them(monkeypatch):
     """2,000 rows of 64 values: over the extension's threshold for a second thread."""
-    if sparse_adam._row_adam is None:
+    if native.kernels is None:
         pytest.skip("the C extension was not built")
     results = []
     for threads in (1, 2, 3):
@@ -134,7 +134,7 @@ def test_the_c_extension_splits_rows_between_threads_without_changing_them(monke
 
 def test_the_c_extension_refuses_what_it_cannot_update_safely():
     """Checked before any row is written: a bad call changes nothing."""
-    extension = sparse_adam._row_adam
+    extension = native.kernels
     if extension is None:
         pytest.skip("the C extension was not built")
     weight, exp_avg, exp_avg_sq = (np.ones((10, 4), np.float32) for _ in range(3))
@@ -142,7 +142,7 @@ def test_the_c_extension_refuses_what_it_cannot_update_safely():
     coefficients = (0.001, 0.1, 0.999, 0.001, 1.0, 1e-8, 1)
 
     def call(*, rows=(1, 3), weight=weight, grad=grad):
-        extension.step(weight, exp_avg, exp_avg_sq, grad, np.asarray(rows, np.int64), *coefficients)
+        extension.row_adam_step(weight, exp_avg, exp_avg_sq, grad, np.asarray(rows, np.int64), *coefficients)
 
     with pytest.raises(IndexError, match="row 10 is outside a table of 10 rows"):
         call(rows=(1, 10))
@@ -155,7 +155,8 @@ def test_the_c_extension_refuses_what_it_cannot_update_safely():
     with pytest.raises(TypeError, match="weight must be a 2-D C-contiguous float32 array"):
         call(weight=np.ones((10, 4), np.float64))
     with pytest.raises(TypeError, match="rows must be a 1-D contiguous int64 array"):
-        extension.step(weight, exp_avg, exp_avg_sq, grad, np.asarray([1, 3], np.int32), *coefficients)
+        rows = np.asarray([1, 3], np.int32)
+        extension.row_adam_step(weight, exp_avg, exp_avg_sq, grad, rows, *coefficients)
     with pytest.raises((TypeError, ValueError, BufferError)):
         call(weight=np.ones((4, 10), np.float32).T)  # not C-contiguous
     assert (weight == 1).all() and (exp_avg == 1).all() and (exp_avg_sq == 1).all()

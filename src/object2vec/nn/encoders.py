@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..hyperparameters import EncoderConfig, HyperparameterError
+from .dropout import Dropout
 
 #: Standard deviation of an ID table's initial rows (inputs of one token: users, items, labels).
 #: Small rows keep the first epochs close to a bias-only model, which is what stops
@@ -91,20 +92,6 @@ def table_weight(table: nn.Embedding) -> torch.Tensor:
     if hasattr(table, "frozen_ids"):
         _restore_frozen(table)
     return table.weight
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU mask is drawn as ``uniform >= p`` with ``torch.rand``.
-
-    The same distribution (each value kept with probability ``1 - p``, scaled by ``1 / (1 - p)``)
-    from another random stream: on CPU ``bernoulli_``, which ``nn.Dropout`` draws with, cost 4-5 ms
-    per 512 x 512 batch here (1.1 s of a 20.5 s document-embedding profile), this 1.2-2 ms. On
-    other devices ``nn.Dropout``'s fused kernel is used as is."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu" or self.p == 1:
-            return super().forward(x)
-        return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
 
 
 def padding_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:

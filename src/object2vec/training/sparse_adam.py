@@ -8,7 +8,7 @@ on the StarSpace-shaped workload it took most of the training time (README, Perf
 
 :class:`SparseRowAdam` updates each used row of the weights and of the two moment tables where
 it lies, in one pass: four rows read (the gradient's too) and three written, the least a step
-can move. On the CPU that pass is a small C extension (``_row_adam.c``, built at install; the
+can move. On the CPU that pass is a small C loop (``object2vec/_kernels.c``, built at install; the
 arithmetic of PyTorch's fused Adam kernel, operation by operation). Where it is missing (no C
 compiler at install) or cannot serve (another device or dtype), the same update runs through
 PyTorch's kernels: the rows gathered (``index_select``), stepped by the fused Adam kernel,
@@ -24,10 +24,7 @@ import mmap
 
 import torch
 
-try:
-    from . import _row_adam
-except ImportError:  # built without a C compiler: PyTorch's kernels make the same update
-    _row_adam = None
+from .. import native
 
 #: Without the C extension, rows are updated in chunks of about this many values per table
 #: (512 KB of float32): the gathered blocks of the weights, both moments and the gradient then
@@ -122,7 +119,7 @@ class SparseRowAdam(torch.optim.Optimizer):
             "maximize": False,
         }
         tables = (param, state["exp_avg"], state["exp_avg_sq"])
-        if _row_adam is not None and all(_native_table(table) for table in (*tables, values)):
+        if native.kernels is not None and all(_native_table(table) for table in (*tables, values)):
             _native_update(tables, rows, values, float(state["step"]), settings)
             return
         chunk = max(1, CHUNK_ELEMENTS // max(1, values.shape[1]))
@@ -147,7 +144,7 @@ def _native_update(tables, rows: torch.Tensor, values: torch.Tensor, step: float
     kernel derives from ``settings`` (in double precision, then rounded to float32 as it does)."""
     beta1, beta2 = settings["beta1"], settings["beta2"]
     weight, exp_avg, exp_avg_sq = (table.detach().numpy() for table in tables)
-    _row_adam.step(
+    native.kernels.row_adam_step(
         weight,
         exp_avg,
         exp_avg_sq,

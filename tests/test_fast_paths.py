@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import torch_threads
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from object2vec import native
@@ -162,16 +163,26 @@ def test_dropout_keeps_1_minus_p_scaled_and_is_off_in_eval(way, monkeypatch):
     assert x.grad.unique().tolist() == [0.0, pytest.approx(1 / 0.6)]
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 7), (512, 512)])
+@pytest.mark.parametrize(
+    "shape, threads",
+    [
+        ((1,), 1),
+        ((7,), 2),
+        ((3, 5, 7), 2),
+        ((512, 512), 1),
+        ((512, 512), 2),
+        ((100_001,), 3),
+        ((3, 33_335), 7),
+    ],
+)
 def test_dropout_masks_are_the_same_bits_from_c_and_from_numpy(shape, threads, monkeypatch):
-    """The stream is counter-based: any split of a mask over threads, and numpy where the C loop
-    was not built, give the same mask for the same seed."""
+    """The stream is counter-based: any split of a mask over threads (odd sizes cut into several
+    parts included), and numpy where the C loop was not built, give the same mask for a seed."""
     if native.kernels is None:
         pytest.skip("the C extension was not built")
-    torch.set_num_threads(threads)
     state = torch.get_rng_state()
-    from_c = keep_mask(shape, 0.3)
+    with torch_threads(threads):
+        from_c = keep_mask(shape, 0.3)
     torch.set_rng_state(state)
     monkeypatch.setattr(native, "kernels", None)
     assert torch.equal(keep_mask(shape, 0.3), from_c)

@@ -3,7 +3,6 @@ columnar token checks, columnar request decoding and byte-for-byte answer encodi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
@@ -13,6 +12,7 @@ import numpy as np
 import orjson
 import pytest
 import torch
+from conftest import torch_threads
 
 from object2vec.columns import InvalidSequence, SequenceColumn, token_problem
 from object2vec.hyperparameters import parse_hyperparameters
@@ -159,17 +159,6 @@ def test_no_projected_table_where_it_would_cost_more_memory(monkeypatch):
         frozen = network("pooled_embedding")
     monkeypatch.undo()
     assert projected_table(frozen.encoder(0)) is None
-
-
-@contextlib.contextmanager
-def torch_threads(count: int):
-    """This thread's torch thread count set to ``count``, and set back afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -6,11 +6,13 @@ kernels, which run where the extension was not built (``way`` below)."""
 from __future__ import annotations
 
 import shutil
+import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import torch_threads
 
 from object2vec import native
 from object2vec.training.sparse_adam import SparseRowAdam, distinct_rows, lazy_zeros
@@ -31,11 +33,15 @@ def way(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler here")
+@pytest.mark.skipif(
+    not (shutil.which("cc") or shutil.which("gcc"))
+    or not Path(sysconfig.get_paths()["include"], "Python.h").is_file(),
+    reason="no C compiler or no Python headers here",
+)
 def test_the_c_extension_was_built_where_a_compiler_is():
-    """With a C compiler at install the extension must be there: without it training silently
-    runs the 2-3x slower update, which no other test would notice."""
-    assert native.kernels is not None
+    """With a C compiler and Python's headers at install the extension must be there: without it
+    training silently runs the 2-4x slower update, which no other test would notice."""
+    assert native.kernels is not None, "object2vec._kernels is missing: run `pip install -e .` again"
 
 
 def sparse_grad(rows: list[int] | torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
@@ -91,45 +97,59 @@ def test_dense_gradients_are_refused(way):
     reason="the C loop follows PyTorch's kernel for CPUs with FMA (its other kernels round differently)",
 )
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_c_extension_gives_the_bits_of_pytorchs_kernel(threads, monkeypatch):
-    """The same weights and moments, bit for bit, after 20 steps (rows of 16 values: PyTorch's
-    kernel then takes every value through its vector loop, whose arithmetic the C loop follows;
-    its scalar loop for the few values left at the end of a block rounds differently)."""
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.5, 0.999), (0.3, 0.99)])  # 1 - beta1 below, at, over 0.5
+def test_the_c_extension_gives_the_bits_of_pytorchs_kernel(threads, betas, monkeypatch):
+    """The same weights and moments, bit for bit, after 20 steps (rows of 16 values in blocks of
+    5,000 rows: PyTorch's kernel then takes every value through its vector loop, whose arithmetic
+    the C loop follows; its scalar loop for values left over at the end of a block rounds
+    differently). 80,000 values a step: over the C loop's threshold for a second thread."""
     if native.kernels is None:
         pytest.skip("the C extension was not built")
-    torch.set_num_threads(threads)
     torch.manual_seed(3)
-    tables = [torch.nn.Parameter(torch.randn(3000, 16)) for _ in range(2)]
+    tables = [torch.nn.Parameter(torch.randn(8000, 16)) for _ in range(2)]
     tables[1].data.copy_(tables[0].data)
-    optimizers = [SparseRowAdam([table], lr=0.01) for table in tables]
+    optimizers = [SparseRowAdam([table], lr=0.01, betas=betas) for table in tables]
     extension = native.kernels
-    for _ in range(20):
-        rows = torch.randint(0, 2000, (2500,))
-        grad = sparse_grad(rows, torch.randn(2500, 16), (3000, 16))
-        for table, optimizer, module in zip(tables, optimizers, (extension, None)):
-            monkeypatch.setattr(native, "kernels", module)
-            table.grad = grad
-            optimizer.step()
+    with torch_threads(threads):
+        for _ in range(20):
+            rows = torch.randperm(8000)[:5000]
+            grad = sparse_grad(rows, torch.randn(5000, 16), (8000, 16))
+            for table, optimizer, module in zip(tables, optimizers, (extension, None)):
+                monkeypatch.setattr(native, "kernels", module)
+                table.grad = grad
+                optimizer.step()
     assert torch.equal(tables[0], tables[1])
     for name in ("exp_avg", "exp_avg_sq"):
         assert torch.equal(optimizers[0].state[tables[0]][name], optimizers[1].state[tables[1]][name])
 
 
-def test_the_c_extension_splits_rows_between_threads_without_changing_them(monkeypatch):
-    """2,000 rows of 64 values: over the extension's threshold for a second thread."""
+def test_the_c_extension_splits_rows_between_threads_without_changing_them():
+    """2,000 rows of 64 values: over the extension's threshold for a second and a third thread."""
     if native.kernels is None:
         pytest.skip("the C extension was not built")
     results = []
     for threads in (1, 2, 3):
-        torch.set_num_threads(threads)
         torch.manual_seed(4)
         table = torch.nn.Parameter(torch.randn(5000, 64))
         optimizer = SparseRowAdam([table], lr=0.01)
-        for _ in range(3):
-            table.grad = sparse_grad(torch.randperm(5000)[:2000], torch.randn(2000, 64), (5000, 64))
-            optimizer.step()
+        with torch_threads(threads):
+            for _ in range(3):
+                table.grad = sparse_grad(torch.randperm(5000)[:2000], torch.randn(2000, 64), (5000, 64))
+                optimizer.step()
         results.append(table.detach().clone())
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
+def test_a_step_counts_as_a_change_of_the_tables(way):
+    """Code that caches what it derives from a table (the projected token tables of
+    ``nn/inference.py``) knows by the tensor's version that a step changed it."""
+    table = torch.nn.Parameter(torch.randn(50, 4))
+    optimizer = SparseRowAdam([table], lr=0.1)
+    table.grad = sparse_grad([1, 2], torch.ones(2, 4), (50, 4))
+    before = table._version
+    optimizer.step()
+    assert table._version > before
+    assert all(optimizer.state[table][name]._version > 0 for name in ("exp_avg", "exp_avg_sq"))
 
 
 def test_the_c_extension_refuses_what_it_cannot_update_safely():

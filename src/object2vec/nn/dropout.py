@@ -6,7 +6,7 @@ few nanoseconds a number, and on the document-embedding settings the three masks
 9% of it. Here value ``i`` of a mask is kept when the ``i``-th 32-bit draw of splitmix64's
 stream, seeded by one draw from PyTorch's generator, is at least ``p * 2**32``: each draw
 computed on its own, so the C loop (``object2vec/_kernels.c``) splits a mask over threads and
-fills it in 0.1-0.2 ms, and :func:`keep_mask_numpy`, used where that loop was not built, gives
+fills it in 0.2-0.3 ms, and :func:`keep_mask_numpy`, used where that loop was not built, gives
 the same bits.
 
 The distribution is dropout's (each value kept with probability ``1 - p`` to within ``2**-32``,

@@ -140,6 +140,18 @@ def test_the_c_extension_splits_rows_between_threads_without_changing_them():
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads the process's memory map")
+def test_the_c_loops_share_torchs_openmp_runtime():
+    """One libgomp in the process: the extension's threads are torch's pool, not a second one
+    competing with it for the cores (see ``run_split`` in ``_kernels.c``)."""
+    if native.kernels is None:
+        pytest.skip("the C extension was not built")
+    native.kernels.dropout_mask(np.empty(1 << 17, np.float32), 1, 1 << 31, 2.0, 2)  # a parallel region
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    runtimes = {line.split()[-1] for line in maps if "gomp" in line}
+    assert len(runtimes) <= 1, runtimes
+
+
 def test_a_step_counts_as_a_change_of_the_tables(way):
     """Code that caches what it derives from a table (the projected token tables of
     ``nn/inference.py``) knows by the tensor's version that a step changed it."""

@@ -35,8 +35,8 @@
 #include <omp.h>
 #endif
 
-/* Below this many values a call runs on the calling thread alone (starting a thread costs
- * tens of microseconds). */
+/* Below this many values a call runs on the calling thread alone (handing work to other threads
+ * and waiting for them costs microseconds). */
 #define MIN_VALUES_PER_THREAD (1 << 15)
 #define MAX_THREADS 64
 /* Rows are asked of memory this many rows before they are updated: the rows lie scattered over

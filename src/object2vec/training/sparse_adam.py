@@ -148,7 +148,7 @@ def _native_update(tables, rows: torch.Tensor, values: torch.Tensor, step: float
         weight,
         exp_avg,
         exp_avg_sq,
-        values.detach().contiguous().numpy(),
+        values.detach().numpy(),
         rows.contiguous().numpy(),
         settings["lr"] / (1 - beta1**step),
         1 - beta1,

@@ -18,6 +18,8 @@ import orjson
 import pytest
 import torch
 
+from object2vec import native
+
 #: The smallest valid set of hyperparameters for a fast model on single-token inputs
 #: (vocabularies of object2vec.sample_data.latent_pairs' defaults, 50 and 60).
 TINY_HYPERPARAMETERS = {
@@ -57,6 +59,23 @@ def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+#: Skips a test of the C loops themselves where the extension was not built (no C compiler).
+needs_c_kernels = pytest.mark.skipif(
+    native.kernels is None, reason="the C extension was not built (no C compiler at install)"
+)
+
+
+@pytest.fixture(params=["c_kernels", "fallback"])
+def kernels_or_fallback(request, monkeypatch):
+    """Runs a test once with the C loops (``object2vec/_kernels.c``) and once with the PyTorch or
+    numpy path that stands in for them where they were not built."""
+    if request.param == "fallback":
+        monkeypatch.setattr(native, "kernels", None)
+    elif native.kernels is None:
+        pytest.skip("the C extension was not built (no C compiler at install)")
+    return request.param
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import torch_threads
+from conftest import needs_c_kernels, torch_threads
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from object2vec import native
@@ -144,12 +144,7 @@ def test_bilstm_equals_the_packed_bidirectional_lstm(layers):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, want))
 
 
-@pytest.mark.parametrize("way", ["c_extension", "numpy"])
-def test_dropout_keeps_1_minus_p_scaled_and_is_off_in_eval(way, monkeypatch):
-    if way == "numpy":
-        monkeypatch.setattr(native, "kernels", None)
-    elif native.kernels is None:
-        pytest.skip("the C extension was not built")
+def test_dropout_keeps_1_minus_p_scaled_and_is_off_in_eval(kernels_or_fallback):
     torch.manual_seed(0)
     dropout, x = Dropout(0.4), torch.ones(200_000)
     assert isinstance(dropout, torch.nn.Dropout)
@@ -163,6 +158,7 @@ def test_dropout_keeps_1_minus_p_scaled_and_is_off_in_eval(way, monkeypatch):
     assert x.grad.unique().tolist() == [0.0, pytest.approx(1 / 0.6)]
 
 
+@needs_c_kernels
 @pytest.mark.parametrize(
     "shape, threads",
     [
@@ -178,8 +174,6 @@ def test_dropout_keeps_1_minus_p_scaled_and_is_off_in_eval(way, monkeypatch):
 def test_dropout_masks_are_the_same_bits_from_c_and_from_numpy(shape, threads, monkeypatch):
     """The stream is counter-based: any split of a mask over threads (odd sizes cut into several
     parts included), and numpy where the C loop was not built, give the same mask for a seed."""
-    if native.kernels is None:
-        pytest.skip("the C extension was not built")
     state = torch.get_rng_state()
     with torch_threads(threads):
         from_c = keep_mask(shape, 0.3)

@@ -12,25 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import torch_threads
+from conftest import needs_c_kernels, torch_threads
 
 from object2vec import native
 from object2vec.training.sparse_adam import SparseRowAdam, distinct_rows, lazy_zeros
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-#: The update as made by the C extension, and by PyTorch's kernels alone.
-WAYS = ["c_extension", "torch_kernels"]
-
-
-@pytest.fixture(params=WAYS)
-def way(request, monkeypatch):
-    """Runs the test once with each way of making the update."""
-    if request.param == "torch_kernels":
-        monkeypatch.setattr(native, "kernels", None)
-    elif native.kernels is None:
-        pytest.skip("the C extension was not built (no C compiler at install)")
-    return request.param
 
 
 @pytest.mark.skipif(
@@ -50,7 +37,7 @@ def sparse_grad(rows: list[int] | torch.Tensor, values: torch.Tensor, shape) -> 
 
 
 @pytest.mark.parametrize("chunk", [None, 7])  # one block per step, or rows in chunks of 7
-def test_matches_sparse_adam_step_for_step(chunk, way, monkeypatch):
+def test_matches_sparse_adam_step_for_step(chunk, kernels_or_fallback, monkeypatch):
     if chunk:
         monkeypatch.setattr("object2vec.training.sparse_adam.CHUNK_ELEMENTS", chunk * 16)
     torch.manual_seed(0)
@@ -70,7 +57,7 @@ def test_matches_sparse_adam_step_for_step(chunk, way, monkeypatch):
     assert float(state["step"]) == 30
 
 
-def test_unused_rows_and_their_moments_stay_untouched(way):
+def test_unused_rows_and_their_moments_stay_untouched(kernels_or_fallback):
     torch.manual_seed(1)
     table = torch.nn.Parameter(torch.randn(50, 4))
     before = table.detach().clone()
@@ -85,13 +72,14 @@ def test_unused_rows_and_their_moments_stay_untouched(way):
     assert not optimizer.state[table]["exp_avg"][~used].any()
 
 
-def test_dense_gradients_are_refused(way):
+def test_dense_gradients_are_refused(kernels_or_fallback):
     table = torch.nn.Parameter(torch.zeros(5, 2))
     table.grad = torch.ones(5, 2)
     with pytest.raises(RuntimeError, match="sparse gradients"):
         SparseRowAdam([table]).step()
 
 
+@needs_c_kernels
 @pytest.mark.skipif(
     torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
     reason="the C loop follows PyTorch's kernel for CPUs with FMA (its other kernels round differently)",
@@ -103,8 +91,6 @@ def test_the_c_extension_gives_the_bits_of_pytorchs_kernel(threads, betas, monke
     5,000 rows: PyTorch's kernel then takes every value through its vector loop, whose arithmetic
     the C loop follows; its scalar loop for values left over at the end of a block rounds
     differently). 80,000 values a step: over the C loop's threshold for a second thread."""
-    if native.kernels is None:
-        pytest.skip("the C extension was not built")
     torch.manual_seed(3)
     tables = [torch.nn.Parameter(torch.randn(8000, 16)) for _ in range(2)]
     tables[1].data.copy_(tables[0].data)
@@ -123,10 +109,9 @@ def test_the_c_extension_gives_the_bits_of_pytorchs_kernel(threads, betas, monke
         assert torch.equal(optimizers[0].state[tables[0]][name], optimizers[1].state[tables[1]][name])
 
 
+@needs_c_kernels
 def test_the_c_extension_splits_rows_between_threads_without_changing_them():
     """2,000 rows of 64 values: over the extension's threshold for a second and a third thread."""
-    if native.kernels is None:
-        pytest.skip("the C extension was not built")
     results = []
     for threads in (1, 2, 3):
         torch.manual_seed(4)
@@ -140,19 +125,18 @@ def test_the_c_extension_splits_rows_between_threads_without_changing_them():
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
+@needs_c_kernels
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads the process's memory map")
 def test_the_c_loops_share_torchs_openmp_runtime():
     """One libgomp in the process: the extension's threads are torch's pool, not a second one
     competing with it for the cores (see ``run_split`` in ``_kernels.c``)."""
-    if native.kernels is None:
-        pytest.skip("the C extension was not built")
     native.kernels.dropout_mask(np.empty(1 << 17, np.float32), 1, 1 << 31, 2.0, 2)  # a parallel region
     maps = Path("/proc/self/maps").read_text().splitlines()
     runtimes = {line.split()[-1] for line in maps if "gomp" in line}
     assert len(runtimes) <= 1, runtimes
 
 
-def test_a_step_counts_as_a_change_of_the_tables(way):
+def test_a_step_counts_as_a_change_of_the_tables(kernels_or_fallback):
     """Code that caches what it derives from a table (the projected token tables of
     ``nn/inference.py``) knows by the tensor's version that a step changed it."""
     table = torch.nn.Parameter(torch.randn(50, 4))
@@ -164,11 +148,10 @@ def test_a_step_counts_as_a_change_of_the_tables(way):
     assert all(optimizer.state[table][name]._version > 0 for name in ("exp_avg", "exp_avg_sq"))
 
 
+@needs_c_kernels
 def test_the_c_extension_refuses_what_it_cannot_update_safely():
     """Checked before any row is written: a bad call changes nothing."""
     extension = native.kernels
-    if extension is None:
-        pytest.skip("the C extension was not built")
     weight, exp_avg, exp_avg_sq = (np.ones((10, 4), np.float32) for _ in range(3))
     grad = np.ones((2, 4), np.float32)
     coefficients = (0.001, 0.1, 0.999, 0.001, 1.0, 1e-8, 1)

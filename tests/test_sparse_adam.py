@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 )
 def test_the_c_extension_was_built_where_a_compiler_is():
     """With a C compiler and Python's headers at install the extension must be there: without it
-    training silently runs the 2-4x slower update, which no other test would notice."""
+    training silently runs the 2.5-4.5x slower update, which no other test would notice."""
     assert native.kernels is not None, "object2vec._kernels is missing: run `pip install -e .` again"
 
 

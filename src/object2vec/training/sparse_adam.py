@@ -12,7 +12,7 @@ can move. On the CPU that pass is a small C loop (``object2vec/_kernels.c``, bui
 arithmetic of PyTorch's fused Adam kernel, operation by operation). Where it is missing (no C
 compiler at install) or cannot serve (another device or dtype), the same update runs through
 PyTorch's kernels: the rows gathered (``index_select``), stepped by the fused Adam kernel,
-written back (``index_copy_``), a cache-sized chunk of rows at a time, 2-4x slower. The
+written back (``index_copy_``), a cache-sized chunk of rows at a time, 2.5-4.5x slower. The
 gradients of the pooled encoder arrive with sorted, distinct rows
 (:func:`object2vec.nn.encoders.bag_mean`), so nothing is sorted here (:func:`distinct_rows`).
 """

@@ -78,6 +78,23 @@ def kernels_or_fallback(request, monkeypatch):
     return request.param
 
 
+#: Skips a test of the JSON writer itself where its extension was not built.
+needs_json_rows = pytest.mark.skipif(
+    native.json_rows is None, reason="the C extension was not built (no C compiler at install)"
+)
+
+
+@pytest.fixture(params=["c_writer", "orjson"])
+def answer_writer(request, monkeypatch):
+    """Runs a test once with answers written by ``object2vec/_jsonrows.c`` and once by orjson,
+    which writes them where the extension was not built."""
+    if request.param == "orjson":
+        monkeypatch.setattr(native, "json_rows", None)
+    elif native.json_rows is None:
+        pytest.skip("the C extension was not built (no C compiler at install)")
+    return request.param
+
+
 @contextlib.contextmanager
 def torch_threads(count: int):
     """This thread's torch thread count set to ``count``, and set back afterwards."""

@@ -347,7 +347,9 @@ def test_columnar_decoding_equals_instance_by_instance(kind, caps):
 
 @pytest.mark.parametrize("piece_values", [protocol.ENCODE_CHUNK_VALUES, 10])
 @pytest.mark.parametrize("row_views_from", [1, 10**9])  # every row a view; none
-def test_answers_are_the_bytes_of_one_object_per_row(monkeypatch, piece_values, row_views_from):
+def test_answers_are_the_bytes_of_one_object_per_row(
+    monkeypatch, piece_values, row_views_from, answer_writer
+):
     monkeypatch.setattr(protocol, "ENCODE_CHUNK_VALUES", piece_values)  # 10: a piece of 1 or 10 rows
     monkeypatch.setitem(protocol.ROW_VIEWS_FROM, protocol.JSON, row_views_from)
     monkeypatch.setitem(protocol.ROW_VIEWS_FROM, protocol.JSONLINES, row_views_from)

@@ -1,13 +1,16 @@
-"""The package's C loops (``_kernels.c``, compiled at install), or None where they were not built.
+"""The package's C extensions, compiled at install, or None where they were not built.
 
-The extension is optional (no C compiler with OpenMP at install, another platform): each caller has a
-PyTorch or numpy path that gives the same results, more slowly, and takes it when ``kernels`` is
-None. Tests set it to None to run those paths.
+- ``kernels`` (``_kernels.c``): training's loops, SparseRowAdam's row update and dropout's masks.
+- ``json_rows`` (``_jsonrows.c``): answers' float32 rows written as JSON text on several threads.
+
+Both are optional (no C compiler with OpenMP at install, another platform): each caller has a
+PyTorch, numpy or orjson path that gives the same results, more slowly, and takes it when the
+module is None. Tests set them to None to run those paths.
 """
 
 from __future__ import annotations
 
-# torch first: it loads its libgomp, which the extension's own need for libgomp.so.1 then
+# torch first: it loads its libgomp, which the extensions' own need for libgomp.so.1 then
 # resolves to, so the C loops run on torch's OpenMP thread pool (not a second pool beside it).
 import torch  # noqa: F401
 
@@ -15,3 +18,8 @@ try:
     from . import _kernels as kernels
 except ImportError:
     kernels = None
+
+try:
+    from . import _jsonrows as json_rows
+except ImportError:
+    json_rows = None

@@ -8,9 +8,10 @@ from .settings import ServeSettings
 __all__ = ["InputError", "Predictor", "ServeSettings", "create_app"]
 
 
-def create_app(predictor: Predictor, settings: ServeSettings, index=None):
+def create_app(predictor: Predictor, settings: ServeSettings, index=None, threads: int = 1):
     """The ASGI application answering with ``predictor`` (and ``index``, a
-    :class:`~object2vec.index.NeighborIndex`, on ``POST /neighbors``; see :func:`.server.create_app`)."""
+    :class:`~object2vec.index.NeighborIndex`, on ``POST /neighbors``; ``threads`` may write one
+    answer; see :func:`.server.create_app`)."""
     from .server import create_app as create
 
-    return create(predictor, settings, index)
+    return create(predictor, settings, index, threads)

@@ -273,8 +273,11 @@ def execution_parameters_of(settings: ServeSettings) -> dict:
     }
 
 
-def create_app(predictor: Predictor, settings: ServeSettings, index: NeighborIndex | None = None) -> App:
-    """The ASGI application answering with ``predictor`` (and with ``index``, on ``POST /neighbors``)."""
+def create_app(
+    predictor: Predictor, settings: ServeSettings, index: NeighborIndex | None = None, threads: int = 1
+) -> App:
+    """The ASGI application answering with ``predictor`` (and with ``index``, on ``POST /neighbors``);
+    ``threads``: how many threads may write one answer's JSON (the process's torch threads)."""
     vocab_sizes = (predictor.hp.enc0_vocab_size, predictor.hp.enc1_vocab_size)
     batcher = MicroBatcher(
         predictor.answer,
@@ -306,7 +309,7 @@ def create_app(predictor: Predictor, settings: ServeSettings, index: NeighborInd
             body_format, accept, body = await read_request(request)
             parsed = protocol.decode_request(body, body_format, vocab_sizes)
         rows = await batcher.submit(parsed)
-        return Answer(protocol.encode_rows(rows, parsed.mode, accept), accept)
+        return Answer(protocol.encode_rows(rows, parsed.mode, accept, threads), accept)
 
     search = NeighborSearch(index, vocab_sizes) if index is not None else None
 
@@ -335,14 +338,14 @@ def load_app(settings: ServeSettings) -> App:
     predictor = Predictor.load(
         settings.model_dir, device=settings.device or None, preferred_mode=settings.preferred_mode or None
     )
-    inference_threads(settings.workers, settings.threads or None)
+    threads = inference_threads(settings.workers, settings.threads or None)
     predictor.prepare()
     index = (
         open_served_index(settings.index, settings.model_dir, predictor.embedding_dim)
         if settings.index
         else None
     )
-    app = create_app(predictor, settings, index)
+    app = create_app(predictor, settings, index, threads)
     settle_memory()
     return app
 

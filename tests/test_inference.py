@@ -12,8 +12,9 @@ import numpy as np
 import orjson
 import pytest
 import torch
-from conftest import torch_threads
+from conftest import needs_c_kernels, torch_threads
 
+from object2vec import native
 from object2vec.columns import InvalidSequence, SequenceColumn, token_problem
 from object2vec.hyperparameters import parse_hyperparameters
 from object2vec.nn import Object2VecNet, inference
@@ -56,7 +57,7 @@ def sequences(n: int, max_len: int, seed: int = 0) -> list[list[int]]:
     "encoder, max_len", [("pooled_embedding", 24), ("pooled_embedding", 1), ("hcnn", 24), ("bilstm", 24)]
 )
 @pytest.mark.parametrize("batch_size", [7, 1024])
-def test_encodings_match_the_eager_padded_forward(encoder, max_len, batch_size):
+def test_encodings_match_the_eager_padded_forward(encoder, max_len, batch_size, kernels_or_fallback):
     net = network(encoder, max_len)
     column = SequenceColumn.from_lists(sequences(150, max_len))
     ids, lengths = column.padded(np.arange(len(column)))  # one batch, padded to the longest
@@ -67,7 +68,7 @@ def test_encodings_match_the_eager_padded_forward(encoder, max_len, batch_size):
     torch.testing.assert_close(fast, eager, rtol=1e-6, atol=1e-6)
 
 
-def test_a_pooled_sequence_cut_to_no_tokens_pools_to_zeros():
+def test_a_pooled_sequence_cut_to_no_tokens_pools_to_zeros(kernels_or_fallback):
     """``max_len=0`` through the Python API leaves empty sequences: the pooled encoder then gives
     the projection of zeros (``embedding_bag``'s mean of an empty bag), never a division by 0."""
     net = network("pooled_embedding")
@@ -123,7 +124,7 @@ def pooled_against_eager(net: Object2VecNet, column: SequenceColumn) -> None:
     torch.testing.assert_close(fast, eager, rtol=1e-6, atol=1e-6)
 
 
-def test_pooled_encodings_come_from_the_projected_table_and_follow_changed_weights():
+def test_pooled_encodings_come_from_the_projected_table_and_follow_changed_weights(kernels_or_fallback):
     """The pooled pass gathers rows of the token table already projected; when the weights change
     in place (an optimizer step, ``load_state_dict``) the table is made again."""
     net = network("pooled_embedding")  # enc_dim 12 <= token dim 16
@@ -145,7 +146,7 @@ def test_pooled_encodings_come_from_the_projected_table_and_follow_changed_weigh
     pooled_against_eager(net, column)
 
 
-def test_no_projected_table_where_it_would_cost_more_memory(monkeypatch):
+def test_no_projected_table_where_it_would_cost_more_memory(monkeypatch, kernels_or_fallback):
     wide = network("pooled_embedding")
     wide.encoder(0).project = torch.nn.Linear(16, 40)  # enc_dim 40 > token dim 16
     wide.encoder(0).enc_dim = 40
@@ -159,6 +160,47 @@ def test_no_projected_table_where_it_would_cost_more_memory(monkeypatch):
         frozen = network("pooled_embedding")
     monkeypatch.undo()
     assert projected_table(frozen.encoder(0)) is None
+
+
+@needs_c_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("projected", [True, False])
+def test_the_c_loop_gives_the_bits_of_embedding_bag(monkeypatch, threads, projected):
+    """``bag_mean`` against the ``embedding_bag`` path it stands in for: the same bits, whether the
+    bags are split over threads (1,500 sequences are enough) or not, empty bags included."""
+    net = network("pooled_embedding")
+    if not projected:
+        monkeypatch.setattr(inference, "PROJECTED_TABLE_MAX_BYTES", 0)
+    column = SequenceColumn.from_lists(sequences(1500, 24, seed=5) + [[3]]).truncated(20)
+    column = SequenceColumn.concat([column, SequenceColumn.from_lists([[1, 2]]).truncated(0)])
+    with torch_threads(threads):
+        in_c = encode_column(net.encoder(0), column, torch.device("cpu"), 1024)
+        monkeypatch.setattr(native, "kernels", None)
+        in_torch = encode_column(net.encoder(0), column, torch.device("cpu"), 1024)
+    assert torch.equal(in_c, in_torch)
+
+
+@needs_c_kernels
+def test_what_the_bag_loop_refuses():
+    table, out = np.zeros((10, 4), np.float32), np.zeros((2, 4), np.float32)
+    tokens, offsets = np.array([1, 2, 3], np.int64), np.array([0, 1, 3], np.int64)
+    bag_mean = native.kernels.bag_mean
+    bag_mean(table, tokens, offsets, np.zeros(4, np.float32), out, 1)  # fine
+    with pytest.raises(IndexError, match="token 10 is outside a table of 10 rows"):
+        bag_mean(table, np.array([1, 2, 10], np.int64), offsets, None, out, 1)
+    with pytest.raises(IndexError, match="token -1"):
+        bag_mean(table, np.array([-1, 2, 3], np.int64), offsets, None, out, 1)
+    for bad in ([0, 2, 1], [0, 1, 4], [-1, 1, 3]):
+        with pytest.raises(ValueError, match="non-decreasing and within the tokens"):
+            bag_mean(table, tokens, np.array(bad, np.int64), None, out, 1)
+    with pytest.raises(ValueError, match="out must be"):
+        bag_mean(table, tokens, offsets, None, np.zeros((3, 4), np.float32), 1)
+    with pytest.raises(ValueError, match="bias must have the table's width"):
+        bag_mean(table, tokens, offsets, np.zeros(3, np.float32), out, 1)
+    with pytest.raises(TypeError, match="tokens must be a 1-D contiguous int64 array"):
+        bag_mean(table, tokens.astype(np.int32), offsets, None, out, 1)
+    with pytest.raises(TypeError, match="table must be a 2-D C-contiguous float32 array"):
+        bag_mean(table.astype(np.float64), tokens, offsets, None, out, 1)
 
 
 @pytest.fixture

@@ -314,15 +314,129 @@ static PyObject *dropout_mask(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+typedef struct {
+    const float *table, *bias;
+    const int64_t *tokens, *offsets;
+    float *out;
+    Py_ssize_t dim;
+} BagJob;
+
+/* Bags [begin, end): each output row the sum of its tokens' table rows, in token order, divided
+ * by the token count (1 for an empty bag) and plus the bias: float32 operations in the order of
+ * PyTorch's embedding_bag(mode="sum"), div_ and add_ (nn/inference.py:_pooled), so the same bits. */
+static void mean_bags(const void *job, Py_ssize_t begin, Py_ssize_t end) {
+    const BagJob *bags = (const BagJob *)job;
+    const Py_ssize_t dim = bags->dim;
+    for (Py_ssize_t bag = begin; bag < end; bag++) {
+        float *out = bags->out + bag * dim;
+        memset(out, 0, (size_t)dim * sizeof(float));
+        const int64_t first = bags->offsets[bag], last = bags->offsets[bag + 1];
+        for (int64_t i = first; i < last; i++) {
+            if (i + AHEAD < last) {
+                const float *next = bags->table + bags->tokens[i + AHEAD] * dim;
+                for (Py_ssize_t d = 0; d < dim; d += 16) __builtin_prefetch(next + d);
+            }
+            const float *row = bags->table + bags->tokens[i] * dim;
+            for (Py_ssize_t d = 0; d < dim; d++) out[d] = out[d] + row[d];
+        }
+        const float count = (float)(last > first ? last - first : 1);
+        for (Py_ssize_t d = 0; d < dim; d++) out[d] = out[d] / count;
+        if (bags->bias != NULL)
+            for (Py_ssize_t d = 0; d < dim; d++) out[d] = out[d] + bags->bias[d];
+    }
+}
+
+static int get_vector(PyObject *obj, Py_buffer *view, const char *name, const char *kind, Py_ssize_t itemsize) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    const char *format = view->format;
+    int matches = itemsize == 4 ? strcmp(format, "f") == 0 : (strcmp(format, "q") == 0 || strcmp(format, "l") == 0);
+    if (view->ndim != 1 || view->itemsize != itemsize || !matches) {
+        PyErr_Format(PyExc_TypeError, "%s must be a 1-D contiguous %s array", name, kind);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(bag_mean_doc,
+    "bag_mean(table, tokens, offsets, bias, out, threads)\n\n"
+    "out[i] = mean of table[tokens[offsets[i]:offsets[i+1]]] (zeros for an empty bag) + bias:\n"
+    "the pooled encodings of nn/inference.py with the bits of PyTorch's embedding_bag(mode='sum'),\n"
+    "div_ by the length and add_ of the bias. table [V, D] and out [n, D] float32, tokens and\n"
+    "offsets ([n + 1], non-decreasing) int64, bias a [D] float32 array or None.");
+
+static PyObject *bag_mean(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objects[5];
+    int threads;
+    if (!PyArg_ParseTuple(args, "OOOOOi", &objects[0], &objects[1], &objects[2], &objects[3], &objects[4], &threads))
+        return NULL;
+    Py_buffer table, tokens, offsets, bias, out;
+    Py_buffer *taken[5];
+    int count_taken = 0;
+    PyObject *result = NULL;
+    if (get_table(objects[0], &table, "table", 0) < 0) goto done;
+    taken[count_taken++] = &table;
+    if (get_vector(objects[1], &tokens, "tokens", "int64", 8) < 0) goto done;
+    taken[count_taken++] = &tokens;
+    if (get_vector(objects[2], &offsets, "offsets", "int64", 8) < 0) goto done;
+    taken[count_taken++] = &offsets;
+    if (objects[3] != Py_None) {
+        if (get_vector(objects[3], &bias, "bias", "float32", 4) < 0) goto done;
+        taken[count_taken++] = &bias;
+    }
+    if (get_table(objects[4], &out, "out", 1) < 0) goto done;
+    taken[count_taken++] = &out;
+    const Py_ssize_t vocabulary = table.shape[0], dim = table.shape[1], bags = offsets.shape[0] - 1;
+    if (bags < 0 || out.shape[0] != bags || out.shape[1] != dim) {
+        PyErr_SetString(PyExc_ValueError, "out must be [len(offsets) - 1, table width]");
+        goto done;
+    }
+    if (objects[3] != Py_None && bias.shape[0] != dim) {
+        PyErr_SetString(PyExc_ValueError, "bias must have the table's width");
+        goto done;
+    }
+    const int64_t *offset = (const int64_t *)offsets.buf, *token = (const int64_t *)tokens.buf;
+    for (Py_ssize_t i = 0; i < bags; i++) {
+        if (offset[i] < 0 || offset[i] > offset[i + 1] || offset[i + 1] > tokens.shape[0]) {
+            PyErr_SetString(PyExc_ValueError, "offsets must be non-decreasing and within the tokens");
+            goto done;
+        }
+    }
+    const Py_ssize_t first = bags > 0 ? offset[0] : 0, last = bags > 0 ? offset[bags] : 0;
+    for (Py_ssize_t i = first; i < last; i++) {
+        if (token[i] < 0 || token[i] >= vocabulary) {
+            PyErr_Format(PyExc_IndexError, "token %lld is outside a table of %zd rows", (long long)token[i],
+                         vocabulary);
+            goto done;
+        }
+    }
+    BagJob job = {
+        (const float *)table.buf, objects[3] != Py_None ? (const float *)bias.buf : NULL, token, offset,
+        (float *)out.buf, dim,
+    };
+    Py_ssize_t values_per_bag = dim * (bags > 0 ? (last - first) / bags + 1 : 1);
+    Py_BEGIN_ALLOW_THREADS
+    run_split(mean_bags, &job, bags, values_per_bag, 1, threads);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (int t = 0; t < count_taken; t++) PyBuffer_Release(taken[t]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"row_adam_step", row_adam_step, METH_VARARGS, row_adam_step_doc},
     {"dropout_mask", dropout_mask, METH_VARARGS, dropout_mask_doc},
+    {"bag_mean", bag_mean, METH_VARARGS, bag_mean_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_kernels",
-    "The package's loops in C: row_adam_step (training/sparse_adam.py), dropout_mask (nn/dropout.py).", -1,
+    "The package's loops in C: row_adam_step (training/sparse_adam.py), dropout_mask (nn/dropout.py),\n"
+    "bag_mean (nn/inference.py).", -1,
     methods,
     NULL, NULL, NULL, NULL,
 };

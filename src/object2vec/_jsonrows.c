@@ -1,4 +1,5 @@
-// Answers of float32 rows written as JSON text in C, on several threads, without the GIL.
+// Answers of float32 rows written as JSON text in C, on several threads, without the GIL; and
+// request bodies read straight into token columns (read_instances, below).
 //
 // write_rows(rows, prefix, row_open, row_close, separator, suffix, threads) -> bytes:
 //     prefix + (row_open + n0,n1,... + row_close) joined by separator + suffix
@@ -224,7 +225,193 @@ done:
     return answer;
 }
 
+// ---------------------------------------------------------------------------------------------
+// read_instances: a request body straight to token columns, for the requests that need nothing
+// else: every instance an object with only "in0" and/or "in1", each a non-empty list of plain
+// integers below that side's vocabulary size, or null. Anything else (another key, a float, an
+// escape, a duplicate key, a mistake of any kind) is left to the Python decoder, which gives the
+// same request or names the mistake: this reader only ever answers "the same request" or "not
+// mine" (None), so the grammar it takes is a strict subset of what orjson parses alike.
+
+typedef struct {
+    int64_t *data;
+    Py_ssize_t size, capacity;
+} Ints;
+
+static int push(Ints *ints, int64_t value) {
+    if (ints->size == ints->capacity) {
+        Py_ssize_t capacity = ints->capacity ? 2 * ints->capacity : 256;
+        int64_t *data = PyMem_Realloc(ints->data, (size_t)capacity * sizeof(int64_t));
+        if (data == NULL) return -1;
+        ints->data = data;
+        ints->capacity = capacity;
+    }
+    ints->data[ints->size++] = value;
+    return 0;
+}
+
+typedef struct {
+    const char *at, *end;
+    int lines;  // JSON Lines: a newline ends an instance, so it is no whitespace inside one
+    Ints tokens[2], offsets[2], rows[2];
+    int64_t vocabulary[2];
+} Reader;
+
+enum { READ_OK = 0, NOT_MINE = -1, NO_MEMORY = -2 };
+
+static inline void skip_space(Reader *r) {
+    while (r->at < r->end && (*r->at == ' ' || *r->at == '\t' || *r->at == '\r' || (*r->at == '\n' && !r->lines)))
+        r->at++;
+}
+
+static inline int take(Reader *r, char c) {
+    skip_space(r);
+    if (r->at < r->end && *r->at == c) {
+        r->at++;
+        return 1;
+    }
+    return 0;
+}
+
+static inline int take_word(Reader *r, const char *word, Py_ssize_t size) {
+    if (r->end - r->at >= size && memcmp(r->at, word, (size_t)size) == 0) {
+        r->at += size;
+        return 1;
+    }
+    return 0;
+}
+
+// A non-empty list of integers in [0, vocabulary) (no sign, no leading zero, at most 18 digits).
+static int read_sequence(Reader *r, int side) {
+    if (!take(r, '[')) return NOT_MINE;
+    do {
+        skip_space(r);
+        const char *start = r->at;
+        int64_t value = 0;
+        while (r->at < r->end && *r->at >= '0' && *r->at <= '9') value = 10 * value + (*r->at++ - '0');
+        const Py_ssize_t digits = r->at - start;
+        if (digits == 0 || digits > 18 || (digits > 1 && *start == '0')) return NOT_MINE;
+        if (value >= r->vocabulary[side]) return NOT_MINE;
+        if (push(&r->tokens[side], value) < 0) return NO_MEMORY;
+    } while (take(r, ','));
+    if (!take(r, ']')) return NOT_MINE;
+    return push(&r->offsets[side], r->tokens[side].size) < 0 ? NO_MEMORY : READ_OK;
+}
+
+static int read_instance(Reader *r, int64_t index) {
+    if (!take(r, '{')) return NOT_MINE;
+    int seen[2] = {0, 0}, given[2] = {0, 0};
+    if (!take(r, '}')) {
+        do {
+            skip_space(r);
+            int side;
+            if (take_word(r, "\"in0\"", 5))
+                side = 0;
+            else if (take_word(r, "\"in1\"", 5))
+                side = 1;
+            else
+                return NOT_MINE;
+            if (seen[side] || !take(r, ':')) return NOT_MINE;
+            seen[side] = 1;
+            skip_space(r);
+            if (take_word(r, "null", 4)) continue;
+            int status = read_sequence(r, side);
+            if (status != READ_OK) return status;
+            given[side] = 1;
+        } while (take(r, ','));
+        if (!take(r, '}')) return NOT_MINE;
+    }
+    if (!given[0] && !given[1]) return NOT_MINE;
+    for (int side = 0; side < 2; side++)
+        if (given[side] && push(&r->rows[side], index) < 0) return NO_MEMORY;
+    return READ_OK;
+}
+
+// The instances of a JSON document {"instances": [...]}, or of JSON Lines; their count.
+static Py_ssize_t read_body(Reader *r, int *status) {
+    Py_ssize_t count = 0;
+    *status = READ_OK;
+    if (!r->lines) {
+        if (!take(r, '{')) goto not_mine;
+        skip_space(r);
+        if (!take_word(r, "\"instances\"", 11) || !take(r, ':') || !take(r, '[')) goto not_mine;
+        if (take(r, ']')) goto not_mine;  // no instances: the Python decoder says so
+        do {
+            if ((*status = read_instance(r, count)) != READ_OK) return 0;
+            count++;
+        } while (take(r, ','));
+        if (!take(r, ']') || !take(r, '}')) goto not_mine;
+        skip_space(r);
+        if (r->at != r->end) goto not_mine;
+        return count;
+    }
+    for (;;) {
+        skip_space(r);
+        if (r->at == r->end) break;
+        if (*r->at == '\n') {
+            r->at++;
+            continue;
+        }
+        if ((*status = read_instance(r, count)) != READ_OK) return 0;
+        count++;
+        skip_space(r);
+        if (r->at < r->end && *r->at++ != '\n') goto not_mine;
+    }
+    if (count == 0) goto not_mine;
+    return count;
+not_mine:
+    *status = NOT_MINE;
+    return 0;
+}
+
+static PyObject *as_bytes(const Ints *ints) {
+    return PyBytes_FromStringAndSize((const char *)ints->data, ints->size * (Py_ssize_t)sizeof(int64_t));
+}
+
+static PyObject *read_instances(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer body;
+    int lines;
+    long long vocabulary0, vocabulary1;
+    if (!PyArg_ParseTuple(args, "y*pLL", &body, &lines, &vocabulary0, &vocabulary1)) return NULL;
+    Reader r;
+    memset(&r, 0, sizeof r);
+    r.at = (const char *)body.buf;
+    r.end = r.at + body.len;
+    r.lines = lines;
+    r.vocabulary[0] = vocabulary0;
+    r.vocabulary[1] = vocabulary1;
+    PyObject *result = NULL;
+    int status = READ_OK;
+    for (int side = 0; side < 2 && status == READ_OK; side++)
+        if (push(&r.offsets[side], 0) < 0) status = NO_MEMORY;
+    Py_ssize_t count = status == READ_OK ? read_body(&r, &status) : 0;
+    if (status == NO_MEMORY) {
+        PyErr_NoMemory();
+    } else if (status == NOT_MINE) {
+        result = Py_None;
+        Py_INCREF(result);
+    } else {
+        result = Py_BuildValue("(nNNNNNN)", count, as_bytes(&r.tokens[0]), as_bytes(&r.offsets[0]),
+                               as_bytes(&r.rows[0]), as_bytes(&r.tokens[1]), as_bytes(&r.offsets[1]),
+                               as_bytes(&r.rows[1]));
+    }
+    for (int side = 0; side < 2; side++) {
+        PyMem_Free(r.tokens[side].data);
+        PyMem_Free(r.offsets[side].data);
+        PyMem_Free(r.rows[side].data);
+    }
+    PyBuffer_Release(&body);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"read_instances", read_instances, METH_VARARGS,
+     "read_instances(body, lines, vocab_size0, vocab_size1) -> (count, tokens0, offsets0, rows0,\n"
+     "tokens1, offsets1, rows1) as int64 bytes, or None: a request body whose every instance gives\n"
+     "only in0 and/or in1 as lists of integers below the vocabulary sizes (or null), as columns\n"
+     "(rows: the instances giving that side); None for anything else, which the Python decoder\n"
+     "then reads (and names the mistake of)."},
     {"write_rows", write_rows, METH_VARARGS,
      "write_rows(rows, prefix, row_open, row_close, separator, suffix, threads) -> bytes: a 2-D "
      "float32 array's rows as JSON text, prefix + (row_open + numbers + row_close) joined by "

@@ -18,10 +18,12 @@ Everything here is a pure function of bytes and headers (no model): errors are
 instance index and field.
 
 Speed: a 1,000-instance request holds about 18,000 token IDs, so nothing here touches tokens one
-by one in Python. A body is parsed by orjson, each side's sequences become one flat int64 column
-checked with one numpy min/max (:meth:`SequenceColumn.checked`), and only a request that fails
-that check is walked instance by instance to name the first mistake (:func:`check_instance`, the
-one source of error messages). Answers are written from the float32 result by a C loop on several
+by one in Python. Where the C extension was built, a body of plain instances is read by it straight
+into one flat int64 column per side (``_jsonrows.c``, :func:`_decode_in_c`); any other body, and
+every body without the extension, is parsed by orjson, each side's sequences become one flat int64
+column checked with one numpy min/max (:meth:`SequenceColumn.checked`), and only a request that
+fails that check is walked instance by instance to name the first mistake (:func:`check_instance`,
+the one source of error messages). Answers are written from the float32 result by a C loop on several
 threads (``_jsonrows.c``), else by ``orjson.dumps`` (:func:`encode_rows`), with the same bytes as
 orjson's for one object per row.
 """
@@ -279,6 +281,10 @@ def decode_request(body: bytes, fmt: BodyFormat, vocab_sizes: Sequence[int]) -> 
     again instance by instance, which raises the error for the first mistake (or, for input the
     columnar check does not take, such as a boolean somewhere in the body, gives the same request).
     """
+    if native.json_rows is not None:
+        request = _decode_in_c(body, fmt, vocab_sizes)
+        if request is not None:
+            return request
     objects, lines = decode_objects(body, fmt)
     # orjson makes booleans only from the literals true/false: without their letters "u" and "f"
     # no token can be one (one-byte searches are memchr: 4 us for 1,000 instances, against 140 us
@@ -286,6 +292,25 @@ def decode_request(body: bytes, fmt: BodyFormat, vocab_sizes: Sequence[int]) -> 
     may_hold_bools = b"u" in body or b"f" in body
     request = _decode_columns(objects, fmt, vocab_sizes, may_hold_bools)
     return request if request is not None else _decode_each(objects, lines, fmt, vocab_sizes)
+
+
+def _decode_in_c(body: bytes, fmt: BodyFormat, vocab_sizes: Sequence[int]) -> Request | None:
+    """The request as ``_jsonrows.c`` reads it, straight from the bytes to the columns, when every
+    instance gives only ``in0`` and/or ``in1`` as valid token lists (or null) and all are pairs or
+    all single inputs; None for anything else, which the Python decoder then reads or refuses."""
+    read = native.json_rows.read_instances(body, fmt.lines, vocab_sizes[0], vocab_sizes[1])
+    if read is None:
+        return None
+    size, *arrays = read
+    columns, rows = [], []
+    for side in (0, 1):
+        tokens, offsets, given = (np.frombuffer(a, dtype=np.int64) for a in arrays[3 * side : 3 * side + 3])
+        columns.append(SequenceColumn(tokens, offsets).truncated(fmt.caps[side]))
+        rows.append(None if len(given) == size else given)
+    counts = [len(column) for column in columns]
+    if counts[0] + counts[1] != size and counts != [size, size]:  # pairs mixed with single inputs
+        return None
+    return Request(size, counts == [size, size], (columns[0], columns[1]), (rows[0], rows[1]))
 
 
 def _decode_columns(

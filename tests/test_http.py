@@ -7,6 +7,7 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -175,6 +176,30 @@ def test_a_body_over_the_limit_is_413_before_it_is_sent_and_the_connection_serve
         assert status == 413 and b"payload limit" in answer
         sock.sendall(body + request("GET", "/ping"))  # the refused body is skipped, then served on
         assert reader.response()[0] == 200
+
+
+def test_a_body_all_there_is_handed_over_and_one_still_arriving_is_read(address, monkeypatch):
+    """The handler gets a body that arrived with its headers as it is (no ASGI receive); a body
+    still on its way when the handler starts is read from the connection. Same answers."""
+    handed_over = []
+    read_body = server.read_body
+
+    async def spying(request, limit):
+        handed_over.append(request.body is not None)
+        return await read_body(request, limit)
+
+    monkeypatch.setattr(server, "read_body", spying)
+    whole = request("POST", "/invocations", embed_body(40))
+    sock, reader = connect(address)
+    with sock:
+        sock.sendall(whole)
+        first = reader.response()
+        sock.sendall(whole[: len(whole) - 100])
+        time.sleep(0.2)  # the handler starts and waits for the rest
+        sock.sendall(whole[len(whole) - 100 :])
+        second = reader.response()
+    assert handed_over == [True, False]
+    assert first[0] == 200 and first[2] == second[2]
 
 
 def test_expect_100_continue_gets_the_interim_answer_then_the_answer(address):

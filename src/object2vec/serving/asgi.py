@@ -42,12 +42,15 @@ def error_answer(status: int, message: str) -> Answer:
 class HttpRequest:
     """What a handler reads of a request: headers, query parameters and the body."""
 
-    __slots__ = ("scope", "_receive", "_headers")
+    __slots__ = ("scope", "_receive", "_headers", "body")
 
-    def __init__(self, scope: dict, receive: Callable[[], Awaitable[dict]]):
+    def __init__(self, scope: dict, receive: Callable[[], Awaitable[dict]], body: bytes | None = None):
         self.scope = scope
         self._receive = receive
         self._headers: dict[str, str] | None = None
+        #: The whole body when it had arrived before the handler started (uvicorn's
+        #: ``DirectProtocol`` knows), else None: read it with :meth:`chunks`.
+        self.body = body
 
     def header(self, name: str) -> str | None:
         """A header's value by lower-case name (the first one when repeated)."""
@@ -119,10 +122,10 @@ class App:
         elif kind == "lifespan":
             await _lifespan(receive, send)
 
-    async def respond(self, scope: dict, receive) -> Answer | None:
-        """The answer to the request of ``scope`` (its body read through ``receive``), or None
-        when the client left first. uvicorn's :class:`~object2vec.serving.http.DirectProtocol`
-        calls this without the ASGI ``send`` step."""
+    async def respond(self, scope: dict, receive, body: bytes | None = None) -> Answer | None:
+        """The answer to the request of ``scope`` (its body read through ``receive``, or ``body``
+        when it is all there already), or None when the client left first. uvicorn's
+        :class:`~object2vec.serving.http.DirectProtocol` calls this without the ASGI ``send`` step."""
         methods = self.routes.find(scope["path"])
         if methods is None:
             return error_answer(404, "Not Found")
@@ -132,7 +135,7 @@ class App:
             answer.headers.append(("allow", ", ".join(methods)))
             return answer
         try:
-            return await handler(HttpRequest(scope, receive))
+            return await handler(HttpRequest(scope, receive, body))
         except ClientGone:
             return None
 

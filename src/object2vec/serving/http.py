@@ -85,8 +85,11 @@ class DirectProtocol(HttpToolsProtocol):
         self.tasks.add(task)
 
     async def _respond(self, cycle: RequestResponseCycle) -> None:
+        # a body that has all arrived (the usual case: one read holds a small request whole) is
+        # handed over as it is, without ASGI's receive messages
+        body = None if cycle.more_body or cycle.disconnected else bytes(cycle.body)
         try:
-            answer = await self.service.respond(cycle.scope, cycle.receive)
+            answer = await self.service.respond(cycle.scope, cycle.receive, body)
         except Exception:  # handlers answer their own failures (json_errors): this is a bug here
             logger.exception("request failed")
             answer = error_answer(500, "internal error")

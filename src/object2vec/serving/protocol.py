@@ -30,6 +30,7 @@ orjson's for one object per row.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -135,8 +136,10 @@ def parse_max_seqlens(value: str) -> tuple[int, int]:
     return fwd, bck
 
 
+@functools.lru_cache(maxsize=256)
 def parse_content_type(header: str | None) -> BodyFormat:
-    """The body layout from ``Content-Type`` (missing -> JSON); unsupported types are a 415."""
+    """The body layout from ``Content-Type`` (missing -> JSON); unsupported types are a 415.
+    Remembered for the last 256 headers: clients send the same few again and again."""
     mime, params = parse_media_type(header)
     if mime in ("", JSON):
         lines = False
@@ -155,6 +158,7 @@ def _accept_quality(params: dict[str, str]) -> float:
         return 0.0
 
 
+@functools.lru_cache(maxsize=256)
 def parse_accept(header: str | None, default: str = JSON) -> str:
     """The response type from ``Accept``: JSON or JSON Lines when named (the highest ``q``
     first), ``default`` when the header is missing or its best choice a wildcard (``*/*``,
@@ -162,7 +166,8 @@ def parse_accept(header: str | None, default: str = JSON) -> str:
 
     SageMaker's batch transform sends no Accept unless the job sets one, and SageMaker's own
     containers then answer in ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``, else in the request's
-    own type: the caller passes that as ``default`` (see :func:`default_accept`)."""
+    own type: the caller passes that as ``default`` (see :func:`default_accept`). Remembered for
+    the last 256 pairs of arguments, as :func:`parse_content_type`."""
     if not header or not header.strip():
         return default
     ranges = [parse_media_type(part) for part in header.split(",") if part.strip()]

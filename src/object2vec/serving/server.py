@@ -249,6 +249,10 @@ def json_errors(handler: Handler) -> Handler:
 async def read_body(request: HttpRequest, limit: int) -> bytes:
     """The body, refused with a 413 as soon as it is known to exceed ``limit`` bytes."""
     too_large = f"the request body is larger than the payload limit of {limit / MB:.3g} MB"
+    if request.body is not None:
+        if len(request.body) > limit:
+            raise protocol.RequestError(too_large, status=413)
+        return request.body
     declared = request.header("content-length") or ""
     if declared.isdigit() and int(declared) > limit:
         raise protocol.RequestError(too_large, status=413)

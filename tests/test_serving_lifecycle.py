@@ -117,6 +117,32 @@ def test_a_request_cancelled_while_queued_leaves_no_error_behind():
     assert passes == [1]  # the cancelled request was never run
 
 
+def test_requests_queued_within_the_limit_are_answered_and_leave_no_timer():
+    """Jobs queued behind a pass on the thread that ends before their limit are run by the next
+    pass; the limit's timer ends with the pass that armed it (none is left to fire later)."""
+    from types import SimpleNamespace
+
+    from object2vec.serving.server import MicroBatcher
+
+    passes = []
+
+    def run(batch):
+        passes.append(len(batch))
+        time.sleep(0.1)
+        return [np.full((job.size, 1), len(passes), np.float32) for job in batch]
+
+    async def scenario() -> tuple:
+        batcher = MicroBatcher(run, max_instances=1, max_wait_s=0.0, max_queue_s=0.5)
+        first = asyncio.create_task(batcher.submit(SimpleNamespace(size=1)))
+        await asyncio.sleep(0.03)  # the first pass runs on the thread
+        later = [asyncio.create_task(batcher.submit(SimpleNamespace(size=1))) for _ in range(2)]
+        answers = [await first] + [await task for task in later]
+        return [a[0, 0] for a in answers], batcher._expiry
+
+    answers, timer = asyncio.run(scenario())
+    assert answers == [1.0, 2.0, 3.0] and passes == [1, 1, 1] and timer is None
+
+
 def serve(model_dir: Path, port: int, *options: str) -> subprocess.Popen:
     process = subprocess.Popen(
         [

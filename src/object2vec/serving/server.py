@@ -77,8 +77,7 @@ class Overloaded(Exception):
 class _Job:
     instances: Instances
     future: asyncio.Future
-    taken: bool = False  # a pass has it: it will be answered, however long it waited
-    expiry: asyncio.TimerHandle | None = None  # answers 503 if no pass took the job in time
+    deadline: float  # loop time after which the job, if still queued, is answered 503
 
     @property
     def size(self) -> int:
@@ -125,41 +124,53 @@ class MicroBatcher:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="object2vec-inference")
+        self._on_thread = False  # a pass runs on the inference thread: jobs may queue meanwhile
+        self._expiry: asyncio.TimerHandle | None = None  # at the oldest queued job's deadline
+        self._arriving = _Arriving(self)
 
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[None]:
-        """Mark a request as on its way, so a gathering pass may wait for it."""
-        self.arriving += 1
-        try:
-            yield
-        finally:
-            self.arriving -= 1
+    def reading(self) -> _Arriving:
+        """Mark a request as on its way (``with batcher.reading(): ...``), so a gathering pass
+        may wait for it."""
+        return self._arriving
 
     async def submit(self, instances: Instances) -> np.ndarray:
         """The answer rows of ``instances``; :class:`Overloaded` if no pass took them in time.
 
-        The queue limit is one timer per job, cancelled when a pass takes it: a timer and a plain
-        await took 10-18 us a request here against 24-35 us for ``asyncio.wait`` with a timeout.
-        A submit cancelled while it waits (e.g. at the graceful shutdown's timeout) cancels the
-        future it awaited, so its timer then does nothing."""
+        The queue limit is kept by one timer, for the oldest queued job, and only while a pass
+        runs on the inference thread: the only time jobs can wait (a pass on the loop holds the
+        loop, and the worker takes what is queued as soon as it ends). A timer per job cost a
+        libuv timer made and closed for every request. A submit cancelled while it waits (e.g. at
+        the graceful shutdown's timeout) cancels the future it awaited, so no pass runs it and
+        the timer passes it over."""
         self._ensure_worker()
-        loop = asyncio.get_running_loop()
-        job = _Job(instances, loop.create_future())
-        job.expiry = loop.call_later(self.max_queue_s, self._expire, job)
+        loop = self._loop
+        job = _Job(instances, loop.create_future(), loop.time() + self.max_queue_s)
         self._jobs.append(job)
+        if self._on_thread:
+            self._arm_expiry()
         self._wakeup.set()
         return await job.future
 
-    def _expire(self, job: _Job) -> None:
-        if job.taken or job.future.done():
-            return
-        self._jobs.remove(job)
-        job.future.set_exception(
-            Overloaded(
-                f"the server is busy: the request waited {self.max_queue_s * 1000:.0f} ms for a forward "
-                "pass; retry later"
-            )
-        )
+    def _arm_expiry(self) -> None:
+        if self._expiry is None and self._jobs:
+            self._expiry = self._loop.call_at(self._jobs[0].deadline, self._expire_due)
+
+    def _expire_due(self) -> None:
+        """Queued jobs past their deadline leave the queue with :class:`Overloaded` (jobs queue
+        in the order of their deadlines)."""
+        self._expiry = None
+        now = self._loop.time()
+        while self._jobs and self._jobs[0].deadline <= now:
+            job = self._jobs.popleft()
+            if not job.future.done():
+                job.future.set_exception(
+                    Overloaded(
+                        f"the server is busy: the request waited {self.max_queue_s * 1000:.0f} ms for a "
+                        "forward pass; retry later"
+                    )
+                )
+        if self._on_thread:
+            self._arm_expiry()
 
     def _ensure_worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -180,11 +191,8 @@ class MicroBatcher:
         taken, size = [], 0
         while self._jobs and (not taken or size + self._jobs[0].size <= budget):
             job = self._jobs.popleft()
-            if job.expiry is not None:
-                job.expiry.cancel()
             if job.future.done():  # its submit was cancelled: no one waits for the answer
                 continue
-            job.taken = True
             taken.append(job)
             size += job.size
         return taken
@@ -212,7 +220,7 @@ class MicroBatcher:
             if self.inline is not None and self.inline(parts):
                 answers = self.run(parts)
             else:
-                answers = await asyncio.get_running_loop().run_in_executor(self._executor, self.run, parts)
+                answers = await self._run_on_thread(parts)
         except Exception as exc:  # a bug must fail these requests, never the worker
             for job in batch:
                 if not job.future.done():
@@ -221,6 +229,34 @@ class MicroBatcher:
         for job, rows in zip(batch, answers):
             if not job.future.done():  # the client may have gone away
                 job.future.set_result(rows)
+
+    async def _run_on_thread(self, parts: list[Instances]) -> list[np.ndarray]:
+        """A pass on the inference thread, with the queue limit kept meanwhile."""
+        self._on_thread = True
+        self._arm_expiry()
+        try:
+            return await self._loop.run_in_executor(self._executor, self.run, parts)
+        finally:
+            self._on_thread = False
+            if self._expiry is not None:
+                self._expiry.cancel()
+                self._expiry = None
+
+
+class _Arriving:
+    """``with batcher.reading():`` counts a request on its way (a class: a generator-based
+    context manager cost about 2 us a request)."""
+
+    __slots__ = ("batcher",)
+
+    def __init__(self, batcher: MicroBatcher):
+        self.batcher = batcher
+
+    def __enter__(self) -> None:
+        self.batcher.arriving += 1
+
+    def __exit__(self, *exc_info) -> None:
+        self.batcher.arriving -= 1
 
 
 def json_errors(handler: Handler) -> Handler:

@@ -178,6 +178,26 @@ def test_a_body_over_the_limit_is_413_before_it_is_sent_and_the_connection_serve
         assert reader.response()[0] == 200
 
 
+def test_heads_joined_once_are_the_heads_written_whole():
+    heads = http.ResponseHeads()
+    defaults = [(b"date", b"Fri, 27 Nov 2026 03:00:00 GMT"), (b"server", b"uvicorn")]
+    answers = [
+        server.Answer(b'{"a":1}'),
+        server.Answer(b"x" * 12345, "application/jsonlines"),
+        server.Answer(b'{"error":"e"}', "application/json", 400),
+        server.Answer(b"{}", "application/json", 503, [("retry-after", "1")]),
+    ]
+    for defaults_now in (
+        defaults,
+        [(b"date", b"Fri, 27 Nov 2026 03:00:01 GMT"), (b"server", b"uvicorn")],
+        [],
+    ):
+        for answer in answers * 2:
+            for keep_alive in (True, False):
+                expected = http.response_head(answer, defaults_now, keep_alive)
+                assert heads.head(answer, defaults_now, keep_alive) == expected
+
+
 def test_a_body_all_there_is_handed_over_and_one_still_arriving_is_read(address, monkeypatch):
     """The handler gets a body that arrived with its headers as it is (no ASGI receive); a body
     still on its way when the handler starts is read from the connection. Same answers."""

@@ -68,6 +68,32 @@ def response_head(answer: Answer, default_headers, keep_alive: bool) -> bytes:
     return b"".join(head)
 
 
+class ResponseHeads:
+    """:func:`response_head`'s bytes; for an answer with no headers of its own (the common case)
+    from the status line, default headers and media type joined once, for as long as the default
+    headers stay the same list (uvicorn makes a new one when its date header changes, once a
+    second). One per connection: nothing shared between the event loops of a process."""
+
+    __slots__ = ("made_with", "starts")
+
+    def __init__(self) -> None:
+        self.made_with: list | None = None
+        self.starts: dict[tuple[int, str], bytes] = {}
+
+    def head(self, answer: Answer, default_headers: list, keep_alive: bool) -> bytes:
+        if answer.headers:
+            return response_head(answer, default_headers, keep_alive)
+        if self.made_with is not default_headers:
+            self.made_with, self.starts = default_headers, {}
+        key = (answer.status, answer.media_type)
+        start = self.starts.get(key)
+        if start is None:
+            whole = response_head(Answer(b"", answer.media_type, answer.status), default_headers, True)
+            start = self.starts[key] = whole[: whole.rindex(b"content-length: ")]
+        end = b"\r\n\r\n" if keep_alive else b"\r\nconnection: close\r\n\r\n"
+        return b"".join((start, b"content-length: ", str(len(answer.body)).encode(), end))
+
+
 class DirectProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol; requests to an :class:`App` are answered by its handlers
     directly, each answer written in one call."""
@@ -75,6 +101,7 @@ class DirectProtocol(HttpToolsProtocol):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.service = served_app(self.app)
+        self.heads = ResponseHeads()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app) -> None:
         if self.service is None or app is not self.app:  # not the service (e.g. uvicorn's 503 app)
@@ -120,7 +147,7 @@ class DirectProtocol(HttpToolsProtocol):
             )
         cycle.response_started = True
         cycle.waiting_for_100_continue = False
-        head = response_head(answer, cycle.default_headers, cycle.keep_alive)
+        head = self.heads.head(answer, cycle.default_headers, cycle.keep_alive)
         body = b"" if scope["method"] == "HEAD" else answer.body
         if len(body) <= JOIN_LIMIT:
             cycle.transport.write(head + body)

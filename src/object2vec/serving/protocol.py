@@ -299,6 +299,11 @@ def decode_request(body: bytes, fmt: BodyFormat, vocab_sizes: Sequence[int]) -> 
     return request if request is not None else _decode_each(objects, lines, fmt, vocab_sizes)
 
 
+#: An embedding request's other side, which no instance gives (read-only, shared).
+_NO_ROWS = np.frombuffer(b"", np.int64)
+_NO_SEQUENCES = SequenceColumn(_NO_ROWS, np.frombuffer(bytes(8), np.int64))
+
+
 def _decode_in_c(body: bytes, fmt: BodyFormat, vocab_sizes: Sequence[int]) -> Request | None:
     """The request as ``_jsonrows.c`` reads it, straight from the bytes to the columns, when every
     instance gives only ``in0`` and/or ``in1`` as valid token lists (or null) and all are pairs or
@@ -309,9 +314,14 @@ def _decode_in_c(body: bytes, fmt: BodyFormat, vocab_sizes: Sequence[int]) -> Re
     size, *arrays = read
     columns, rows = [], []
     for side in (0, 1):
-        tokens, offsets, given = (np.frombuffer(a, dtype=np.int64) for a in arrays[3 * side : 3 * side + 3])
-        columns.append(SequenceColumn(tokens, offsets).truncated(fmt.caps[side]))
-        rows.append(None if len(given) == size else given)
+        tokens, offsets, given = arrays[3 * side : 3 * side + 3]
+        if not tokens:  # no instance gives this side (there is at least one instance)
+            columns.append(_NO_SEQUENCES)
+            rows.append(_NO_ROWS)
+            continue
+        column = SequenceColumn(np.frombuffer(tokens, np.int64), np.frombuffer(offsets, np.int64))
+        columns.append(column.truncated(fmt.caps[side]))
+        rows.append(None if len(given) == 8 * size else np.frombuffer(given, np.int64))
     counts = [len(column) for column in columns]
     if counts[0] + counts[1] != size and counts != [size, size]:  # pairs mixed with single inputs
         return None

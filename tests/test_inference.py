@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import orjson
@@ -46,6 +47,13 @@ def network(encoder: str, max_len: int = 24) -> Object2VecNet:
         }
     )
     return Object2VecNet(hp).eval()
+
+
+@pytest.fixture(autouse=True)
+def pooled_in_c_at_any_size(monkeypatch):
+    """Every pooled pass here goes through the C loop where it was built, whatever its size, so
+    that the tests of pooled encodings test it (the server keeps it to small passes)."""
+    monkeypatch.setattr(inference, "C_BAG_MAX_TOKENS", 10**9)
 
 
 def sequences(n: int, max_len: int, seed: int = 0) -> list[list[int]]:
@@ -178,6 +186,20 @@ def test_the_c_loop_gives_the_bits_of_embedding_bag(monkeypatch, threads, projec
         monkeypatch.setattr(native, "kernels", None)
         in_torch = encode_column(net.encoder(0), column, torch.device("cpu"), 1024)
     assert torch.equal(in_c, in_torch)
+
+
+@needs_c_kernels
+def test_small_passes_are_pooled_in_c_and_large_ones_by_embedding_bag(monkeypatch):
+    monkeypatch.setattr(inference, "C_BAG_MAX_TOKENS", 100)
+    calls = []
+    bag_mean = native.kernels.bag_mean
+    monkeypatch.setattr(
+        native, "kernels", SimpleNamespace(bag_mean=lambda *a: calls.append(1) or bag_mean(*a))
+    )
+    net = network("pooled_embedding")
+    for count in (100, 101):
+        encode_column(net.encoder(0), SequenceColumn.from_lists([[1] * count]), torch.device("cpu"), 64)
+    assert calls == [1]
 
 
 @needs_c_kernels

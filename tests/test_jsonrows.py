@@ -184,3 +184,12 @@ def test_the_reader_leaves_to_python_what_is_not_plain():
     assert read(b'{"in0": [1]}\n{"in0": [2]} {"in0": [3]}\n', True, *VOCABS) is None
     assert read(b'{"in0": [1,\n2]}', True, *VOCABS) is None  # an instance split over two lines
     assert read(b"\n \n", True, *VOCABS) is None
+
+
+def test_columns_read_in_c_are_writable_arrays():
+    """torch.from_numpy warns of read-only arrays, as the pooled pass off the CPU hands them over."""
+    request = protocol.decode_request(
+        b'{"instances": [{"in0": [1, 2]}, {"in1": [3]}]}', protocol.BodyFormat(), VOCABS
+    )
+    arrays = [request.columns[0].tokens, request.columns[0].offsets, request.rows[0], request.rows[1]]
+    assert all(array.flags.writeable for array in arrays)

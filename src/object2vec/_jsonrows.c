@@ -364,8 +364,9 @@ not_mine:
     return 0;
 }
 
+// A bytearray, so that numpy's view of it is writable (torch.from_numpy warns of read-only arrays).
 static PyObject *as_bytes(const Ints *ints) {
-    return PyBytes_FromStringAndSize((const char *)ints->data, ints->size * (Py_ssize_t)sizeof(int64_t));
+    return PyByteArray_FromStringAndSize((const char *)ints->data, ints->size * (Py_ssize_t)sizeof(int64_t));
 }
 
 static PyObject *read_instances(PyObject *self, PyObject *args) {
@@ -408,7 +409,7 @@ static PyObject *read_instances(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"read_instances", read_instances, METH_VARARGS,
      "read_instances(body, lines, vocab_size0, vocab_size1) -> (count, tokens0, offsets0, rows0,\n"
-     "tokens1, offsets1, rows1) as int64 bytes, or None: a request body whose every instance gives\n"
+     "tokens1, offsets1, rows1) as int64 bytearrays, or None: a request body whose every instance gives\n"
      "only in0 and/or in1 as lists of integers below the vocabulary sizes (or null), as columns\n"
      "(rows: the instances giving that side); None for anything else, which the Python decoder\n"
      "then reads (and names the mistake of)."},

@@ -323,28 +323,55 @@ typedef struct {
 
 /* Bags [begin, end): each output row the sum of its tokens' table rows, in token order, divided
  * by the token count (1 for an empty bag) and plus the bias: float32 operations in the order of
- * PyTorch's embedding_bag(mode="sum"), div_ and add_ (nn/inference.py:_pooled), so the same bits. */
-static void mean_bags(const void *job, Py_ssize_t begin, Py_ssize_t end) {
-    const BagJob *bags = (const BagJob *)job;
-    const Py_ssize_t dim = bags->dim;
-    for (Py_ssize_t bag = begin; bag < end; bag++) {
-        float *out = bags->out + bag * dim;
-        memset(out, 0, (size_t)dim * sizeof(float));
-        const int64_t first = bags->offsets[bag], last = bags->offsets[bag + 1];
-        for (int64_t i = first; i < last; i++) {
-            if (i + AHEAD < last) {
-                const float *next = bags->table + bags->tokens[i + AHEAD] * dim;
-                for (Py_ssize_t d = 0; d < dim; d += 16) __builtin_prefetch(next + d);
-            }
-            const float *row = bags->table + bags->tokens[i] * dim;
-            for (Py_ssize_t d = 0; d < dim; d++) out[d] = out[d] + row[d];
-        }
-        const float count = (float)(last > first ? last - first : 1);
-        for (Py_ssize_t d = 0; d < dim; d++) out[d] = out[d] / count;
-        if (bags->bias != NULL)
-            for (Py_ssize_t d = 0; d < dim; d++) out[d] = out[d] + bags->bias[d];
+ * PyTorch's embedding_bag(mode="sum"), div_ and add_ (nn/inference.py:_pooled), so the same bits.
+ * Rows are read BAG_AHEAD tokens ahead, across bags. For a few bags this takes 3-12 us where
+ * embedding_bag takes 10-30 (its setup); from about a thousand tokens embedding_bag, which keeps
+ * more rows in flight from memory, is faster (1,000 bags of 5-32 rows of 256: 1.2-1.3 against
+ * 0.7-0.9 ms, one thread), and nn/inference.py calls it there instead. */
+#define BAG_AHEAD 4
+#define MEAN_BAGS_BODY                                                                          \
+    const BagJob *bags = (const BagJob *)job;                                                   \
+    const Py_ssize_t dim = bags->dim;                                                           \
+    const float *restrict table = bags->table;                                                  \
+    const int64_t *restrict tokens = bags->tokens;                                              \
+    const int64_t stop = begin < end ? bags->offsets[end] : 0;                                  \
+    for (int64_t i = begin < end ? bags->offsets[begin] : 0; i < stop && i < bags->offsets[begin] + BAG_AHEAD; i++) \
+        for (Py_ssize_t d = 0; d < dim; d += 16) __builtin_prefetch(table + tokens[i] * dim + d); \
+    for (Py_ssize_t bag = begin; bag < end; bag++) {                                            \
+        float *restrict out = bags->out + bag * dim;                                            \
+        const int64_t first = bags->offsets[bag], last = bags->offsets[bag + 1];                \
+        for (Py_ssize_t d = 0; d < dim; d++) out[d] = 0.0f;                                     \
+        for (int64_t i = first; i < last; i++) {                                                \
+            if (i + BAG_AHEAD < stop) {                                                         \
+                const float *next = table + tokens[i + BAG_AHEAD] * dim;                        \
+                for (Py_ssize_t d = 0; d < dim; d += 16) __builtin_prefetch(next + d);          \
+            }                                                                                   \
+            const float *restrict row = table + tokens[i] * dim;                                \
+            for (Py_ssize_t d = 0; d < dim; d++) out[d] = out[d] + row[d];                      \
+        }                                                                                       \
+        const float count = (float)(last > first ? last - first : 1);                           \
+        for (Py_ssize_t d = 0; d < dim; d++) out[d] = out[d] / count;                           \
+        if (bags->bias != NULL)                                                                 \
+            for (Py_ssize_t d = 0; d < dim; d++) out[d] = out[d] + bags->bias[d];               \
     }
+
+static void mean_bags_portable(const void *job, Py_ssize_t begin, Py_ssize_t end) { MEAN_BAGS_BODY }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* AVX2: eight floats an instruction instead of SSE2's four (adds and divisions: the same bits). */
+__attribute__((target("avx2"))) static void mean_bags_avx2(const void *job, Py_ssize_t begin, Py_ssize_t end) {
+    MEAN_BAGS_BODY
 }
+
+static void mean_bags(const void *job, Py_ssize_t begin, Py_ssize_t end) {
+    if (__builtin_cpu_supports("avx2"))
+        mean_bags_avx2(job, begin, end);
+    else
+        mean_bags_portable(job, begin, end);
+}
+#else
+static void mean_bags(const void *job, Py_ssize_t begin, Py_ssize_t end) { mean_bags_portable(job, begin, end); }
+#endif
 
 static int get_vector(PyObject *obj, Py_buffer *view, const char *name, const char *kind, Py_ssize_t itemsize) {
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;

@@ -1,5 +1,5 @@
-// Answers of float32 rows written as JSON text in C, on several threads, without the GIL; and
-// request bodies read straight into token columns (read_instances, below).
+// Answers of float32 rows written as JSON text in C, on several threads (large ones without the
+// GIL); and request bodies read straight into token columns (read_instances, below).
 //
 // write_rows(rows, prefix, row_open, row_close, separator, suffix, threads) -> bytes:
 //     prefix + (row_open + n0,n1,... + row_close) joined by separator + suffix
@@ -195,7 +195,10 @@ static PyObject *write_rows(PyObject *self, PyObject *args) {
         threads = (int)(count > 0 ? count : 1);
     }
     char *end;
-    Py_BEGIN_ALLOW_THREADS
+    // The GIL is let go for large answers only: letting it go hands it to any other thread that
+    // waits for it (a pass on the inference thread), and getting it back then waits for that
+    // thread to let go in turn, up to a switch interval (5 ms), far longer than a small answer.
+    PyThreadState *state = count * width >= THREADED_FROM ? PyEval_SaveThread() : NULL;
     char *out = put(start, prefix);
     if (threads == 1) {
         out = write_row_range(values, width, 0, count, row_open, row_close, separator, out);
@@ -218,7 +221,7 @@ static PyObject *write_rows(PyObject *self, PyObject *args) {
         }
     }
     end = put(out, suffix);
-    Py_END_ALLOW_THREADS
+    if (state != NULL) PyEval_RestoreThread(state);
     _PyBytes_Resize(&answer, end - start);
 done:
     PyBuffer_Release(&view);

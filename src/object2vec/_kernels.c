@@ -443,9 +443,11 @@ static PyObject *bag_mean(PyObject *self, PyObject *args) {
         (float *)out.buf, dim,
     };
     Py_ssize_t values_per_bag = dim * (bags > 0 ? (last - first) / bags + 1 : 1);
-    Py_BEGIN_ALLOW_THREADS
+    /* The GIL is kept for small calls (the usual ones, a few microseconds): letting it go hands
+     * it to a waiting thread, and getting it back can wait a switch interval (5 ms). */
+    PyThreadState *state = bags * values_per_bag >= MIN_VALUES_PER_THREAD ? PyEval_SaveThread() : NULL;
     run_split(mean_bags, &job, bags, values_per_bag, 1, threads);
-    Py_END_ALLOW_THREADS
+    if (state != NULL) PyEval_RestoreThread(state);
     result = Py_None;
     Py_INCREF(result);
 done:

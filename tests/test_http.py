@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -176,6 +177,17 @@ def test_a_body_over_the_limit_is_413_before_it_is_sent_and_the_connection_serve
         assert status == 413 and b"payload limit" in answer
         sock.sendall(body + request("GET", "/ping"))  # the refused body is skipped, then served on
         assert reader.response()[0] == 200
+
+
+def test_a_body_taken_whole_empties_the_buffer_and_resumes_reading():
+    """As uvicorn's receive does: a body over 64 KiB paused reading, which must not stay paused
+    for the whole request (a client leaving meanwhile would go unnoticed)."""
+    resumed = []
+    cycle = SimpleNamespace(
+        body=bytearray(b"x" * 70_000), flow=SimpleNamespace(resume_reading=lambda: resumed.append(1))
+    )
+    assert http.DirectProtocol._whole_body(cycle) == b"x" * 70_000
+    assert cycle.body == bytearray() and resumed == [1]
 
 
 def test_heads_joined_once_are_the_heads_written_whole():

@@ -189,6 +189,24 @@ def test_the_c_loop_gives_the_bits_of_embedding_bag(monkeypatch, threads, projec
 
 
 @needs_c_kernels
+def test_without_a_projected_table_the_c_loop_projects_in_batches_as_the_torch_path(monkeypatch):
+    """A linear layer's sums depend on how many rows it takes at once: the pooled rows must be
+    projected ``batch_size`` at a time on both paths (wide enough layers show it)."""
+    monkeypatch.setattr(inference, "PROJECTED_TABLE_MAX_BYTES", 0)
+    torch.manual_seed(0)
+    encoder = network("pooled_embedding").encoder(0)
+    encoder.embedding = torch.nn.Embedding(VOCAB, 300)
+    encoder.project = torch.nn.Linear(300, 256)
+    encoder.enc_dim = 256
+    column = SequenceColumn.from_lists(sequences(200, 5, seed=6))
+    with torch.no_grad(), torch_threads(2):  # the sums' order moves with the rows and threads
+        in_c = encode_column(encoder, column, torch.device("cpu"), 7)
+        monkeypatch.setattr(native, "kernels", None)
+        in_torch = encode_column(encoder, column, torch.device("cpu"), 7)
+    assert projected_table(encoder) is None and torch.equal(in_c, in_torch)
+
+
+@needs_c_kernels
 def test_small_passes_are_pooled_in_c_and_large_ones_by_embedding_bag(monkeypatch):
     monkeypatch.setattr(inference, "C_BAG_MAX_TOKENS", 100)
     calls = []

@@ -97,9 +97,14 @@ def _pooled(
         and table.dtype == torch.float32
         and len(column.tokens) <= C_BAG_MAX_TOKENS
     ):
-        bias = encoder.project.bias if projected is not None else None
-        pooled = _bag_mean_in_c(table, column, bias)
-        return pooled if projected is not None else encoder.project(pooled)
+        if projected is not None:
+            return _bag_mean_in_c(table, column, encoder.project.bias)
+        pooled = _bag_mean_in_c(table, column, None)
+        # projected batch_size rows at a time, as below: a linear layer's sums depend on how many
+        # rows it is given at once, and these must be the bits of the path below
+        return torch.cat(
+            [encoder.project(pooled[s : s + batch_size]) for s in range(0, len(pooled), batch_size)]
+        )
     outputs = []
     for start in range(0, len(column), batch_size):
         offsets = column.offsets[start : start + batch_size + 1]

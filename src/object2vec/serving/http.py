@@ -112,9 +112,7 @@ class DirectProtocol(HttpToolsProtocol):
         self.tasks.add(task)
 
     async def _respond(self, cycle: RequestResponseCycle) -> None:
-        # a body that has all arrived (the usual case: one read holds a small request whole) is
-        # handed over as it is, without ASGI's receive messages
-        body = None if cycle.more_body or cycle.disconnected else bytes(cycle.body)
+        body = None if cycle.more_body or cycle.disconnected else self._whole_body(cycle)
         try:
             answer = await self.service.respond(cycle.scope, cycle.receive, body)
         except Exception:  # handlers answer their own failures (json_errors): this is a bug here
@@ -128,6 +126,17 @@ class DirectProtocol(HttpToolsProtocol):
             cycle.transport.close()
         finally:
             cycle.on_response = lambda: None  # as uvicorn does: no reference back to the connection
+
+    @staticmethod
+    def _whole_body(cycle: RequestResponseCycle) -> bytes:
+        """A body that has all arrived (the usual case: one read holds a small request whole),
+        taken as uvicorn's ``receive`` takes it, without its messages: the buffer emptied, and
+        reading resumed if a large body paused it (so a client that leaves during the pass is
+        still noticed)."""
+        body = bytes(cycle.body)
+        cycle.body = bytearray()
+        cycle.flow.resume_reading()
+        return body
 
     async def _write(self, cycle: RequestResponseCycle, answer: Answer) -> None:
         """What uvicorn's two ``send`` calls do, in one write."""

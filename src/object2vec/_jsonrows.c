@@ -6,7 +6,7 @@
 // for a C-contiguous 2-D float32 buffer. Numbers are written as orjson 3.13 writes a numpy
 // float32: Ryu's shortest round-trip digits (_ryu_f32.h), decimal notation for 1e-6 <= |x| < 1e13
 // ("0.0", "-2.5", "123456790.0", "0.000001"), else "1e-7" / "1.234567e+13"; NaN and infinities as
-// null. So an answer's bytes are those orjson writes for the same rows (tests/test_protocol.py).
+// null. So an answer's bytes are those orjson writes for the same rows (tests/test_jsonrows.py).
 //
 // Why: writing the numbers is the largest cost of an embedding answer (about 7 ms per 1,000 rows
 // of 256 values on one core with orjson, README "Serving performance"), and orjson holds the GIL
@@ -21,10 +21,13 @@
 
 #include "_ryu_f32.h"
 
-// "-0.00000123456789" and "-123456789000000.0" are 17 and 18 bytes; one more for the comma.
+// The longest number is 17 bytes ("-0.00000123456789": nine digits after five zeros); with its
+// comma 18. The bound leaves room.
 #define MAX_NUMBER_TEXT 24
 // Below this many numbers a second thread costs more than it saves.
 #define THREADED_FROM 16384
+// An answer is split over at most this many threads.
+#define MAX_THREADS 64
 
 static const char DIGIT_PAIRS[201] =
     "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
@@ -191,6 +194,9 @@ static PyObject *write_rows(PyObject *self, PyObject *args) {
     if (threads < 1 || count * width < THREADED_FROM) {
         threads = 1;
     }
+    if (threads > MAX_THREADS) {
+        threads = MAX_THREADS;
+    }
     if (threads > count) {
         threads = (int)(count > 0 ? count : 1);
     }
@@ -205,7 +211,7 @@ static PyObject *write_rows(PyObject *self, PyObject *args) {
     } else {
         // Thread t writes rows [count*t/threads, count*(t+1)/threads) from where the first of them
         // could start at the most; the stretches are then moved up, in order, to close the gaps.
-        char *ends[threads];
+        char *ends[MAX_THREADS];
         char *const body = out;
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
         for (int t = 0; t < threads; t++) {
@@ -424,7 +430,9 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_jsonrows", "float32 rows written as JSON text in C (see _jsonrows.c)", -1, methods,
+    PyModuleDef_HEAD_INIT, "_jsonrows",
+    "Serving's JSON in C: answers' float32 rows written as text (write_rows), request bodies read into\n"
+    "token columns (read_instances); see _jsonrows.c.", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__jsonrows(void) { return PyModule_Create(&module); }

@@ -1,6 +1,6 @@
-/* The package's two loops in C, each a pass over memory that PyTorch's kernels make in several.
- * Both are optional: where this extension was not built (no C compiler at install) the same
- * results come from PyTorch or numpy (object2vec/native.py says which is in use).
+/* The package's loops in C, each a pass over memory that PyTorch's kernels make in several (or
+ * with more setup). All are optional: where this extension was not built (no C compiler at
+ * install) the same results come from PyTorch or numpy (object2vec/native.py says which is in use).
  *
  * row_adam_step: lazy Adam's update of chosen rows of [rows, dim] float32 tables, in place, in
  * one pass (training/sparse_adam.py, SparseRowAdam). Nothing is gathered: each used row of the
@@ -20,6 +20,9 @@
  *
  * dropout_mask: dropout's scaled keep-mask from a counter-based stream (nn/dropout.py), whose
  * numpy twin there gives the same bits.
+ *
+ * bag_mean: the pooled encoder's mean of token rows per sequence, for inference passes of a few
+ * requests (nn/inference.py), with the bits of PyTorch's embedding_bag path.
  *
  * Work is split into contiguous ranges, one per thread of torch's OpenMP pool (run_split; one
  * thread where the compiler has no OpenMP); rows are read ahead where the compiler has
@@ -45,8 +48,13 @@
 #define AHEAD 8
 #if defined(__GNUC__) || defined(__clang__)
 #define PREFETCH_FOR_WRITE(address) __builtin_prefetch((address), 1)
+#define PREFETCH_FOR_READ(address) __builtin_prefetch((address), 0)
 #else
 #define PREFETCH_FOR_WRITE(address) ((void)(address))
+#define PREFETCH_FOR_READ(address) ((void)(address))
+#endif
+#if defined(_MSC_VER)
+#define restrict __restrict
 #endif
 
 typedef struct {
@@ -336,7 +344,7 @@ typedef struct {
     const int64_t *restrict tokens = bags->tokens;                                              \
     const int64_t stop = begin < end ? bags->offsets[end] : 0;                                  \
     for (int64_t i = begin < end ? bags->offsets[begin] : 0; i < stop && i < bags->offsets[begin] + BAG_AHEAD; i++) \
-        for (Py_ssize_t d = 0; d < dim; d += 16) __builtin_prefetch(table + tokens[i] * dim + d); \
+        for (Py_ssize_t d = 0; d < dim; d += 16) PREFETCH_FOR_READ(table + tokens[i] * dim + d); \
     for (Py_ssize_t bag = begin; bag < end; bag++) {                                            \
         float *restrict out = bags->out + bag * dim;                                            \
         const int64_t first = bags->offsets[bag], last = bags->offsets[bag + 1];                \
@@ -344,7 +352,7 @@ typedef struct {
         for (int64_t i = first; i < last; i++) {                                                \
             if (i + BAG_AHEAD < stop) {                                                         \
                 const float *next = table + tokens[i + BAG_AHEAD] * dim;                        \
-                for (Py_ssize_t d = 0; d < dim; d += 16) __builtin_prefetch(next + d);          \
+                for (Py_ssize_t d = 0; d < dim; d += 16) PREFETCH_FOR_READ(next + d);           \
             }                                                                                   \
             const float *restrict row = table + tokens[i] * dim;                                \
             for (Py_ssize_t d = 0; d < dim; d++) out[d] = out[d] + row[d];                      \

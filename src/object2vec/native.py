@@ -1,7 +1,9 @@
 """The package's C extensions, compiled at install, or None where they were not built.
 
-- ``kernels`` (``_kernels.c``): training's loops, SparseRowAdam's row update and dropout's masks.
-- ``json_rows`` (``_jsonrows.c``): answers' float32 rows written as JSON text on several threads.
+- ``kernels`` (``_kernels.c``): SparseRowAdam's row update and dropout's masks (training), and the
+  pooled encoder's bag means (inference passes of a few requests).
+- ``json_rows`` (``_jsonrows.c``): answers' float32 rows written as JSON text on several threads,
+  and request bodies read straight into token columns.
 
 Both are optional (no C compiler with OpenMP at install, another platform): each caller has a
 PyTorch, numpy or orjson path that gives the same results, more slowly, and takes it when the

@@ -427,7 +427,8 @@ def encode_rows(rows: np.ndarray, key: str, accept: str, threads: int = 1) -> by
 
 
 def _rows_in_c(rows: np.ndarray, key: str, lines: bool, threads: int) -> bytes:
-    """The answer written by ``_jsonrows.c`` (orjson's bytes; the GIL released while it runs)."""
+    """The answer written by ``_jsonrows.c`` (orjson's bytes; a large one on ``threads`` threads,
+    without the GIL)."""
     opening = b'{"' + key.encode() + b'":['
     if lines:
         return native.json_rows.write_rows(rows, b"", opening, b"]}\n", b"", b"", threads)

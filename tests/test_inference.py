@@ -20,6 +20,7 @@ from object2vec.columns import InvalidSequence, SequenceColumn, token_problem
 from object2vec.hyperparameters import parse_hyperparameters
 from object2vec.nn import Object2VecNet, inference
 from object2vec.nn.inference import chunk_threads, encode_column, length_chunks, projected_table
+from object2vec.serving import predictor as predictor_module
 from object2vec.serving import protocol
 from object2vec.serving.predictor import Predictor
 
@@ -207,6 +208,42 @@ def test_without_a_projected_table_the_c_loop_projects_in_batches_as_the_torch_p
 
 
 @needs_c_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("max_len", [None, 3, 0])
+def test_pooled_encodings_column_by_column_are_the_bits_of_one_joined_pass(threads, max_len):
+    net = network("pooled_embedding")
+    encoder = net.encoder(0)
+    columns = [SequenceColumn.from_lists(sequences(n, 9, seed=n)) for n in (1, 40, 7)]
+    columns.insert(1, SequenceColumn.from_lists([]))
+    with torch_threads(threads), torch.inference_mode():
+        blocks = inference.pooled_encodings(encoder, columns, max_len)
+        joined = SequenceColumn.concat(columns).truncated(max_len)
+        whole = encode_column(encoder, joined, torch.device("cpu"), 1024).numpy()
+    assert [len(b) for b in blocks] == [1, 0, 40, 7]
+    assert np.array_equal(np.concatenate(blocks), whole)
+
+
+def test_a_predictors_pass_of_single_inputs_is_the_same_by_either_path(monkeypatch):
+    """Embedding requests of one side, the other and both mixed: the answers of the C loop
+    column by column equal those of one pass over the columns joined."""
+    net = network("pooled_embedding", max_len=5)
+    predictor = Predictor(net.hp, net, device="cpu")
+    rng = np.random.default_rng(3)
+
+    def request(sides: list[str]) -> protocol.Request:
+        instances = [{side: rng.integers(0, VOCAB, rng.integers(1, 9)).tolist()} for side in sides]
+        return protocol.decode_request(
+            orjson.dumps({"instances": instances}), protocol.BodyFormat(), (VOCAB, VOCAB)
+        )
+
+    batch = [request(["in0"] * 3), request(["in1"]), request(["in1", "in0", "in0", "in1"])]
+    by_columns = predictor.answer(batch)
+    monkeypatch.setattr(predictor_module, "pooled_encodings", lambda *args: None)
+    joined = predictor.answer(batch)
+    assert all(np.array_equal(a, b) for a, b in zip(by_columns, joined))
+
+
+@needs_c_kernels
 def test_small_passes_are_pooled_in_c_and_large_ones_by_embedding_bag(monkeypatch):
     monkeypatch.setattr(inference, "C_BAG_MAX_TOKENS", 100)
     calls = []
@@ -225,22 +262,22 @@ def test_what_the_bag_loop_refuses():
     table, out = np.zeros((10, 4), np.float32), np.zeros((2, 4), np.float32)
     tokens, offsets = np.array([1, 2, 3], np.int64), np.array([0, 1, 3], np.int64)
     bag_mean = native.kernels.bag_mean
-    bag_mean(table, tokens, offsets, np.zeros(4, np.float32), out, 1)  # fine
+    bag_mean(table, tokens, offsets, np.zeros(4, np.float32), out, -1, 1)  # fine
     with pytest.raises(IndexError, match="token 10 is outside a table of 10 rows"):
-        bag_mean(table, np.array([1, 2, 10], np.int64), offsets, None, out, 1)
+        bag_mean(table, np.array([1, 2, 10], np.int64), offsets, None, out, -1, 1)
     with pytest.raises(IndexError, match="token -1"):
-        bag_mean(table, np.array([-1, 2, 3], np.int64), offsets, None, out, 1)
+        bag_mean(table, np.array([-1, 2, 3], np.int64), offsets, None, out, -1, 1)
     for bad in ([0, 2, 1], [0, 1, 4], [-1, 1, 3]):
         with pytest.raises(ValueError, match="non-decreasing and within the tokens"):
-            bag_mean(table, tokens, np.array(bad, np.int64), None, out, 1)
+            bag_mean(table, tokens, np.array(bad, np.int64), None, out, -1, 1)
     with pytest.raises(ValueError, match="out must be"):
-        bag_mean(table, tokens, offsets, None, np.zeros((3, 4), np.float32), 1)
+        bag_mean(table, tokens, offsets, None, np.zeros((3, 4), np.float32), -1, 1)
     with pytest.raises(ValueError, match="bias must have the table's width"):
-        bag_mean(table, tokens, offsets, np.zeros(3, np.float32), out, 1)
+        bag_mean(table, tokens, offsets, np.zeros(3, np.float32), out, -1, 1)
     with pytest.raises(TypeError, match="tokens must be a 1-D contiguous int64 array"):
-        bag_mean(table, tokens.astype(np.int32), offsets, None, out, 1)
+        bag_mean(table, tokens.astype(np.int32), offsets, None, out, -1, 1)
     with pytest.raises(TypeError, match="table must be a 2-D C-contiguous float32 array"):
-        bag_mean(table.astype(np.float64), tokens, offsets, None, out, 1)
+        bag_mean(table.astype(np.float64), tokens, offsets, None, out, -1, 1)
 
 
 @pytest.fixture

@@ -327,6 +327,7 @@ typedef struct {
     const int64_t *tokens, *offsets;
     float *out;
     Py_ssize_t dim;
+    int64_t max_len; /* each bag's first max_len tokens only; < 0: all of them */
 } BagJob;
 
 /* Bags [begin, end): each output row the sum of its tokens' table rows, in token order, divided
@@ -347,7 +348,9 @@ typedef struct {
         for (Py_ssize_t d = 0; d < dim; d += 16) PREFETCH_FOR_READ(table + tokens[i] * dim + d); \
     for (Py_ssize_t bag = begin; bag < end; bag++) {                                            \
         float *restrict out = bags->out + bag * dim;                                            \
-        const int64_t first = bags->offsets[bag], last = bags->offsets[bag + 1];                \
+        const int64_t first = bags->offsets[bag], end_of_bag = bags->offsets[bag + 1];          \
+        const int64_t last =                                                                    \
+            bags->max_len >= 0 && end_of_bag - first > bags->max_len ? first + bags->max_len : end_of_bag; \
         for (Py_ssize_t d = 0; d < dim; d++) out[d] = 0.0f;                                     \
         for (int64_t i = first; i < last; i++) {                                                \
             if (i + BAG_AHEAD < stop) {                                                         \
@@ -394,8 +397,9 @@ static int get_vector(PyObject *obj, Py_buffer *view, const char *name, const ch
 }
 
 PyDoc_STRVAR(bag_mean_doc,
-    "bag_mean(table, tokens, offsets, bias, out, threads)\n\n"
-    "out[i] = mean of table[tokens[offsets[i]:offsets[i+1]]] (zeros for an empty bag) + bias:\n"
+    "bag_mean(table, tokens, offsets, bias, out, max_len, threads)\n\n"
+    "out[i] = mean of table[tokens[offsets[i]:offsets[i+1]][:max_len]] (zeros for an empty bag)\n"
+    "+ bias (max_len < 0: every token):\n"
     "the pooled encodings of nn/inference.py with the bits of PyTorch's embedding_bag(mode='sum'),\n"
     "div_ by the length and add_ of the bias. table [V, D] and out [n, D] float32, tokens and\n"
     "offsets ([n + 1], non-decreasing) int64, bias a [D] float32 array or None.");
@@ -403,8 +407,10 @@ PyDoc_STRVAR(bag_mean_doc,
 static PyObject *bag_mean(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *objects[5];
+    long long max_len;
     int threads;
-    if (!PyArg_ParseTuple(args, "OOOOOi", &objects[0], &objects[1], &objects[2], &objects[3], &objects[4], &threads))
+    if (!PyArg_ParseTuple(args, "OOOOOLi", &objects[0], &objects[1], &objects[2], &objects[3], &objects[4],
+                          &max_len, &threads))
         return NULL;
     Py_buffer table, tokens, offsets, bias, out;
     Py_buffer *taken[5];
@@ -448,7 +454,7 @@ static PyObject *bag_mean(PyObject *self, PyObject *args) {
     }
     BagJob job = {
         (const float *)table.buf, objects[3] != Py_None ? (const float *)bias.buf : NULL, token, offset,
-        (float *)out.buf, dim,
+        (float *)out.buf, dim, (int64_t)max_len,
     };
     Py_ssize_t values_per_bag = dim * (bags > 0 ? (last - first) / bags + 1 : 1);
     /* The GIL is kept for small calls (the usual ones, a few microseconds): letting it go hands

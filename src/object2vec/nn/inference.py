@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -141,9 +141,41 @@ def _bag_mean_in_c(table: torch.Tensor, column: SequenceColumn, bias: torch.Tens
         np.ascontiguousarray(column.offsets, dtype=np.int64),
         None if bias is None else bias.detach().contiguous().numpy(),
         out.numpy(),
+        -1,
         torch.get_num_threads(),
     )
     return out
+
+
+def pooled_encodings(
+    encoder: Encoder, columns: Sequence[SequenceColumn], max_len: int | None
+) -> list[np.ndarray] | None:
+    """Each column's encodings (float32, ``[len(column), enc_dim]``), every sequence cut to its
+    first ``max_len`` tokens: the bits of :func:`encode_column` on the columns joined and cut, made
+    by ``_kernels.c``'s ``bag_mean`` straight from each column over the projected table, with no
+    joining, cutting, splitting or tensors. For a server's pass of a few requests, whose fixed
+    Python costs took more than its arithmetic. None where that does not apply (not a pooled
+    encoder with a float32 projected table on the CPU, no extension, or more than
+    :data:`C_BAG_MAX_TOKENS` tokens): the caller then takes :func:`encode_column`."""
+    if native.kernels is None or not isinstance(encoder, PooledEmbeddingEncoder):
+        return None
+    if sum(len(column.tokens) for column in columns) > C_BAG_MAX_TOKENS:
+        return None
+    table = projected_table(encoder)
+    if table is None or table.dtype != torch.float32:
+        return None
+    bias = encoder.project.bias
+    table_values = table.detach().contiguous().numpy()
+    bias_values = None if bias is None else bias.detach().contiguous().numpy()
+    cap, threads = -1 if max_len is None else max_len, torch.get_num_threads()
+    blocks = []
+    for column in columns:
+        block = np.empty((len(column), table.shape[1]), dtype=np.float32)
+        tokens = np.ascontiguousarray(column.tokens, dtype=np.int64)
+        offsets = np.ascontiguousarray(column.offsets, dtype=np.int64)
+        native.kernels.bag_mean(table_values, tokens, offsets, bias_values, block, cap, threads)
+        blocks.append(block)
+    return blocks
 
 
 #: The most memory a pooled encoder's projected token table may take (the table it is made from

@@ -23,7 +23,7 @@ from ..columns import Instances, InvalidSequence, SequenceColumn
 from ..errors import Object2VecError
 from ..hyperparameters import Hyperparameters
 from ..nn import Object2VecNet
-from ..nn.inference import encode_column, prepare
+from ..nn.inference import encode_column, pooled_encodings, prepare
 from ..runtime import resolve_device
 
 INFERENCE_BATCH_SIZE = 1024
@@ -292,8 +292,8 @@ class Predictor:
             columns = [batch[i].columns[side] for i in singles]
             if not sum(map(len, columns)):
                 continue
-            vectors = self._embed_column(side, self._capped(side, SequenceColumn.concat(columns)), batch_size)
-            for i, block in zip(singles, _split(vectors, list(map(len, columns)))):
+            blocks = self._embed_columns(side, columns, batch_size)
+            for i, block in zip(singles, blocks):
                 rows = batch[i].rows[side]
                 if rows is None:  # every instance gives this side: the block is the answer
                     answers[i] = block
@@ -311,6 +311,17 @@ class Predictor:
 
     def _encode(self, side: int, column: SequenceColumn, batch_size: int) -> torch.Tensor:
         return encode_column(self.net.encoder(side), column, self.encoder_device, batch_size)
+
+    def _embed_columns(self, side: int, columns: list[SequenceColumn], batch_size: int) -> list[np.ndarray]:
+        """Each column's embeddings: by the C loop column by column where it applies (a pooled
+        encoder on the CPU, a pass of a few requests: ``pooled_encodings``), else in one pass over
+        the columns joined, then split."""
+        if self.encoder_device.type == "cpu":
+            blocks = pooled_encodings(self.net.encoder(side), columns, self._max_seq_lens[side])
+            if blocks is not None:
+                return blocks
+        vectors = self._embed_column(side, self._capped(side, SequenceColumn.concat(columns)), batch_size)
+        return _split(vectors, list(map(len, columns)))
 
     def _embed_column(self, side: int, column: SequenceColumn, batch_size: int) -> np.ndarray:
         return self._encode(side, column, batch_size).float().cpu().numpy()

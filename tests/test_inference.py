@@ -205,6 +205,9 @@ def test_without_a_projected_table_the_c_loop_projects_in_batches_as_the_torch_p
         monkeypatch.setattr(native, "kernels", None)
         in_torch = encode_column(encoder, column, torch.device("cpu"), 7)
     assert projected_table(encoder) is None and torch.equal(in_c, in_torch)
+    with torch.no_grad():  # no sequences: no rows, on either path
+        nothing = encode_column(encoder, SequenceColumn.from_lists([]), torch.device("cpu"), 7)
+    assert nothing.shape == (0, 256)
 
 
 @needs_c_kernels

@@ -97,14 +97,14 @@ def _pooled(
         and table.dtype == torch.float32
         and len(column.tokens) <= C_BAG_MAX_TOKENS
     ):
+        bias = encoder.project.bias if projected is not None else None
+        pooled = torch.from_numpy(_bag_means(_values(table), column, _values(bias), None))
         if projected is not None:
-            return _bag_mean_in_c(table, column, encoder.project.bias)
-        pooled = _bag_mean_in_c(table, column, None)
+            return pooled
         # projected batch_size rows at a time, as below: a linear layer's sums depend on how many
         # rows it is given at once, and these must be the bits of the path below
-        return torch.cat(
-            [encoder.project(pooled[s : s + batch_size]) for s in range(0, len(pooled), batch_size)]
-        )
+        chunks = [encoder.project(pooled[s : s + batch_size]) for s in range(0, len(pooled), batch_size)]
+        return torch.cat(chunks) if chunks else encoder.project(pooled)
     outputs = []
     for start in range(0, len(column), batch_size):
         offsets = column.offsets[start : start + batch_size + 1]
@@ -131,19 +131,22 @@ def _pooled(
 C_BAG_MAX_TOKENS = 1024
 
 
-def _bag_mean_in_c(table: torch.Tensor, column: SequenceColumn, bias: torch.Tensor | None) -> torch.Tensor:
-    """``[len(column), width]``: each sequence's mean row of ``table`` (zeros when empty) plus
-    ``bias``, by ``_kernels.c``'s ``bag_mean``, which gives the bits of the ``embedding_bag`` path."""
-    out = torch.empty(len(column), table.shape[1])
-    native.kernels.bag_mean(
-        table.detach().contiguous().numpy(),
-        np.ascontiguousarray(column.tokens, dtype=np.int64),
-        np.ascontiguousarray(column.offsets, dtype=np.int64),
-        None if bias is None else bias.detach().contiguous().numpy(),
-        out.numpy(),
-        -1,
-        torch.get_num_threads(),
-    )
+def _values(tensor: torch.Tensor | None) -> np.ndarray | None:
+    """A float32 tensor's values as a contiguous numpy array (no copy when already contiguous)."""
+    return None if tensor is None else tensor.detach().contiguous().numpy()
+
+
+def _bag_means(
+    table: np.ndarray, column: SequenceColumn, bias: np.ndarray | None, max_len: int | None
+) -> np.ndarray:
+    """``[len(column), width]`` float32: each sequence's mean row of ``table`` over its first
+    ``max_len`` tokens (zeros when empty), plus ``bias``, by ``_kernels.c``'s ``bag_mean``, which
+    gives the bits of the ``embedding_bag`` path."""
+    out = np.empty((len(column), table.shape[1]), dtype=np.float32)
+    tokens = np.ascontiguousarray(column.tokens, dtype=np.int64)
+    offsets = np.ascontiguousarray(column.offsets, dtype=np.int64)
+    cap = -1 if max_len is None else max_len
+    native.kernels.bag_mean(table, tokens, offsets, bias, out, cap, torch.get_num_threads())
     return out
 
 
@@ -164,18 +167,8 @@ def pooled_encodings(
     table = projected_table(encoder)
     if table is None or table.dtype != torch.float32:
         return None
-    bias = encoder.project.bias
-    table_values = table.detach().contiguous().numpy()
-    bias_values = None if bias is None else bias.detach().contiguous().numpy()
-    cap, threads = -1 if max_len is None else max_len, torch.get_num_threads()
-    blocks = []
-    for column in columns:
-        block = np.empty((len(column), table.shape[1]), dtype=np.float32)
-        tokens = np.ascontiguousarray(column.tokens, dtype=np.int64)
-        offsets = np.ascontiguousarray(column.offsets, dtype=np.int64)
-        native.kernels.bag_mean(table_values, tokens, offsets, bias_values, block, cap, threads)
-        blocks.append(block)
-    return blocks
+    values, bias = _values(table), _values(encoder.project.bias)
+    return [_bag_means(values, column, bias, max_len) for column in columns]
 
 
 #: The most memory a pooled encoder's projected token table may take (the table it is made from

@@ -226,6 +226,27 @@ def test_pooled_encodings_column_by_column_are_the_bits_of_one_joined_pass(threa
     assert np.array_equal(np.concatenate(blocks), whole)
 
 
+@needs_c_kernels
+def test_pooled_encodings_follow_the_weights_changed_in_place_or_replaced():
+    net = network("pooled_embedding")
+    encoder = net.encoder(0)
+    column = SequenceColumn.from_lists(sequences(30, 9, seed=8))
+
+    def same_as_a_joined_pass() -> bool:
+        with torch.inference_mode():
+            blocks = inference.pooled_encodings(encoder, [column], None)
+            whole = encode_column(encoder, column, torch.device("cpu"), 1024).numpy()
+        return np.array_equal(blocks[0], whole)
+
+    assert same_as_a_joined_pass()
+    with torch.no_grad():
+        encoder.project.bias.add_(1.0)
+        encoder.embedding.weight[:50] *= 2.0
+    assert same_as_a_joined_pass()
+    encoder.project.bias = torch.nn.Parameter(torch.randn(12))
+    assert same_as_a_joined_pass()
+
+
 def test_a_predictors_pass_of_single_inputs_is_the_same_by_either_path(monkeypatch):
     """Embedding requests of one side, the other and both mixed: the answers of the C loop
     column by column equal those of one pass over the columns joined."""

@@ -167,7 +167,7 @@ def pooled_encodings(
     table = projected_table(encoder)
     if table is None or table.dtype != torch.float32:
         return None
-    values, bias = _values(table), _values(encoder.project.bias)
+    values, bias = _projected_tables[encoder][2]  # made with the table (views of it and the bias)
     return [_bag_means(values, column, bias, max_len) for column in columns]
 
 
@@ -201,7 +201,9 @@ def projected_table(encoder: PooledEmbeddingEncoder) -> torch.Tensor | None:
     if made is None or not _same_tensors(made[0], sources):
         with torch.inference_mode():
             table = F.linear(weight, project.weight)
-        made = ([(weakref.ref(t), t._version) for t in sources], table)
+        # numpy views, sharing memory with the tensors (float32 only: numpy has no bfloat16)
+        arrays = (_values(table), _values(project.bias)) if table.dtype == torch.float32 else None
+        made = ([(weakref.ref(t), t._version) for t in sources], table, arrays)
         _projected_tables[encoder] = made
     return made[1]
 

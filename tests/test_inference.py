@@ -20,7 +20,6 @@ from object2vec.columns import InvalidSequence, SequenceColumn, token_problem
 from object2vec.hyperparameters import parse_hyperparameters
 from object2vec.nn import Object2VecNet, inference
 from object2vec.nn.inference import chunk_threads, encode_column, length_chunks, projected_table
-from object2vec.serving import predictor as predictor_module
 from object2vec.serving import protocol
 from object2vec.serving.predictor import Predictor
 
@@ -213,7 +212,7 @@ def test_without_a_projected_table_the_c_loop_projects_in_batches_as_the_torch_p
 @needs_c_kernels
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("max_len", [None, 3, 0])
-def test_pooled_encodings_column_by_column_are_the_bits_of_one_joined_pass(threads, max_len):
+def test_pooled_encodings_column_by_column_are_the_bits_of_one_joined_pass(monkeypatch, threads, max_len):
     net = network("pooled_embedding")
     encoder = net.encoder(0)
     columns = [SequenceColumn.from_lists(sequences(n, 9, seed=n)) for n in (1, 40, 7)]
@@ -221,6 +220,7 @@ def test_pooled_encodings_column_by_column_are_the_bits_of_one_joined_pass(threa
     with torch_threads(threads), torch.inference_mode():
         blocks = inference.pooled_encodings(encoder, columns, max_len)
         joined = SequenceColumn.concat(columns).truncated(max_len)
+        monkeypatch.setattr(native, "kernels", None)  # the reference: embedding_bag
         whole = encode_column(encoder, joined, torch.device("cpu"), 1024).numpy()
     assert [len(b) for b in blocks] == [1, 0, 40, 7]
     assert np.array_equal(np.concatenate(blocks), whole)
@@ -262,9 +262,19 @@ def test_a_predictors_pass_of_single_inputs_is_the_same_by_either_path(monkeypat
 
     batch = [request(["in0"] * 3), request(["in1"]), request(["in1", "in0", "in0", "in1"])]
     by_columns = predictor.answer(batch)
-    monkeypatch.setattr(predictor_module, "pooled_encodings", lambda *args: None)
+    monkeypatch.setattr(native, "kernels", None)  # the reference: one embedding_bag pass
     joined = predictor.answer(batch)
     assert all(np.array_equal(a, b) for a, b in zip(by_columns, joined))
+
+
+@needs_c_kernels
+def test_a_pass_over_the_token_limit_is_not_made_column_by_column(monkeypatch):
+    monkeypatch.setattr(inference, "C_BAG_MAX_TOKENS", 10)
+    net = network("pooled_embedding")
+    columns = [SequenceColumn.from_lists([[1] * 6]), SequenceColumn.from_lists([[2] * 4])]
+    assert inference.pooled_encodings(net.encoder(0), columns, None) is not None  # 10 tokens
+    columns.append(SequenceColumn.from_lists([[3]]))
+    assert inference.pooled_encodings(net.encoder(0), columns, None) is None  # 11
 
 
 @needs_c_kernels

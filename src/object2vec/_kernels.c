@@ -333,7 +333,7 @@ typedef struct {
 /* Bags [begin, end): each output row the sum of its tokens' table rows, in token order, divided
  * by the token count (1 for an empty bag) and plus the bias: float32 operations in the order of
  * PyTorch's embedding_bag(mode="sum"), div_ and add_ (nn/inference.py:_pooled), so the same bits.
- * Rows are read BAG_AHEAD tokens ahead, across bags. For a few bags this takes 3-12 us where
+ * Rows are read BAG_AHEAD tokens ahead in the column, across bags (past a bag's max_len cut too). For a few bags this takes 3-12 us where
  * embedding_bag takes 10-30 (its setup); from about a thousand tokens embedding_bag, which keeps
  * more rows in flight from memory, is faster (1,000 bags of 5-32 rows of 256: 1.2-1.3 against
  * 0.7-0.9 ms, one thread), and nn/inference.py calls it there instead. */
@@ -399,7 +399,7 @@ static int get_vector(PyObject *obj, Py_buffer *view, const char *name, const ch
 PyDoc_STRVAR(bag_mean_doc,
     "bag_mean(table, tokens, offsets, bias, out, max_len, threads)\n\n"
     "out[i] = mean of table[tokens[offsets[i]:offsets[i+1]][:max_len]] (zeros for an empty bag)\n"
-    "+ bias (max_len < 0: every token):\n"
+    "+ bias (max_len < 0: every token; every token must be in the table, cut or not):\n"
     "the pooled encodings of nn/inference.py with the bits of PyTorch's embedding_bag(mode='sum'),\n"
     "div_ by the length and add_ of the bias. table [V, D] and out [n, D] float32, tokens and\n"
     "offsets ([n + 1], non-decreasing) int64, bias a [D] float32 array or None.");

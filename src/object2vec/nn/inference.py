@@ -159,7 +159,9 @@ def pooled_encodings(
     joining, cutting, splitting or tensors. For a server's pass of a few requests, whose fixed
     Python costs took more than its arithmetic. None where that does not apply (not a pooled
     encoder with a float32 projected table on the CPU, no extension, or more than
-    :data:`C_BAG_MAX_TOKENS` tokens): the caller then takes :func:`encode_column`."""
+    :data:`C_BAG_MAX_TOKENS` tokens, counted before the cut): the caller then takes
+    :func:`encode_column`. Every token must be in the table, those past ``max_len`` too (the C
+    loop checks them all; the server's requests are checked before they are cut)."""
     if native.kernels is None or not isinstance(encoder, PooledEmbeddingEncoder):
         return None
     if sum(len(column.tokens) for column in columns) > C_BAG_MAX_TOKENS:

@@ -275,7 +275,8 @@ class Predictor:
 
         Pairs of every element are scored in one pass and each encoder embeds its inputs of every
         element in one pass, which is what lets the server answer many small concurrent
-        requests together.
+        requests together (a pooled encoder on the CPU embeds a pass of a few requests with one
+        C call per request instead: :meth:`_embed_columns`).
         """
         answers: list[np.ndarray | None] = [None] * len(batch)
         pairs = [i for i, part in enumerate(batch) if part.pairs and part.size]

@@ -432,7 +432,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_jsonrows",
     "Serving's JSON in C: answers' float32 rows written as text (write_rows), request bodies read into\n"
-    "token columns (read_instances); see _jsonrows.c.", -1, methods,
+    "token columns (read_instances); see _jsonrows.c.", -1, methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__jsonrows(void) { return PyModule_Create(&module); }

@@ -90,17 +90,18 @@ def _pooled(
     call (bounded memory), projected: gathered from :func:`projected_table` where there is one,
     else from the table's weight and then projected."""
     projected = projected_table(encoder)
+    small = _projected_in_c(encoder, projected, [column], None)
+    if small is not None:
+        return torch.from_numpy(small[0])
     table = encoder.embedding.weight if projected is None else projected
     if (
-        device.type == "cpu"
+        projected is None
+        and device.type == "cpu"
         and native.kernels is not None
         and table.dtype == torch.float32
         and len(column.tokens) <= C_BAG_MAX_TOKENS
     ):
-        bias = encoder.project.bias if projected is not None else None
-        pooled = torch.from_numpy(_bag_means(_values(table), column, _values(bias), None))
-        if projected is not None:
-            return pooled
+        pooled = torch.from_numpy(_bag_means(_values(table), column, None, None))
         # projected batch_size rows at a time, as below: a linear layer's sums depend on how many
         # rows it is given at once, and these must be the bits of the path below
         chunks = [encoder.project(pooled[s : s + batch_size]) for s in range(0, len(pooled), batch_size)]
@@ -162,12 +163,22 @@ def pooled_encodings(
     :data:`C_BAG_MAX_TOKENS` tokens, counted before the cut): the caller then takes
     :func:`encode_column`. Every token must be in the table, those past ``max_len`` too (the C
     loop checks them all; the server's requests are checked before they are cut)."""
-    if native.kernels is None or not isinstance(encoder, PooledEmbeddingEncoder):
+    if not isinstance(encoder, PooledEmbeddingEncoder):
+        return None
+    return _projected_in_c(encoder, projected_table(encoder), columns, max_len)
+
+
+def _projected_in_c(
+    encoder: PooledEmbeddingEncoder,
+    table: torch.Tensor | None,
+    columns: Sequence[SequenceColumn],
+    max_len: int | None,
+) -> list[np.ndarray] | None:
+    """:func:`pooled_encodings` given the encoder's :func:`projected_table` (None: there is none,
+    and so no such pass); also :func:`encode_column`'s way for a small pooled pass on the CPU."""
+    if native.kernels is None or table is None or table.dtype != torch.float32:
         return None
     if sum(len(column.tokens) for column in columns) > C_BAG_MAX_TOKENS:
-        return None
-    table = projected_table(encoder)
-    if table is None or table.dtype != torch.float32:
         return None
     values, bias = _projected_tables[encoder][2]  # made with the table (views of it and the bias)
     return [_bag_means(values, column, bias, max_len) for column in columns]

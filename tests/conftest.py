@@ -61,38 +61,36 @@ def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
-#: Skips a test of the C loops themselves where the extension was not built (no C compiler).
-needs_c_kernels = pytest.mark.skipif(
-    native.kernels is None, reason="the C extension was not built (no C compiler at install)"
-)
+NOT_BUILT = "the C extension was not built (no C compiler at install)"
+
+#: Skip a test of a C extension itself where it was not built (no C compiler).
+needs_c_kernels = pytest.mark.skipif(native.kernels is None, reason=NOT_BUILT)
+needs_json_rows = pytest.mark.skipif(native.json_rows is None, reason=NOT_BUILT)
+
+
+def with_c_or_fallback(request, monkeypatch, module: str, fallback: str):
+    """The body of the fixtures below: with ``request.param == fallback`` the C extension
+    ``native.<module>`` is set to None, so its callers take their fallback; else a test needing it
+    is skipped where it was not built."""
+    if request.param == fallback:
+        monkeypatch.setattr(native, module, None)
+    elif getattr(native, module) is None:
+        pytest.skip(NOT_BUILT)
+    return request.param
 
 
 @pytest.fixture(params=["c_kernels", "fallback"])
 def kernels_or_fallback(request, monkeypatch):
     """Runs a test once with the C loops (``object2vec/_kernels.c``) and once with the PyTorch or
     numpy path that stands in for them where they were not built."""
-    if request.param == "fallback":
-        monkeypatch.setattr(native, "kernels", None)
-    elif native.kernels is None:
-        pytest.skip("the C extension was not built (no C compiler at install)")
-    return request.param
-
-
-#: Skips a test of the JSON writer itself where its extension was not built.
-needs_json_rows = pytest.mark.skipif(
-    native.json_rows is None, reason="the C extension was not built (no C compiler at install)"
-)
+    return with_c_or_fallback(request, monkeypatch, "kernels", "fallback")
 
 
 @pytest.fixture(params=["c_writer", "orjson"])
 def answer_writer(request, monkeypatch):
     """Runs a test once with answers written by ``object2vec/_jsonrows.c`` and once by orjson,
     which writes them where the extension was not built."""
-    if request.param == "orjson":
-        monkeypatch.setattr(native, "json_rows", None)
-    elif native.json_rows is None:
-        pytest.skip("the C extension was not built (no C compiler at install)")
-    return request.param
+    return with_c_or_fallback(request, monkeypatch, "json_rows", "orjson")
 
 
 @contextlib.contextmanager

@@ -8,16 +8,19 @@ free loopback port (one worker unless ``--workers``), and this script measures:
 - requests/s and p50/p99 latency of single-pair requests (scores) and of single-instance
   embedding requests on 16 connections;
 - the server process's CPU time per request;
+- (``--single-only``: the single-instance embedding requests alone, to compare two versions quickly);
 - the JSON floor, in the same run: what orjson alone needs to parse the same request bodies and
   write the same answers on one core (instances/s), and the server's embeddings/s against it.
 
 Load comes from wrk when installed (``apt-get install wrk``; see ``loadgen.py``), else from
-``--clients`` Python client processes. ``--baseline-src DIR`` also runs the server from another
+``--clients`` Python client processes. ``--baseline-src DIR`` (or ``--baseline-rev REV``, a
+commit of this repository, extracted and its C extensions built) also runs the server from another
 source tree (e.g. ``git archive main src | tar -x -C /tmp/base``) and interleaves the two,
 ``--repeat`` times, so both see the same machine load; the table gives medians and ratios.
 
     python benchmarks/serve.py [--encoders pooled_embedding,hcnn,bilstm] [--enc-dim 256]
-        [--baseline-src /tmp/base/src] [--repeat 3] [--threads T] [--workers N]
+        [--baseline-src /tmp/base/src | --baseline-rev REV] [--change-rev REV] [--single-only]
+        [--repeat 3] [--threads T] [--workers N]
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import numpy as np
 import orjson
 import torch
 from loadgen import have_wrk, json_floor, load
-from processes import with_path
+from processes import materialise, with_path
 
 from object2vec import artifact
 from object2vec.hyperparameters import parse_hyperparameters
@@ -143,10 +146,16 @@ def drain(url: str, body: bytes) -> None:
     httpx.post(f"{url}/invocations", content=body, headers={"content-type": "application/json"}, timeout=600)
 
 
-def measure(url: str, pid: int | None, bodies: dict[str, list[bytes]], batch: int, seconds: float) -> dict:
+def measure(
+    url: str, pid: int | None, bodies: dict[str, list[bytes]], batch: int, seconds: float, single_only: bool
+) -> dict:
     as_json = lambda items: [("application/json", b) for b in items]  # noqa: E731
     drain(url, bodies["embed"][0])  # warm-up
     row = {}
+    if single_only:
+        single_embed = load_16(url, as_json(bodies["single embed"]), seconds, "c16 embed", row)
+        row["errors"] = sum(single_embed.get(k, 0) for k in ("status_errors", "timeouts"))
+        return row
     embed = load(url, as_json(bodies["embed"]), 2, seconds)
     row["embeddings/s"] = embed["requests/s"] * batch
     row["embed p50 ms"] = embed["p50_ms"]
@@ -185,6 +194,11 @@ def main() -> None:
     parser.add_argument("--encoders", default="pooled_embedding,hcnn,bilstm")
     parser.add_argument("--enc-dim", type=int, default=256)
     parser.add_argument("--baseline-src", help="also serve from this source tree, interleaved (same load)")
+    parser.add_argument("--baseline-rev", help="as --baseline-src, from this commit (its C extensions built)")
+    parser.add_argument("--change-rev", help="serve this commit as the change (default: this tree)")
+    parser.add_argument(
+        "--single-only", action="store_true", help="measure single-instance embeddings at 16 connections only"
+    )
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per server worker")
@@ -195,9 +209,13 @@ def main() -> None:
     generator = "wrk" if have_wrk() else "Python client processes"
     print(f"machine: {os.cpu_count()} CPUs, load average {load_average()}; load from {generator}")
     print(f"model: {MODEL}, enc_dim {args.enc_dim}")
-    variants = {"change": None} if not args.baseline_src else {"baseline": args.baseline_src, "change": None}
     rows: dict[str, dict[str, list[dict]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        baseline = (
+            materialise(args.baseline_rev, Path(tmp) / "baseline") if args.baseline_rev else args.baseline_src
+        )
+        change = str(materialise(args.change_rev, Path(tmp) / "change")) if args.change_rev else None
+        variants = {"change": change} if not baseline else {"baseline": str(baseline), "change": change}
         for encoder in args.encoders.split(","):
             model_dirs = {
                 name: write_model_with(src, encoder, args.enc_dim, Path(tmp) / name)
@@ -219,11 +237,12 @@ def main() -> None:
                     process, url = start_server(model_dirs[name], src, args.workers, args.threads)
                     try:
                         pid = process.pid if args.workers == 1 else None
-                        row = measure(url, pid, bodies, args.batch, seconds)
+                        row = measure(url, pid, bodies, args.batch, seconds, args.single_only)
                     finally:
                         process.terminate()
                         process.wait()
-                    row["floor ratio"] = row["embeddings/s"] / floor["floor instances/s"]
+                    if "embeddings/s" in row:
+                        row["floor ratio"] = row["embeddings/s"] / floor["floor instances/s"]
                     row["load avg"] = float(load_average())
                     rows[encoder].setdefault(name, []).append(row)
                     print(encoder, name, repeat, {k: round(v, 2) for k, v in row.items()}, flush=True)

@@ -48,7 +48,6 @@ import ctypes
 import json
 import mmap
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -58,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from processes import usable_cores, with_path
+from processes import copy_this_tree, materialise, usable_cores, with_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -338,47 +337,6 @@ def run_once(src: Path, config: dict) -> dict:
     if config.get("profile"):
         print(done.stderr, file=sys.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def materialise(rev: str, into: Path) -> Path:
-    """The ``src/`` of commit ``rev`` of this repository, extracted under ``into``, its C
-    extensions compiled."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", rev, "src", "pyproject.toml", "README.md"],
-        capture_output=True,
-        check=True,
-    )
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    build_extensions(into, rev)
-    return into / "src"
-
-
-def copy_this_tree(into: Path) -> Path:
-    """A copy of this tree's ``src/`` (so edits made while the benchmark runs cannot leak into
-    its later runs), its C extensions compiled from the copied sources."""
-    shutil.copytree(REPO / "src", into / "src", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, into / name)
-    build_extensions(into, "this tree")
-    return into / "src"
-
-
-def build_extensions(root: Path, name: str) -> None:
-    """Compile the C extensions a project declares, in place, as ``pip install -e`` does: each
-    version runs as its users run it (commits before the first extension have none)."""
-    if "ext-modules" not in (root / "pyproject.toml").read_text():
-        return
-    done = subprocess.run(
-        [sys.executable, "-c", "from setuptools import setup; setup()", "build_ext", "--inplace"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0 or not any((root / "src").rglob("*.so")):
-        if name == "this tree":  # measuring its slow fallback would misreport it
-            raise SystemExit(f"this tree's C extensions did not build:\n{done.stderr[-2000:]}")
-        print(f"  {name}: its C extensions did not build, so it runs without them\n{done.stderr[-2000:]}")
 
 
 # --- report -------------------------------------------------------------------------------------

@@ -210,16 +210,28 @@ def test_heads_joined_once_are_the_heads_written_whole():
                 assert heads.head(answer, defaults_now, keep_alive) == expected
 
 
-def test_a_body_all_there_is_handed_over_and_one_still_arriving_is_read(address, monkeypatch):
-    """The handler gets a body that arrived with its headers as it is (no ASGI receive); a body
-    still on its way when the handler starts is read from the connection. Same answers."""
-    handed_over = []
+def test_a_body_all_there_is_answered_directly_and_one_still_arriving_is_read(address, monkeypatch):
+    """A body that arrived with its headers goes to the route's direct handler (no task, no ASGI
+    receive); a body still on its way when the read has been parsed is read from the connection
+    by a task running the route's handler. Same answers."""
+    ways, handed_over = [], []
+    answer_directly, start_task = http.DirectProtocol._answer_directly, http.DirectProtocol._start_task
     read_body = server.read_body
+
+    def directly(self, cycle, handler):
+        ways.append("direct")
+        answer_directly(self, cycle, handler)
+
+    def by_task(self, cycle):
+        ways.append("task")
+        start_task(self, cycle)
 
     async def spying(request, limit):
         handed_over.append(request.body is not None)
         return await read_body(request, limit)
 
+    monkeypatch.setattr(http.DirectProtocol, "_answer_directly", directly)
+    monkeypatch.setattr(http.DirectProtocol, "_start_task", by_task)
     monkeypatch.setattr(server, "read_body", spying)
     whole = request("POST", "/invocations", embed_body(40))
     sock, reader = connect(address)
@@ -230,8 +242,82 @@ def test_a_body_all_there_is_handed_over_and_one_still_arriving_is_read(address,
         time.sleep(0.2)  # the handler starts and waits for the rest
         sock.sendall(whole[len(whole) - 100 :])
         second = reader.response()
-    assert handed_over == [True, False]
+    assert ways == ["direct", "task"] and handed_over == [False]
     assert first[0] == 200 and first[2] == second[2]
+
+
+def test_a_direct_handler_that_fails_is_a_500_and_the_connection_serves_on():
+    """A direct handler answers its own failures; one that raises anyway (a bug) costs its
+    request a 500, never the connection or the server."""
+
+    async def unused(request):
+        raise AssertionError("the whole body was there: the direct handler answers")
+
+    def failing(request, reply):
+        raise RuntimeError("a bug")
+
+    def echo(request, reply):
+        reply(server.Answer(request.body))
+
+    routes = server.Routes()
+    routes.add("/fail", "POST", unused, failing)
+    routes.add("/echo", "POST", unused, echo)
+    with server.running(server.App(routes)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        sock, reader = connect((host, int(port)))
+        with sock:
+            sock.sendall(request("POST", "/fail", b"{}") + request("POST", "/echo", b'{"a":1}'))
+            status, _, body = reader.response()
+            assert status == 500 and orjson.loads(body) == {"error": "internal error"}
+            assert reader.response()[2] == b'{"a":1}'
+
+
+def test_a_direct_answer_waits_while_the_client_reads_slowly():
+    """When the connection's send buffer is full (the client reads slowly), the answer goes out
+    from a task once it drains, as an ASGI answer would, and the request is finished after it."""
+    written, finished = [], []
+    drained = asyncio.Event()
+
+    async def drain():
+        await drained.wait()
+
+    async def scenario():
+        protocol = http.DirectProtocol.__new__(http.DirectProtocol)
+        protocol.loop, protocol.tasks = asyncio.get_running_loop(), set()
+        protocol.heads = http.ResponseHeads()
+        cycle = SimpleNamespace(
+            scope={"method": "POST"}, access_log=False, response_started=False, disconnected=False,
+            keep_alive=True, default_headers=[], message_event=asyncio.Event(),
+            flow=SimpleNamespace(write_paused=True, drain=drain),
+            transport=SimpleNamespace(write=written.append), on_response=lambda: finished.append(1),
+        )  # fmt: skip
+        protocol._reply(cycle, server.Answer(b'{"a":1}'))
+        await asyncio.sleep(0.01)
+        assert written == [] and len(protocol.tasks) == 1  # waiting for the client
+        drained.set()
+        await asyncio.gather(*protocol.tasks)
+        assert written[0].endswith(b'\r\n\r\n{"a":1}') and finished == [1] and cycle.response_complete
+        assert not protocol.tasks
+
+    asyncio.run(scenario())
+
+
+def test_routes_find_direct_handlers_by_path_pattern_and_method():
+    async def handler(request):
+        return server.Answer(b"")
+
+    def direct(request, reply):
+        pass
+
+    routes = server.Routes()
+    routes.add("/ping", "GET", handler, direct)
+    routes.add("/plain", "POST", handler)
+    routes.add("/endpoints/{name}/invocations", "POST", handler, direct)
+    assert routes.find_direct("/ping", "GET") is direct and routes.find_direct("/ping", "HEAD") is direct
+    assert routes.find_direct("/endpoints/e1/invocations", "POST") is direct
+    assert routes.find_direct("/endpoints/e1/invocations", "GET") is None
+    assert routes.find_direct("/plain", "POST") is None and routes.find("/plain") == {"POST": handler}
+    assert routes.find_direct("/endpoints//invocations", "POST") is None and routes.find("/nowhere") is None
 
 
 def test_expect_100_continue_gets_the_interim_answer_then_the_answer(address):

@@ -152,6 +152,12 @@ def test_pooled_encodings_come_from_the_projected_table_and_follow_changed_weigh
     pooled_against_eager(net, column)
     encoder.project.weight = torch.nn.Parameter(torch.randn(12, 16))  # a new tensor, version 0
     pooled_against_eager(net, column)
+    with torch.no_grad():
+        encoder.embedding.weight.data = torch.randn(VOCAB, 16)  # other memory, same version
+    pooled_against_eager(net, column)
+    encoder.project = torch.nn.Linear(16, 12)  # another module
+    pooled_against_eager(net, column)
+    assert projected_table(encoder) is projected_table(encoder)  # kept while nothing changes
 
 
 def test_no_projected_table_where_it_would_cost_more_memory(monkeypatch, kernels_or_fallback):

@@ -96,6 +96,23 @@ def test_a_missing_accept_defaults_to_the_configured_type_else_the_requests_own(
     assert protocol.parse_accept(None) == JSON  # without a default: JSON, as before
 
 
+@pytest.mark.parametrize(
+    "content_type, accept, configured, expected",
+    [
+        (JSONLINES, None, "", (BodyFormat(lines=True), JSONLINES)),
+        (f"{JSON}; infer_max_seqlens=3,4", "*/*", JSONLINES, (BodyFormat(False, 3, 4), JSONLINES)),
+        (JSON, JSONLINES, "", (BodyFormat(), JSONLINES)),
+    ],
+)
+def test_formats_in_one_step_are_the_headers_read_one_by_one(content_type, accept, configured, expected):
+    body = protocol.parse_content_type(content_type)
+    one_by_one = (body, protocol.parse_accept(accept, protocol.default_accept(body, configured)))
+    assert protocol.parse_formats(content_type, accept, configured) == one_by_one == expected
+    with pytest.raises(RequestError) as info:
+        protocol.parse_formats(JSON, "text/csv", configured)
+    assert info.value.status == 406
+
+
 @pytest.mark.parametrize("header", ["text/csv", "application/xml, text/html", "application/json;q=0"])
 def test_unsupported_accept_is_406(header):
     with pytest.raises(RequestError) as info:

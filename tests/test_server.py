@@ -24,6 +24,7 @@ from object2vec import Object2Vec
 from object2vec.sample_data import latent_pairs, write_jsonl
 from object2vec.serving import server
 from object2vec.serving import settings as settings_module
+from object2vec.serving.asgi import Answer, HttpRequest, answer_headers
 from object2vec.serving.predictor import PREFERRED_MODES, Predictor, placement
 from object2vec.serving.server import create_app
 from object2vec.serving.settings import Platform, ServeSettings, serve_settings
@@ -87,13 +88,15 @@ def loop():
 
 
 class Client:
-    """Calls an ASGI app in-process on one event loop (so the app's batcher lives across calls)."""
+    """Calls an app in-process on one event loop (so the app's batcher lives across calls):
+    through ASGI (``way="asgi"``), or, where the route has one, through its direct handler with
+    the whole body (``way="direct"``, as uvicorn's ``DirectProtocol`` calls it)."""
 
     alive: list[Client] = []  # apps stay referenced until the loop closes (their workers with them)
 
-    def __init__(self, app, loop):
+    def __init__(self, app, loop, way: str = "asgi"):
         Client.alive.append(self)
-        self.loop = loop
+        self.app, self.loop, self.way = app, loop, way
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server")
 
     def post(
@@ -104,7 +107,31 @@ class Client:
     async def _post(self, body, content_type, accept, path) -> httpx.Response:
         content = orjson.dumps(body) if isinstance(body, dict) else body
         headers = {k: v for k, v in (("content-type", content_type), ("accept", accept)) if v is not None}
+        if self.way == "direct":
+            answered = await self._direct("POST", path, headers, content)
+            if answered is not None:
+                return answered
         return await self.http.post(path, content=content, headers=headers)
+
+    async def _direct(self, method: str, path: str, headers: dict, body: bytes) -> httpx.Response | None:
+        """The route's direct handler's answer (None: the route has none)."""
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        scope = {"type": "http", "method": method, "path": path, "headers": raw, "query_string": b""}
+        handler = self.app.direct_handler(scope)
+        if handler is None:
+            return None
+        replies = []
+        answered = asyncio.get_running_loop().create_future()
+
+        def reply(answer: Answer) -> None:
+            replies.append(answer)
+            answered.set_result(answer)
+
+        handler(HttpRequest(scope, None, body), reply)
+        answer = await answered
+        await asyncio.sleep(0.01)
+        assert len(replies) == 1  # exactly one answer
+        return httpx.Response(answer.status, headers=answer_headers(answer), content=answer.body)
 
     def post_all(self, bodies) -> list[httpx.Response]:
         """Send every body at the same time."""
@@ -118,9 +145,15 @@ class Client:
         return self.loop.run_until_complete(self.http.get(path))
 
 
+@pytest.fixture(scope="module", params=["asgi", "direct"])
+def way(request) -> str:
+    """How requests reach the app: through ASGI, or through their route's direct handler."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def client(model, loop) -> Client:
-    return Client(create_app(model.predictor, ServeSettings("unused", max_payload_mb=0.05)), loop)
+def client(model, loop, way) -> Client:
+    return Client(create_app(model.predictor, ServeSettings("unused", max_payload_mb=0.05)), loop, way)
 
 
 def as_jsonlines(document: dict) -> bytes:
@@ -224,9 +257,9 @@ def test_infer_max_seqlens_caps_each_side_with_its_own_number(client, model, con
         assert not np.allclose(scores, direct_scores(model.net, longs, longs[::-1], caps=caps), atol=1e-5)
 
 
-def test_regression_scores_are_one_value(tmp_path, loop):
+def test_regression_scores_are_one_value(tmp_path, loop, way):
     regressor = tiny_model(tmp_path, task="regression")
-    client = Client(create_app(regressor.predictor, ServeSettings("unused")), loop)
+    client = Client(create_app(regressor.predictor, ServeSettings("unused")), loop, way)
     answers = results(client.post(SCORES_EXAMPLE, accept=JSONLINES), JSONLINES)
     assert [len(a["scores"]) for a in answers] == [1, 1]
     expected = regressor.predict([[6, 17, 606], [774, 14, 21, 206]], [[16, 21, 13], [21, 366, 125]])
@@ -294,8 +327,8 @@ def test_client_mistakes_get_4xx_json_errors(client, body, content_type, accept,
     assert text in orjson.loads(response.content)["error"]
 
 
-def test_payload_limit_defaults_to_6_mb(model, loop):
-    client = Client(create_app(model.predictor, ServeSettings("unused")), loop)
+def test_payload_limit_defaults_to_6_mb(model, loop, way):
+    client = Client(create_app(model.predictor, ServeSettings("unused")), loop, way)
 
     def body(megabytes: float) -> bytes:  # one long sequence (cut to enc0_max_seq_len by the model)
         return b'{"instances": [{"in0": [' + b"7, " * int(megabytes * 1024 * 1024 / 3) + b"7]}]}"
@@ -305,10 +338,10 @@ def test_payload_limit_defaults_to_6_mb(model, loop):
     assert too_large.status_code == 413 and "6 MB" in too_large.json()["error"]
 
 
-def test_a_configured_default_accept_answers_requests_without_accept(model, loop):
+def test_a_configured_default_accept_answers_requests_without_accept(model, loop, way):
     """SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT decides for a missing or wildcard Accept only."""
     platform = Platform.read({"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": JSON})
-    client = Client(create_app(model.predictor, serve_settings("unused", platform=platform)), loop)
+    client = Client(create_app(model.predictor, serve_settings("unused", platform=platform)), loop, way)
     lines = as_jsonlines(SCORES_EXAMPLE)
     for accept in (None, "*/*"):
         assert len(results(client.post(lines, JSONLINES, accept), JSON)) == 2
@@ -322,13 +355,13 @@ def mini_batch(megabytes: float) -> bytes:
     return line * int(megabytes * 1024 * 1024 / len(line))
 
 
-def test_the_platform_payload_limit_admits_a_10_mb_mini_batch(model, loop):
+def test_the_platform_payload_limit_admits_a_10_mb_mini_batch(model, loop, way):
     """A transform job with max_payload=20 (SAGEMAKER_MAX_PAYLOAD_IN_MB=20) sends mini-batches
     of up to 20 MB; the default limit (6 MB) refuses one of 10 MB."""
     body = mini_batch(10)
     assert len(body) > 10 * 1000 * 1000
     platform = Platform.read({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "20"})
-    client = Client(create_app(model.predictor, serve_settings("unused", platform=platform)), loop)
+    client = Client(create_app(model.predictor, serve_settings("unused", platform=platform)), loop, way)
     answers = results(client.post(body, JSONLINES, None), JSONLINES)
     assert len(answers) == body.count(b"\n") and all(len(a["scores"]) == 3 for a in answers)
     assert client.get("/execution-parameters").json()["MaxPayloadInMB"] == 20
@@ -378,6 +411,18 @@ def test_the_first_of_a_repeated_header_counts(model, loop):
     headers = [(b"content-type", b"text/csv"), (b"content-type", b"application/json")]
     status, _ = loop.run_until_complete(call_asgi(app, "POST", "/invocations", headers, [body]))
     assert status == 415
+    scope = {"type": "http", "method": "POST", "path": "/invocations", "headers": headers}
+    replies = []
+    app.direct_handler(scope)(HttpRequest(scope, None, body), replies.append)  # a client mistake: at once
+    assert [answer.status for answer in replies] == [415]
+
+
+def test_headers_are_found_whatever_the_case_of_their_names():
+    """ASGI servers give lower-case names (uvicorn does); another server's capitals still match."""
+    headers = [(b"Content-Type", b"application/jsonlines"), (b"accept", b"application/json")]
+    request = HttpRequest({"headers": headers}, None)
+    assert request.header("content-type") == "application/jsonlines"
+    assert request.header("accept") == "application/json" and request.header("x-missing") is None
 
 
 def test_a_client_that_leaves_during_its_upload_gets_no_answer_and_logs_no_error(model, loop, caplog):
@@ -454,7 +499,7 @@ def test_a_chunked_body_is_read_and_one_over_the_limit_is_413(client, model):
     assert client.get("/ping").status_code == 200
 
 
-def test_concurrent_small_requests_share_forward_passes(model, loop, monkeypatch):
+def test_concurrent_small_requests_share_forward_passes(model, loop, way, monkeypatch):
     passes = []
     answer = model.predictor.answer
 
@@ -463,7 +508,7 @@ def test_concurrent_small_requests_share_forward_passes(model, loop, monkeypatch
         return answer(batch, **kwargs)
 
     monkeypatch.setattr(model.predictor, "answer", counting_answer)
-    client = Client(create_app(model.predictor, ServeSettings("unused", batch_wait_ms=50)), loop)
+    client = Client(create_app(model.predictor, ServeSettings("unused", batch_wait_ms=50)), loop, way)
     bodies = [{"instances": [{"in0": [i + 1], "in1": [i + 2]}]} for i in range(16)]
     responses = client.post_all(bodies)
     assert sum(passes) == 16 and len(passes) < 16  # gathered, not one pass per request
@@ -475,7 +520,7 @@ def test_concurrent_small_requests_share_forward_passes(model, loop, monkeypatch
         )
 
 
-def test_an_internal_failure_is_a_500_for_that_request_only(model, loop, monkeypatch):
+def test_an_internal_failure_is_a_500_for_that_request_only(model, loop, way, monkeypatch):
     calls = []
     answer = model.predictor.answer
 
@@ -484,7 +529,7 @@ def test_an_internal_failure_is_a_500_for_that_request_only(model, loop, monkeyp
         return 1 / 0 if len(calls) == 1 else answer(batch, **kwargs)
 
     monkeypatch.setattr(model.predictor, "answer", failing_once)
-    client = Client(create_app(model.predictor, ServeSettings("unused")), loop)
+    client = Client(create_app(model.predictor, ServeSettings("unused")), loop, way)
     failed = client.post(EMBEDDING_EXAMPLE)
     assert failed.status_code == 500 and failed.json() == {"error": "internal error: ZeroDivisionError"}
     assert client.post(EMBEDDING_EXAMPLE).status_code == 200 and len(calls) == 2

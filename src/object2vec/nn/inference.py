@@ -180,7 +180,7 @@ def _projected_in_c(
         return None
     if sum(len(column.tokens) for column in columns) > C_BAG_MAX_TOKENS:
         return None
-    values, bias = _projected_tables[encoder][2]  # made with the table (views of it and the bias)
+    values, bias = _projected_tables[encoder].arrays  # made with the table (views of it and the bias)
     return [_bag_means(values, column, bias, max_len) for column in columns]
 
 
@@ -189,6 +189,44 @@ def _projected_in_c(
 PROJECTED_TABLE_MAX_BYTES = 256 * 2**20
 
 _projected_tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _ProjectedTable:
+    """A projected token table with what it was made from: the encoder's two modules, their
+    parameters, and each parameter's version counter and data pointer at the time."""
+
+    __slots__ = ("modules", "sources", "stamps", "table", "arrays")
+
+    def __init__(self, modules: tuple, sources: tuple, table: torch.Tensor, arrays: tuple | None):
+        self.modules, self.sources, self.table, self.arrays = modules, sources, table, arrays
+        self.stamps = _stamps(*sources)
+
+    def made_from(self, encoder: PooledEmbeddingEncoder) -> bool:
+        """Whether ``encoder`` still holds the very modules and parameters the table was made from,
+        unchanged: not changed in place (an optimizer step, ``load_state_dict``: version counters),
+        not given other memory (``.to()``, ``.data =``: data pointers), not replaced. Read from the
+        modules' own dictionaries: ``encoder.embedding.weight`` and the like cost about 1 us each
+        through ``nn.Module.__getattr__``, and a server checks this on every pass."""
+        modules = encoder._modules
+        embedding, project = modules.get("embedding"), modules.get("project")
+        if embedding is not self.modules[0] or project is not self.modules[1]:
+            return False
+        weight, project_weight, bias = self.sources
+        parameters = project._parameters
+        if (
+            embedding._parameters.get("weight") is not weight
+            or parameters.get("weight") is not project_weight
+            or parameters.get("bias") is not bias
+        ):
+            return False
+        return _stamps(weight, project_weight, bias) == self.stamps
+
+
+def _stamps(weight: torch.Tensor, project_weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    """The version counters and data pointers of a projected table's sources."""
+    bias_stamp = None if bias is None else (bias._version, bias.data_ptr())
+    weights = (weight._version, weight.data_ptr(), project_weight._version, project_weight.data_ptr())
+    return (*weights, bias_stamp)
 
 
 def projected_table(encoder: PooledEmbeddingEncoder) -> torch.Tensor | None:
@@ -200,32 +238,32 @@ def projected_table(encoder: PooledEmbeddingEncoder) -> torch.Tensor | None:
     None off the CPU, when ``enc_dim`` exceeds the token dimension (each token would then read
     more than its own row), beyond :data:`PROJECTED_TABLE_MAX_BYTES`, or for weights made under
     ``torch.inference_mode`` (which have no version counter to tell a change). Made on first use and
-    made again whenever the weights it comes from change in place (their version counters: an
-    optimizer step, ``load_state_dict``)."""
+    made again whenever the weights it comes from change (:meth:`_ProjectedTable.made_from`)."""
+    made = _projected_tables.get(encoder)
+    if made is not None and made.made_from(encoder):
+        return made.table
+    made = _make_projected_table(encoder)
+    if made is None:
+        _projected_tables.pop(encoder, None)
+        return None
+    _projected_tables[encoder] = made
+    return made.table
+
+
+def _make_projected_table(encoder: PooledEmbeddingEncoder) -> _ProjectedTable | None:
     weight, project = encoder.embedding.weight, encoder.project
     rows, dim = weight.shape
     size = rows * encoder.enc_dim * weight.element_size()
     if weight.device.type != "cpu" or encoder.enc_dim > dim or size > PROJECTED_TABLE_MAX_BYTES:
         return None
-    sources = [t for t in (weight, project.weight, project.bias) if t is not None]
-    if any(t.is_inference() for t in sources):  # made under inference_mode: no version counter
+    sources = (weight, project.weight, project.bias)
+    if any(t is not None and t.is_inference() for t in sources):  # no version counter to tell a change
         return None
-    made = _projected_tables.get(encoder)
-    if made is None or not _same_tensors(made[0], sources):
-        with torch.inference_mode():
-            table = F.linear(weight, project.weight)
-        # numpy views, sharing memory with the tensors (float32 only: numpy has no bfloat16)
-        arrays = (_values(table), _values(project.bias)) if table.dtype == torch.float32 else None
-        made = ([(weakref.ref(t), t._version) for t in sources], table, arrays)
-        _projected_tables[encoder] = made
-    return made[1]
-
-
-def _same_tensors(seen: list, sources: list[torch.Tensor]) -> bool:
-    """Whether ``sources`` are the very tensors ``seen`` refers to, unchanged in place since."""
-    return len(seen) == len(sources) and all(
-        ref() is tensor and version == tensor._version for (ref, version), tensor in zip(seen, sources)
-    )
+    with torch.inference_mode():
+        table = F.linear(weight, project.weight)
+    # numpy views, sharing memory with the tensors (float32 only: numpy has no bfloat16)
+    arrays = (_values(table), _values(project.bias)) if table.dtype == torch.float32 else None
+    return _ProjectedTable((encoder.embedding, project), sources, table, arrays)
 
 
 def prepare(encoder: Encoder) -> None:

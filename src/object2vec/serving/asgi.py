@@ -42,23 +42,22 @@ def error_answer(status: int, message: str) -> Answer:
 class HttpRequest:
     """What a handler reads of a request: headers, query parameters and the body."""
 
-    __slots__ = ("scope", "_receive", "_headers", "body")
+    __slots__ = ("scope", "_receive", "body")
 
     def __init__(self, scope: dict, receive: Callable[[], Awaitable[dict]], body: bytes | None = None):
         self.scope = scope
         self._receive = receive
-        self._headers: dict[str, str] | None = None
         #: The whole body when it had arrived before the handler started (uvicorn's
         #: ``DirectProtocol`` knows), else None: read it with :meth:`chunks`.
         self.body = body
 
     def header(self, name: str) -> str | None:
         """A header's value by lower-case name (the first one when repeated)."""
-        if self._headers is None:
-            self._headers = {}
-            for key, value in self.scope["headers"]:
-                self._headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
-        return self._headers.get(name)
+        key = name.encode("latin-1")
+        for name_given, value in self.scope["headers"]:
+            if name_given == key or name_given.lower() == key:
+                return value.decode("latin-1")
+        return None
 
     def query(self, name: str) -> str | None:
         """A query parameter's value (the first one; ``""`` for ``?name=`` or ``?name``)."""
@@ -78,32 +77,50 @@ class HttpRequest:
 
 Handler = Callable[[HttpRequest], Awaitable[Answer]]
 
+#: A handler for a request whose body has all arrived (``request.body`` is set): it answers
+#: through ``reply``, exactly once, at once or later from a callback on the event loop, and never
+#: raises. Run by uvicorn's :class:`~object2vec.serving.http.DirectProtocol` straight from the
+#: parser's callback, without the task, the coroutines and the awaits of a :data:`Handler`.
+DirectHandler = Callable[[HttpRequest, Callable[[Answer], None]], None]
+
 
 class Routes:
     """Exact paths, plus ``/endpoints/{name}/invocations`` style paths with one variable segment."""
 
     def __init__(self):
-        self._exact: dict[str, dict[str, Handler]] = {}
-        self._patterns: list[tuple[str, str, dict[str, Handler]]] = []
+        #: Handlers by route (its path as added) and method; direct handlers the same way.
+        self._handlers: dict[str, dict[str, Handler]] = {}
+        self._direct: dict[str, dict[str, DirectHandler]] = {}
+        self._patterns: list[tuple[str, str, str]] = []  # route, the text before and after {name}
 
-    def add(self, path: str, method: str, handler: Handler) -> None:
-        """``path`` may hold one ``{name}`` segment, matched by any non-empty segment."""
-        methods = {method: handler, **({"HEAD": handler} if method == "GET" else {})}
-        if "{" in path:
+    def add(self, path: str, method: str, handler: Handler, direct: DirectHandler | None = None) -> None:
+        """``path`` may hold one ``{name}`` segment, matched by any non-empty segment. ``direct``:
+        the same answers for a request whose body has arrived (:data:`DirectHandler`)."""
+        methods = [method, "HEAD"] if method == "GET" else [method]
+        if "{" in path and path not in self._handlers:
             prefix, rest = path.split("{", 1)
-            self._patterns.append((prefix, rest.split("}", 1)[1], methods))
-        else:
-            self._exact.setdefault(path, {}).update(methods)
+            self._patterns.append((path, prefix, rest.split("}", 1)[1]))
+        self._handlers.setdefault(path, {}).update(dict.fromkeys(methods, handler))
+        if direct is not None:
+            self._direct.setdefault(path, {}).update(dict.fromkeys(methods, direct))
 
     def find(self, path: str) -> dict[str, Handler] | None:
-        methods = self._exact.get(path)
-        if methods is not None:
-            return methods
-        for prefix, suffix, methods in self._patterns:
+        """The handlers of the route ``path`` matches, by method."""
+        return self._handlers.get(self._route(path))
+
+    def find_direct(self, path: str, method: str) -> DirectHandler | None:
+        """The direct handler of ``method`` at ``path``, if its route has one."""
+        return self._direct.get(self._route(path), {}).get(method)
+
+    def _route(self, path: str) -> str:
+        """The route ``path`` matches: an exact one, else the first pattern (else ``path``)."""
+        if path in self._handlers and "{" not in path:
+            return path
+        for route, prefix, suffix in self._patterns:
             middle = path[len(prefix) : len(path) - len(suffix)]
             if path.startswith(prefix) and path.endswith(suffix) and middle and "/" not in middle:
-                return methods
-        return None
+                return route
+        return path
 
 
 class App:
@@ -138,6 +155,10 @@ class App:
             return await handler(HttpRequest(scope, receive, body))
         except ClientGone:
             return None
+
+    def direct_handler(self, scope: dict) -> DirectHandler | None:
+        """The :data:`DirectHandler` for the request of ``scope``, if its route has one."""
+        return self.routes.find_direct(scope["path"], scope["method"])
 
 
 def answer_headers(answer: Answer) -> list[tuple[bytes, bytes]]:

@@ -25,7 +25,7 @@ import logging
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from .asgi import Answer, App, answer_headers, error_answer
+from .asgi import Answer, App, DirectHandler, HttpRequest, answer_headers, error_answer
 
 logger = logging.getLogger("object2vec.server")
 
@@ -96,20 +96,78 @@ class ResponseHeads:
 
 class DirectProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol; requests to an :class:`App` are answered by its handlers
-    directly, each answer written in one call."""
+    directly, each answer written in one call.
+
+    A request whose route has a :data:`~object2vec.serving.asgi.DirectHandler` and whose body
+    arrives within the read that brought its headers (a small request: nearly always) is handed
+    to it from the parser's callback, and its answer written from the handler's ``reply``: no task,
+    no coroutines. Any other request, or one whose body is still on its way when the read has
+    been parsed, is answered by a task running the route's handler, as uvicorn would run the app.
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.service = served_app(self.app)
         self.heads = ResponseHeads()
+        #: A request waiting for the rest of its body to go to its direct handler.
+        self.awaiting_body: tuple[RequestResponseCycle, DirectHandler] | None = None
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app) -> None:
         if self.service is None or app is not self.app:  # not the service (e.g. uvicorn's 503 app)
             super()._start_asgi_task(cycle, app)
             return
+        direct = self.service.direct_handler(cycle.scope)
+        if direct is None:
+            self._start_task(cycle)
+        elif cycle.more_body:  # the usual case: called as the headers end, the body comes next
+            self.awaiting_body = (cycle, direct)
+        else:  # a pipelined request, started after the one before it was answered
+            self._answer_directly(cycle, direct)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        waiting = self.awaiting_body
+        if waiting is not None and not waiting[0].more_body:
+            self.awaiting_body = None
+            self._answer_directly(*waiting)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        waiting = self.awaiting_body
+        if waiting is not None:  # this read ended within the body: the rest comes later
+            self.awaiting_body = None
+            if not self.transport.is_closing():
+                self._start_task(waiting[0])
+
+    def _start_task(self, cycle: RequestResponseCycle) -> None:
         task = self.loop.create_task(self._respond(cycle))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
+
+    def _answer_directly(self, cycle: RequestResponseCycle, direct: DirectHandler) -> None:
+        request = HttpRequest(cycle.scope, cycle.receive, self._whole_body(cycle))
+        try:
+            direct(request, lambda answer: self._reply(cycle, answer))
+        except Exception:  # direct handlers answer their own failures: this is a bug here
+            logger.exception("request failed")
+            self._reply(cycle, error_answer(500, "internal error"))
+
+    def _reply(self, cycle: RequestResponseCycle, answer: Answer) -> None:
+        """A direct handler's answer, written now (or once the client reads what it was sent)."""
+        if cycle.response_started or cycle.disconnected:
+            return
+        if cycle.flow.write_paused:
+            task = self.loop.create_task(self._write_and_finish(cycle, answer))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+            return
+        try:
+            self._send(cycle, answer)
+        except Exception:  # as uvicorn does when an application fails mid-answer: close
+            logger.exception("writing the answer failed")
+            cycle.transport.close()
+        finally:
+            cycle.on_response = _nothing
 
     async def _respond(self, cycle: RequestResponseCycle) -> None:
         body = None if cycle.more_body or cycle.disconnected else self._whole_body(cycle)
@@ -118,14 +176,20 @@ class DirectProtocol(HttpToolsProtocol):
         except Exception:  # handlers answer their own failures (json_errors): this is a bug here
             logger.exception("request failed")
             answer = error_answer(500, "internal error")
+        if answer is None:
+            cycle.on_response = _nothing
+        else:
+            await self._write_and_finish(cycle, answer)
+
+    async def _write_and_finish(self, cycle: RequestResponseCycle, answer: Answer) -> None:
         try:
-            if answer is not None and not cycle.disconnected:
+            if not cycle.disconnected:
                 await self._write(cycle, answer)
         except Exception:  # as uvicorn does when an application fails mid-answer: close
             logger.exception("writing the answer failed")
             cycle.transport.close()
         finally:
-            cycle.on_response = lambda: None  # as uvicorn does: no reference back to the connection
+            cycle.on_response = _nothing  # as uvicorn does: no reference back to the connection
 
     @staticmethod
     def _whole_body(cycle: RequestResponseCycle) -> bytes:
@@ -139,11 +203,15 @@ class DirectProtocol(HttpToolsProtocol):
         return body
 
     async def _write(self, cycle: RequestResponseCycle, answer: Answer) -> None:
-        """What uvicorn's two ``send`` calls do, in one write."""
+        """What uvicorn's two ``send`` calls do, in one write (once the client has read enough of
+        what it was sent)."""
         if cycle.flow.write_paused:
             await cycle.flow.drain()
             if cycle.disconnected:
                 return
+        self._send(cycle, answer)
+
+    def _send(self, cycle: RequestResponseCycle, answer: Answer) -> None:
         scope = cycle.scope
         if cycle.access_log:
             cycle.access_logger.info(
@@ -167,6 +235,10 @@ class DirectProtocol(HttpToolsProtocol):
         if not cycle.keep_alive:
             cycle.transport.close()
         cycle.on_response()
+
+
+def _nothing() -> None:
+    pass
 
 
 def http_protocol() -> type[asyncio.Protocol] | str:

@@ -125,12 +125,15 @@ class Predictor:
         self.encoder_device, self.head_device = placement(self.device, self.preferred_mode)
         self.net.place(self.encoder_device, self.head_device)
         self._max_seq_lens = (hp.encoder(0).max_seq_len, hp.encoder(1).max_seq_len)
+        self._encoders_on_cpu = self.encoder_device.type == "cpu"
         self._pooled_on_cpu = (
             all(hp.encoder(side).network == "pooled_embedding" for side in (0, 1))
             and self.encoder_device.type == "cpu"
             and self.head_device.type == "cpu"
         )
-        encoders = [self.net.encoder(side) for side in (0, 1)]
+        # the encoder modules, looked up once (through nn.Module attribute lookups a call costs
+        # about 5 us, and a server's pass looks each side up)
+        self._encoders = encoders = (self.net.encoder(0), self.net.encoder(1))
         self._encoder_flop = [(hp.encoder(s).token_embedding_dim, _linear_flop(encoders[s])) for s in (0, 1)]
         in_encoders = {id(module) for encoder in encoders for module in encoder.modules()}
         self._head_flop = _linear_flop(self.net, skip=in_encoders)
@@ -158,10 +161,11 @@ class Predictor:
         bilstm take hundreds of ms. The server runs such passes on its event loop (``MicroBatcher``)."""
         if not self._pooled_on_cpu:
             return False
-        if not self._small_head and any(part.pairs and part.size for part in batch):
+        tokens, sequences, pairs = _counts(batch)
+        if pairs and not self._small_head:
             return False
-        tokens = sum(len(column.tokens) for part in batch for column in part.columns)
-        return tokens <= CHEAP_PASS_TOKENS and self.pass_flop(batch) <= CHEAP_PASS_FLOP
+        small = tokens[0] + tokens[1] <= CHEAP_PASS_TOKENS
+        return small and self._flop(tokens, sequences, pairs) <= CHEAP_PASS_FLOP
 
     def pass_flop(self, batch: Sequence[Instances]) -> float:
         """The arithmetic of answering ``batch`` with pooled encoders: a token's vector added to its
@@ -169,20 +173,19 @@ class Predictor:
         and for pairs the comparator's MLP and head. An upper bound: tokens past ``max_seq_len``
         are counted too, and so is the projection, which a projected token table spares
         (``nn.inference.projected_table``)."""
-        flop = 0.0
-        for part in batch:
-            for side, column in enumerate(part.columns):
-                per_token, per_sequence = self._encoder_flop[side]
-                flop += len(column.tokens) * per_token + len(column) * per_sequence
-            if part.pairs:
-                flop += part.size * self._head_flop
+        return self._flop(*_counts(batch))
+
+    def _flop(self, tokens: list[int], sequences: list[int], pairs: int) -> float:
+        flop = float(pairs * self._head_flop)
+        for side, (per_token, per_sequence) in enumerate(self._encoder_flop):
+            flop += tokens[side] * per_token + sequences[side] * per_sequence
         return flop
 
     def prepare(self) -> None:
         """Make what answering keeps between passes (``nn.inference.prepare``), before the first
         request rather than during it."""
         for side in (0, 1):
-            prepare(self.net.encoder(side))
+            prepare(self._encoders[side])
 
     @property
     def num_outputs(self) -> int:
@@ -267,7 +270,6 @@ class Predictor:
                 results[i] = row
         return results
 
-    @torch.inference_mode()
     def answer(self, batch: Sequence[Instances], batch_size: int = INFERENCE_BATCH_SIZE) -> list[np.ndarray]:
         """One float32 array per element of ``batch``, rows in instance order: pair scores
         ``[n, num_classes]`` (``[n, 1]`` for regression) for pairs, else embeddings
@@ -291,7 +293,7 @@ class Predictor:
         singles = [i for i, part in enumerate(batch) if not part.pairs or not part.size]
         for side in (0, 1):
             columns = [batch[i].columns[side] for i in singles]
-            if not sum(map(len, columns)):
+            if all(len(column.offsets) == 1 for column in columns):  # no sequence on this side
                 continue
             blocks = self._embed_columns(side, columns, batch_size)
             for i, block in zip(singles, blocks):
@@ -311,22 +313,24 @@ class Predictor:
         return column.truncated(self._max_seq_lens[side])
 
     def _encode(self, side: int, column: SequenceColumn, batch_size: int) -> torch.Tensor:
-        return encode_column(self.net.encoder(side), column, self.encoder_device, batch_size)
+        return encode_column(self._encoders[side], column, self.encoder_device, batch_size)
 
     def _embed_columns(self, side: int, columns: list[SequenceColumn], batch_size: int) -> list[np.ndarray]:
         """Each column's embeddings: by the C loop column by column where it applies (a pooled
         encoder on the CPU, a pass of a few requests: ``pooled_encodings``), else in one pass over
         the columns joined, then split."""
-        if self.encoder_device.type == "cpu":
-            blocks = pooled_encodings(self.net.encoder(side), columns, self._max_seq_lens[side])
+        if self._encoders_on_cpu:
+            blocks = pooled_encodings(self._encoders[side], columns, self._max_seq_lens[side])
             if blocks is not None:
                 return blocks
         vectors = self._embed_column(side, self._capped(side, SequenceColumn.concat(columns)), batch_size)
         return _split(vectors, list(map(len, columns)))
 
+    @torch.inference_mode()
     def _embed_column(self, side: int, column: SequenceColumn, batch_size: int) -> np.ndarray:
         return self._encode(side, column, batch_size).float().cpu().numpy()
 
+    @torch.inference_mode()
     def _score_columns(self, col0: SequenceColumn, col1: SequenceColumn, batch_size: int) -> np.ndarray:
         """Each side encoded on its own (sorted by its own lengths), then the head in chunks."""
         a, b = self._encode(0, col0, batch_size), self._encode(1, col1, batch_size)
@@ -345,6 +349,19 @@ class Predictor:
         """The network's ``scores`` from the two encodings, on the head's device (which may differ
         from the encoders' under INFERENCE_PREFERRED_MODE=embedding)."""
         return self.net.score_encodings(a, b)
+
+
+def _counts(batch: Sequence[Instances]) -> tuple[list[int], list[int], int]:
+    """Tokens and sequences of each side, and pairs, in ``batch`` (one loop: the server asks on
+    every pass)."""
+    tokens, sequences, pairs = [0, 0], [0, 0], 0
+    for part in batch:
+        for side, column in enumerate(part.columns):
+            tokens[side] += len(column.tokens)
+            sequences[side] += len(column.offsets) - 1
+        if part.pairs:
+            pairs += part.size
+    return tokens, sequences, pairs
 
 
 def _linear_flop(module: torch.nn.Module, skip: frozenset[int] | set[int] = frozenset()) -> int:

@@ -191,6 +191,17 @@ def default_accept(body: BodyFormat, configured: str = "") -> str:
     return configured or (JSONLINES if body.lines else JSON)
 
 
+@functools.lru_cache(maxsize=256)
+def parse_formats(
+    content_type: str | None, accept: str | None, configured_accept: str = ""
+) -> tuple[BodyFormat, str]:
+    """The body's layout and the answer's type from a request's ``Content-Type`` and ``Accept``
+    (:func:`parse_content_type`, :func:`parse_accept` with :func:`default_accept`), in one step
+    that is remembered for the last 256 combinations."""
+    body = parse_content_type(content_type)
+    return body, parse_accept(accept, default_accept(body, configured_accept))
+
+
 def describe_instance(index: int | None, line: int | None) -> str:
     """Where an instance sits: ``instance 3``, ``instance 3 (line 4)`` or, for a file read line
     by line, ``line 4``."""
@@ -311,21 +322,28 @@ def _decode_in_c(body: bytes, fmt: BodyFormat, vocab_sizes: Sequence[int]) -> Re
     read = native.json_rows.read_instances(body, fmt.lines, vocab_sizes[0], vocab_sizes[1])
     if read is None:
         return None
-    size, *arrays = read
-    columns, rows = [], []
-    for side in (0, 1):
-        tokens, offsets, given = arrays[3 * side : 3 * side + 3]
-        if not tokens:  # no instance gives this side (there is at least one instance)
-            columns.append(_NO_SEQUENCES)
-            rows.append(_NO_ROWS)
-            continue
-        column = SequenceColumn(np.frombuffer(tokens, np.int64), np.frombuffer(offsets, np.int64))
-        columns.append(column.truncated(fmt.caps[side]))
-        rows.append(None if len(given) == 8 * size else np.frombuffer(given, np.int64))
-    counts = [len(column) for column in columns]
-    if counts[0] + counts[1] != size and counts != [size, size]:  # pairs mixed with single inputs
+    size, tokens0, offsets0, given0, tokens1, offsets1, given1 = read
+    # no tokens: no instance gives the side (the reader refuses empty lists)
+    count0 = len(offsets0) // 8 - 1 if tokens0 else 0
+    count1 = len(offsets1) // 8 - 1 if tokens1 else 0
+    if count0 + count1 != size and not count0 == count1 == size:  # pairs mixed with single inputs
         return None
-    return Request(size, counts == [size, size], (columns[0], columns[1]), (rows[0], rows[1]))
+    columns = (_read_column(tokens0, offsets0, fmt.max_len0), _read_column(tokens1, offsets1, fmt.max_len1))
+    rows = (_read_rows(given0, count0, size), _read_rows(given1, count1, size))
+    return Request(size, count0 == count1 == size, columns, rows)
+
+
+def _read_column(tokens: bytearray, offsets: bytearray, cap: int | None) -> SequenceColumn:
+    if not tokens:
+        return _NO_SEQUENCES
+    return SequenceColumn(np.frombuffer(tokens, np.int64), np.frombuffer(offsets, np.int64)).truncated(cap)
+
+
+def _read_rows(given: bytearray, count: int, size: int) -> np.ndarray | None:
+    """The instances giving a side (None: all of them)."""
+    if count == size:
+        return None
+    return np.frombuffer(given, np.int64) if count else _NO_ROWS
 
 
 def _decode_columns(

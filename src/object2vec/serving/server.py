@@ -44,7 +44,7 @@ from ..artifact import resolve_model_dir
 from ..columns import Instances
 from ..index import NeighborIndex
 from . import protocol
-from .asgi import Answer, App, ClientGone, Handler, HttpRequest, Routes, error_answer
+from .asgi import Answer, App, ClientGone, DirectHandler, Handler, HttpRequest, Routes, error_answer
 from .http import http_protocol
 from .neighbors import NeighborSearch, open_served_index
 from .predictor import InputError, Predictor, inference_threads
@@ -133,15 +133,16 @@ class MicroBatcher:
         may wait for it."""
         return self._arriving
 
-    async def submit(self, instances: Instances) -> np.ndarray:
-        """The answer rows of ``instances``; :class:`Overloaded` if no pass took them in time.
+    def enqueue(self, instances: Instances) -> asyncio.Future:
+        """Queue ``instances`` for a pass: the future of their answer rows, or of
+        :class:`Overloaded` if no pass took them in time.
 
         The queue limit is kept by one timer, for the oldest queued job, and only while a pass
         runs on the inference thread: the only time jobs can wait (a pass on the loop holds the
         loop, and the worker takes what is queued as soon as it ends). A timer per job cost a
-        libuv timer made and closed for every request. A submit cancelled while it waits (e.g. at
-        the graceful shutdown's timeout) cancels the future it awaited, so no pass runs it and
-        the timer passes it over."""
+        libuv timer made and closed for every request. A job whose future is cancelled while it
+        waits (e.g. its :meth:`submit` at the graceful shutdown's timeout) is passed over by the
+        passes and the timer."""
         self._ensure_worker()
         loop = self._loop
         job = _Job(instances, loop.create_future(), loop.time() + self.max_queue_s)
@@ -149,7 +150,11 @@ class MicroBatcher:
         if self._on_thread:
             self._arm_expiry()
         self._wakeup.set()
-        return await job.future
+        return job.future
+
+    async def submit(self, instances: Instances) -> np.ndarray:
+        """:meth:`enqueue`, awaited (cancelling the wait cancels the job)."""
+        return await self.enqueue(instances)
 
     def _arm_expiry(self) -> None:
         if self._expiry is None and self._jobs:
@@ -259,44 +264,70 @@ class _Arriving:
         self.batcher.arriving -= 1
 
 
+def error_for(exc: Exception) -> Answer:
+    """The answer to a request that failed with ``exc``: a client mistake gets its 4xx, a full
+    queue 503 with ``Retry-After``, anything else a 500 for this request (logged)."""
+    if isinstance(exc, protocol.RequestError):
+        return error_answer(exc.status, str(exc))
+    if isinstance(exc, InputError):
+        return error_answer(400, str(exc))
+    if isinstance(exc, Overloaded):
+        answer = error_answer(503, str(exc))
+        answer.headers.append(("retry-after", "1"))
+        return answer
+    logger.error("request failed", exc_info=exc)
+    return error_answer(500, f"internal error: {type(exc).__name__}")
+
+
 def json_errors(handler: Handler) -> Handler:
-    """Client mistakes -> their 4xx; anything else -> a 500 for this request, logged."""
+    """The handler's failures answered by :func:`error_for` (a client that left gets nothing)."""
 
     async def guarded(request: HttpRequest) -> Answer:
         try:
             return await handler(request)
-        except protocol.RequestError as exc:
-            return error_answer(exc.status, str(exc))
-        except InputError as exc:
-            return error_answer(400, str(exc))
-        except Overloaded as exc:
-            answer = error_answer(503, str(exc))
-            answer.headers.append(("retry-after", "1"))
-            return answer
         except ClientGone:  # no one to answer: the app sends nothing
             raise
         except Exception as exc:
-            logger.exception("request failed")
-            return error_answer(500, f"internal error: {type(exc).__name__}")
+            return error_for(exc)
 
     return guarded
 
 
+def json_errors_direct(handler: DirectHandler) -> DirectHandler:
+    """:func:`json_errors` for a :data:`DirectHandler`: what it raises is answered."""
+
+    def guarded(request: HttpRequest, reply: Callable[[Answer], None]) -> None:
+        try:
+            handler(request, reply)
+        except Exception as exc:
+            reply(error_for(exc))
+
+    return guarded
+
+
+def body_within(body: bytes, limit: int) -> bytes:
+    """``body``, refused with a 413 when it exceeds ``limit`` bytes."""
+    if len(body) > limit:
+        raise protocol.RequestError(too_large(limit), status=413)
+    return body
+
+
+def too_large(limit: int) -> str:
+    return f"the request body is larger than the payload limit of {limit / MB:.3g} MB"
+
+
 async def read_body(request: HttpRequest, limit: int) -> bytes:
     """The body, refused with a 413 as soon as it is known to exceed ``limit`` bytes."""
-    too_large = f"the request body is larger than the payload limit of {limit / MB:.3g} MB"
     if request.body is not None:
-        if len(request.body) > limit:
-            raise protocol.RequestError(too_large, status=413)
-        return request.body
+        return body_within(request.body, limit)
     declared = request.header("content-length") or ""
     if declared.isdigit() and int(declared) > limit:
-        raise protocol.RequestError(too_large, status=413)
+        raise protocol.RequestError(too_large(limit), status=413)
     chunks, size = [], 0
     async for chunk in request.chunks():
         size += len(chunk)
         if size > limit:
-            raise protocol.RequestError(too_large, status=413)
+            raise protocol.RequestError(too_large(limit), status=413)
         chunks.append(chunk)
     return b"".join(chunks)  # a body of one chunk: that very object, no copy
 
@@ -334,22 +365,45 @@ def create_app(
     async def execution_parameters(request: HttpRequest) -> Answer:
         return Answer(parameters)
 
+    def formats(request: HttpRequest) -> tuple[protocol.BodyFormat, str]:
+        """The body's format and the answer's media type: the same rules for every POST route."""
+        content_type, accept = request.header("content-type"), request.header("accept")
+        return protocol.parse_formats(content_type, accept, settings.default_accept)
+
     async def read_request(request: HttpRequest) -> tuple[protocol.BodyFormat, str, bytes]:
-        """The body's format, the answer's media type and the body (within the payload limit):
-        the same rules for every POST route."""
-        body_format = protocol.parse_content_type(request.header("content-type"))
-        accept = protocol.parse_accept(
-            request.header("accept"), protocol.default_accept(body_format, settings.default_accept)
-        )
+        """:func:`formats` and the body (within the payload limit)."""
+        body_format, accept = formats(request)
         return body_format, accept, await read_body(request, settings.max_payload_bytes)
+
+    def decoded(request: HttpRequest, body: bytes) -> tuple[protocol.Request, str]:
+        body_format, accept = formats(request)
+        return protocol.decode_request(body, body_format, vocab_sizes), accept
+
+    def answered(rows: np.ndarray, parsed: protocol.Request, accept: str) -> Answer:
+        return Answer(protocol.encode_rows(rows, parsed.mode, accept, threads), accept)
 
     @json_errors
     async def invocations(request: HttpRequest) -> Answer:
+        """A request whose body is still on its way (else :func:`invocations_direct`)."""
         with batcher.reading():
-            body_format, accept, body = await read_request(request)
-            parsed = protocol.decode_request(body, body_format, vocab_sizes)
-        rows = await batcher.submit(parsed)
-        return Answer(protocol.encode_rows(rows, parsed.mode, accept, threads), accept)
+            parsed, accept = decoded(request, await read_body(request, settings.max_payload_bytes))
+        return answered(await batcher.submit(parsed), parsed, accept)
+
+    @json_errors_direct
+    def invocations_direct(request: HttpRequest, reply: Callable[[Answer], None]) -> None:
+        """:func:`invocations` for a body that has arrived, answered from the pass's callback."""
+        parsed, accept = decoded(request, body_within(request.body, settings.max_payload_bytes))
+
+        def on_rows(future: asyncio.Future) -> None:
+            try:
+                answer = answered(future.result(), parsed, accept)
+            except asyncio.CancelledError:  # the job was withdrawn (only at shutdown)
+                answer = error_answer(503, "the server is shutting down")
+            except Exception as exc:
+                answer = error_for(exc)
+            reply(answer)
+
+        batcher.enqueue(parsed).add_done_callback(on_rows)
 
     search = NeighborSearch(index, vocab_sizes) if index is not None else None
 
@@ -366,8 +420,8 @@ def create_app(
     routes = Routes()
     routes.add("/ping", "GET", ping)
     routes.add("/execution-parameters", "GET", execution_parameters)
-    routes.add("/invocations", "POST", invocations)
-    routes.add("/endpoints/{name}/invocations", "POST", invocations)
+    routes.add("/invocations", "POST", invocations, invocations_direct)
+    routes.add("/endpoints/{name}/invocations", "POST", invocations, invocations_direct)
     if search is not None:
         routes.add("/neighbors", "POST", neighbors)
     return App(routes, predictor=predictor, settings=settings, batcher=batcher)

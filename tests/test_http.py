@@ -415,18 +415,25 @@ def test_the_service_is_found_inside_uvicorns_middleware_and_no_other(predictor)
 
 
 def test_the_direct_path_answers_the_service(predictor, monkeypatch):
-    """uvicorn calls the override (a uvicorn without ``_start_asgi_task`` would skip it silently)."""
+    """uvicorn calls the overrides (a uvicorn that no longer called ``_start_asgi_task`` would skip
+    them silently): a route with a direct handler is answered directly, any other by a task."""
     calls = []
-    respond = http.DirectProtocol._respond
+    answer_directly, respond = http.DirectProtocol._answer_directly, http.DirectProtocol._respond
 
-    async def counting(self, cycle):
-        calls.append(cycle.scope["path"])
+    def directly(self, cycle, handler):
+        calls.append(("direct", cycle.scope["path"]))
+        answer_directly(self, cycle, handler)
+
+    async def by_task(self, cycle):
+        calls.append(("task", cycle.scope["path"]))
         await respond(self, cycle)
 
-    monkeypatch.setattr(http.DirectProtocol, "_respond", counting)
+    monkeypatch.setattr(http.DirectProtocol, "_answer_directly", directly)
+    monkeypatch.setattr(http.DirectProtocol, "_respond", by_task)
     with server.running(create_app(predictor, ServeSettings("unused"))) as url:
         assert httpx.get(f"{url}/ping").status_code == 200
-    assert calls == ["/ping"]
+        assert httpx.get(f"{url}/nowhere").status_code == 404
+    assert calls == [("direct", "/ping"), ("task", "/nowhere")]
 
 
 def test_memory_bound_passes_are_not_cheap(predictor, tmp_path):

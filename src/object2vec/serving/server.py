@@ -305,6 +305,17 @@ def json_errors_direct(handler: DirectHandler) -> DirectHandler:
     return guarded
 
 
+def awaiting(direct: DirectHandler) -> Handler:
+    """The :data:`Handler` answering as ``direct`` does (for a route whose requests need no body)."""
+
+    async def handler(request: HttpRequest) -> Answer:
+        answered = asyncio.get_running_loop().create_future()
+        direct(request, answered.set_result)
+        return await answered
+
+    return handler
+
+
 def body_within(body: bytes, limit: int) -> bytes:
     """``body``, refused with a 413 when it exceeds ``limit`` bytes."""
     if len(body) > limit:
@@ -359,11 +370,13 @@ def create_app(
     )
     parameters = protocol.encode_object(execution_parameters_of(settings))
 
-    async def ping(request: HttpRequest) -> Answer:
-        return Answer(b'{"status":"ok"}')
+    def ping_direct(request: HttpRequest, reply: Callable[[Answer], None]) -> None:
+        reply(Answer(b'{"status":"ok"}'))
 
-    async def execution_parameters(request: HttpRequest) -> Answer:
-        return Answer(parameters)
+    def execution_parameters_direct(request: HttpRequest, reply: Callable[[Answer], None]) -> None:
+        reply(Answer(parameters))
+
+    ping, execution_parameters = awaiting(ping_direct), awaiting(execution_parameters_direct)
 
     def formats(request: HttpRequest) -> tuple[protocol.BodyFormat, str]:
         """The body's format and the answer's media type: the same rules for every POST route."""
@@ -418,8 +431,8 @@ def create_app(
         return Answer(await loop.run_in_executor(None, search.answer, parsed, embeddings, accept), accept)
 
     routes = Routes()
-    routes.add("/ping", "GET", ping)
-    routes.add("/execution-parameters", "GET", execution_parameters)
+    routes.add("/ping", "GET", ping, ping_direct)
+    routes.add("/execution-parameters", "GET", execution_parameters, execution_parameters_direct)
     routes.add("/invocations", "POST", invocations, invocations_direct)
     routes.add("/endpoints/{name}/invocations", "POST", invocations, invocations_direct)
     if search is not None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import httptools
 import httpx
 import numpy as np
 import orjson
@@ -300,6 +301,62 @@ def test_a_direct_answer_waits_while_the_client_reads_slowly():
         assert not protocol.tasks
 
     asyncio.run(scenario())
+
+
+def test_an_idle_connection_closes_after_the_keep_alive_timeout_counted_from_its_last_answer(predictor):
+    """As uvicorn's own timer: ``timeout_keep_alive`` seconds without a request after an answer
+    close the connection; a request in between starts the count again."""
+    app = create_app(predictor, ServeSettings("unused"))
+    with server.running(app, timeout_keep_alive=1) as url:
+        host, port = url.removeprefix("http://").split(":")
+        sock, reader = connect((host, int(port)))
+        with sock:
+            for _ in range(3):  # 0.6 s apart: each answer moves the timeout on
+                sock.sendall(request("GET", "/ping"))
+                assert reader.response()[0] == 200
+                time.sleep(0.6)
+            started = time.monotonic()
+            assert reader.closed()  # blocks until the server closes the connection
+            assert time.monotonic() - started < 1.0  # about 1 s after the last answer
+
+
+def test_an_exchange_has_every_attribute_of_uvicorns_cycle():
+    """``Exchange`` stands in for uvicorn's ``RequestResponseCycle`` without calling its
+    ``__init__``: an attribute a newer uvicorn adds there must be added here too."""
+    protocol = SimpleNamespace(
+        transport=None, flow=None, logger=None, access_logger=None, access_log=False,
+        server_state=SimpleNamespace(default_headers=[]), on_response_complete=None,
+    )  # fmt: skip
+    protocol.exchange_start = (None, None, None, None, False, None)
+    real = http.RequestResponseCycle(
+        scope={}, transport=None, flow=None, logger=None, access_logger=None, access_log=False,
+        default_headers=[], message_event=asyncio.Event(), expect_100_continue=False, keep_alive=True,
+        on_response=None,
+    )  # fmt: skip
+    exchange = http.Exchange(protocol, {}, True, False)
+    for name, value in vars(real).items():
+        assert hasattr(exchange, name), name
+        if name not in ("message_event", "scope", "default_headers", "body"):
+            assert getattr(exchange, name) == value, name
+    assert isinstance(exchange.message_event, asyncio.Event) and exchange.body == bytearray()
+
+
+def test_a_targets_path_and_query_are_those_httptools_reads():
+    rng = np.random.default_rng(0)
+    pieces = [b"a", b"/", b"-", b".", b"~", b"_", b"Z", b"9", b"?", b"%", b"#", b";", b" ", b"\xff", b"\x01"]
+    targets = [b"/invocations", b"/endpoints/e/invocations", b"/a?k=1", b"/a%20b", b"//x", b"/"]
+    targets += [b"/" + b"".join(rng.choice(pieces, size=rng.integers(0, 10))) for _ in range(5000)]
+    for target in targets:
+        try:
+            parsed = httptools.parse_url(target)
+            expected = (parsed.path, parsed.query or b"")
+        except httptools.HttpParserInvalidURLError:
+            expected = None
+        try:
+            found = http._path_and_query(target)
+        except httptools.HttpParserInvalidURLError:
+            found = None
+        assert found == expected, target
 
 
 def test_routes_find_direct_handlers_by_path_pattern_and_method():

@@ -208,11 +208,11 @@ class DirectProtocol(HttpToolsProtocol):
         scope["method"] = parser.get_method().decode("ascii")
         if http_version != "1.1":
             scope["http_version"] = http_version
-        url = httptools.parse_url(self.url)
-        path = url.path.decode("ascii")
+        raw_path, query = _path_and_query(self.url)
+        path = raw_path.decode("ascii")
         scope["path"] = self.root_path + (urllib.parse.unquote(path) if "%" in path else path)
-        scope["raw_path"] = self.root_path.encode("ascii") + url.path
-        scope["query_string"] = url.query or b""
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = query
         keep_alive = http_version != "1.0" and parser.should_keep_alive()
         existing, self.cycle = self.cycle, Exchange(self, scope, keep_alive, self.expect_100_continue)
         if existing is None or existing.response_complete:
@@ -402,7 +402,10 @@ class DirectProtocol(HttpToolsProtocol):
         else:
             cycle.transport.writelines((head, body))
         cycle.response_complete = True
-        cycle.message_event.set()
+        if type(cycle) is Exchange:
+            cycle.wake()
+        else:
+            cycle.message_event.set()
         if not cycle.keep_alive:
             cycle.transport.close()
         cycle.on_response()
@@ -410,6 +413,19 @@ class DirectProtocol(HttpToolsProtocol):
 
 def _nothing() -> None:
     pass
+
+
+#: Bytes of a target that is a plain path: letters, digits, ``/ - . _ ~``.
+PLAIN_PATH_BYTES = bytes(range(48, 58)) + bytes(range(65, 91)) + bytes(range(97, 123)) + b"/-._~"
+
+
+def _path_and_query(url: bytes) -> tuple[bytes, bytes]:
+    """The path and query of a request's target, as ``httptools.parse_url`` gives them; a plain
+    path (the usual ``/invocations``) is its own path, without the parser."""
+    if url[:1] == b"/" and not url.translate(None, PLAIN_PATH_BYTES):
+        return url, b""
+    parsed = httptools.parse_url(url)
+    return parsed.path, parsed.query or b""
 
 
 def http_protocol() -> type[asyncio.Protocol] | str:

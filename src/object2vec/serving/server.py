@@ -73,7 +73,7 @@ class Overloaded(Exception):
     """A request waited longer than the queue limit for a forward pass: answered 503."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Job:
     instances: Instances
     future: asyncio.Future
@@ -121,6 +121,7 @@ class MicroBatcher:
         self.arriving = 0  # requests being read or decoded, not yet submitted
         self._jobs: collections.deque[_Job] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None  # the thread running _loop
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="object2vec-inference")
@@ -178,10 +179,20 @@ class MicroBatcher:
             self._arm_expiry()
 
     def _ensure_worker(self) -> None:
+        """A worker on the running loop. Asked on every request, so the usual answer (the worker
+        is there, on the loop this thread runs) is read without ``asyncio.get_running_loop()``,
+        which in Python 3.11 makes a ``getpid`` system call."""
+        loop, worker = self._loop, self._worker
+        if (
+            worker is not None
+            and not worker.done()
+            and self._thread == threading.get_ident()
+            and loop.is_running()  # a thread runs one loop at a time: this one
+        ):
+            return
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._worker is None or self._worker.done():
-            self._loop, self._wakeup = loop, asyncio.Event()
-            self._worker = loop.create_task(self._work())
+        self._loop, self._wakeup, self._thread = loop, asyncio.Event(), threading.get_ident()
+        self._worker = loop.create_task(self._work())
 
     async def _work(self) -> None:
         while True:

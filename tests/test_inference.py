@@ -310,8 +310,24 @@ def test_what_the_bag_loop_refuses():
     for bad in ([0, 2, 1], [0, 1, 4], [-1, 1, 3]):
         with pytest.raises(ValueError, match="non-decreasing and within the tokens"):
             bag_mean(table, tokens, np.array(bad, np.int64), None, out, -1, 1)
-    with pytest.raises(ValueError, match="out must be"):
+    with pytest.raises(ValueError, match="out must have exactly one row for each bag"):
         bag_mean(table, tokens, offsets, None, np.zeros((3, 4), np.float32), -1, 1)
+    with pytest.raises(ValueError, match="out must have a row for each bag"):
+        bag_mean(table, tokens, offsets, None, np.zeros((1, 4), np.float32), -1, 1)
+    with pytest.raises(ValueError, match="out must have the table's width"):
+        bag_mean(table, tokens, offsets, None, np.zeros((2, 5), np.float32), -1, 1)
+    with pytest.raises(TypeError, match="two arrays or two lists of one length"):
+        bag_mean(table, [tokens, tokens], [offsets], None, np.zeros((4, 4), np.float32), -1, 1)
+    with pytest.raises(IndexError, match="token 10"):  # in the second column
+        bag_mean(
+            table,
+            [tokens, np.array([1, 2, 10], np.int64)],
+            [offsets] * 2,
+            None,
+            np.zeros((4, 4), np.float32),
+            -1,
+            1,
+        )
     with pytest.raises(ValueError, match="bias must have the table's width"):
         bag_mean(table, tokens, offsets, np.zeros(3, np.float32), out, -1, 1)
     with pytest.raises(TypeError, match="tokens must be a 1-D contiguous int64 array"):

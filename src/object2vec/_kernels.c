@@ -379,39 +379,25 @@ PyDoc_STRVAR(bag_mean_doc,
     "+ bias (max_len < 0: every token; every token must be in the table, cut or not):\n"
     "the pooled encodings of nn/inference.py with the bits of PyTorch's embedding_bag(mode='sum'),\n"
     "div_ by the length and add_ of the bias. table [V, D] and out [n, D] float32, tokens and\n"
-    "offsets ([n + 1], non-decreasing) int64, bias a [D] float32 array or None.");
+    "offsets ([n + 1], non-decreasing) int64, bias a [D] float32 array or None.\n"
+    "tokens and offsets may also be two lists of such arrays, one pair per column: the columns'\n"
+    "bags then fill out's rows one column after another (one call for a pass of a few requests).");
 
-static PyObject *bag_mean(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *objects[5];
-    long long max_len;
-    int threads;
-    if (!PyArg_ParseTuple(args, "OOOOOLi", &objects[0], &objects[1], &objects[2], &objects[3], &objects[4],
-                          &max_len, &threads))
-        return NULL;
-    Py_buffer table, tokens, offsets, bias, out;
-    Py_buffer *taken[5];
-    int count_taken = 0;
-    PyObject *result = NULL;
-    if (get_table(objects[0], &table, "table", 0) < 0) goto done;
-    taken[count_taken++] = &table;
-    if (get_vector(objects[1], &tokens, "tokens", "int64", 8) < 0) goto done;
-    taken[count_taken++] = &tokens;
-    if (get_vector(objects[2], &offsets, "offsets", "int64", 8) < 0) goto done;
-    taken[count_taken++] = &offsets;
-    if (objects[3] != Py_None) {
-        if (get_vector(objects[3], &bias, "bias", "float32", 4) < 0) goto done;
-        taken[count_taken++] = &bias;
+/* The bags of one column (tokens, offsets: int64 arrays) into out's rows from `row` on; the rows
+ * it filled, or -1 with an exception set. */
+static Py_ssize_t mean_column(const Py_buffer *table, const float *bias, PyObject *tokens_object,
+                              PyObject *offsets_object, const Py_buffer *out, Py_ssize_t row, int64_t max_len,
+                              int threads) {
+    Py_buffer tokens, offsets;
+    if (get_vector(tokens_object, &tokens, "tokens", "int64", 8) < 0) return -1;
+    if (get_vector(offsets_object, &offsets, "offsets", "int64", 8) < 0) {
+        PyBuffer_Release(&tokens);
+        return -1;
     }
-    if (get_table(objects[4], &out, "out", 1) < 0) goto done;
-    taken[count_taken++] = &out;
-    const Py_ssize_t vocabulary = table.shape[0], dim = table.shape[1], bags = offsets.shape[0] - 1;
-    if (bags < 0 || out.shape[0] != bags || out.shape[1] != dim) {
-        PyErr_SetString(PyExc_ValueError, "out must be [len(offsets) - 1, table width]");
-        goto done;
-    }
-    if (objects[3] != Py_None && bias.shape[0] != dim) {
-        PyErr_SetString(PyExc_ValueError, "bias must have the table's width");
+    Py_ssize_t filled = -1;
+    const Py_ssize_t vocabulary = table->shape[0], dim = table->shape[1], bags = offsets.shape[0] - 1;
+    if (bags < 0 || row + bags > out->shape[0]) {
+        PyErr_SetString(PyExc_ValueError, "out must have a row for each bag (len(offsets) - 1 of each column)");
         goto done;
     }
     const int64_t *offset = (const int64_t *)offsets.buf, *token = (const int64_t *)tokens.buf;
@@ -429,20 +415,74 @@ static PyObject *bag_mean(PyObject *self, PyObject *args) {
             goto done;
         }
     }
-    BagJob job = {
-        (const float *)table.buf, objects[3] != Py_None ? (const float *)bias.buf : NULL, token, offset,
-        (float *)out.buf, dim, (int64_t)max_len,
-    };
+    BagJob job = {(const float *)table->buf, bias, token, offset, (float *)out->buf + row * dim, dim, max_len};
     Py_ssize_t values_per_bag = dim * (bags > 0 ? (last - first) / bags + 1 : 1);
     /* The GIL is kept for small calls (the usual ones, a few microseconds): letting it go hands
      * it to a waiting thread, and getting it back can wait a switch interval (5 ms). */
     PyThreadState *state = bags * values_per_bag >= MIN_VALUES_PER_THREAD ? PyEval_SaveThread() : NULL;
     run_split(mean_bags, &job, bags, values_per_bag, 1, threads);
     if (state != NULL) PyEval_RestoreThread(state);
+    filled = bags;
+done:
+    PyBuffer_Release(&tokens);
+    PyBuffer_Release(&offsets);
+    return filled;
+}
+
+static PyObject *bag_mean(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *table_object, *tokens_object, *offsets_object, *bias_object, *out_object;
+    long long max_len;
+    int threads;
+    if (!PyArg_ParseTuple(args, "OOOOOLi", &table_object, &tokens_object, &offsets_object, &bias_object,
+                          &out_object, &max_len, &threads))
+        return NULL;
+    Py_buffer table, bias, out;
+    int have_bias = 0, have_out = 0;
+    PyObject *result = NULL;
+    if (get_table(table_object, &table, "table", 0) < 0) return NULL;
+    if (bias_object != Py_None) {
+        if (get_vector(bias_object, &bias, "bias", "float32", 4) < 0) goto done;
+        have_bias = 1;
+        if (bias.shape[0] != table.shape[1]) {
+            PyErr_SetString(PyExc_ValueError, "bias must have the table's width");
+            goto done;
+        }
+    }
+    if (get_table(out_object, &out, "out", 1) < 0) goto done;
+    have_out = 1;
+    if (out.shape[1] != table.shape[1]) {
+        PyErr_SetString(PyExc_ValueError, "out must have the table's width");
+        goto done;
+    }
+    const float *bias_values = have_bias ? (const float *)bias.buf : NULL;
+    Py_ssize_t rows = 0;
+    if (PyList_Check(tokens_object)) {
+        const Py_ssize_t columns = PyList_GET_SIZE(tokens_object);
+        if (!PyList_Check(offsets_object) || PyList_GET_SIZE(offsets_object) != columns) {
+            PyErr_SetString(PyExc_TypeError, "tokens and offsets must be two arrays or two lists of one length");
+            goto done;
+        }
+        for (Py_ssize_t c = 0; c < columns; c++) {
+            Py_ssize_t filled = mean_column(&table, bias_values, PyList_GET_ITEM(tokens_object, c),
+                                            PyList_GET_ITEM(offsets_object, c), &out, rows, max_len, threads);
+            if (filled < 0) goto done;
+            rows += filled;
+        }
+    } else {
+        rows = mean_column(&table, bias_values, tokens_object, offsets_object, &out, 0, max_len, threads);
+        if (rows < 0) goto done;
+    }
+    if (rows != out.shape[0]) {
+        PyErr_SetString(PyExc_ValueError, "out must have exactly one row for each bag");
+        goto done;
+    }
     result = Py_None;
     Py_INCREF(result);
 done:
-    for (int t = 0; t < count_taken; t++) PyBuffer_Release(taken[t]);
+    PyBuffer_Release(&table);
+    if (have_bias) PyBuffer_Release(&bias);
+    if (have_out) PyBuffer_Release(&out);
     return result;
 }
 

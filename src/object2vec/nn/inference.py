@@ -101,7 +101,7 @@ def _pooled(
         and table.dtype == torch.float32
         and len(column.tokens) <= C_BAG_MAX_TOKENS
     ):
-        pooled = torch.from_numpy(_bag_means(_values(table), column, None, None))
+        pooled = torch.from_numpy(_bag_means(_values(table), [column], None, None))
         # projected batch_size rows at a time, as below: a linear layer's sums depend on how many
         # rows it is given at once, and these must be the bits of the path below
         chunks = [encoder.project(pooled[s : s + batch_size]) for s in range(0, len(pooled), batch_size)]
@@ -138,14 +138,14 @@ def _values(tensor: torch.Tensor | None) -> np.ndarray | None:
 
 
 def _bag_means(
-    table: np.ndarray, column: SequenceColumn, bias: np.ndarray | None, max_len: int | None
+    table: np.ndarray, columns: Sequence[SequenceColumn], bias: np.ndarray | None, max_len: int | None
 ) -> np.ndarray:
-    """``[len(column), width]`` float32: each sequence's mean row of ``table`` over its first
-    ``max_len`` tokens (zeros when empty), plus ``bias``, by ``_kernels.c``'s ``bag_mean``, which
-    gives the bits of the ``embedding_bag`` path."""
-    out = np.empty((len(column), table.shape[1]), dtype=np.float32)
-    tokens = np.ascontiguousarray(column.tokens, dtype=np.int64)
-    offsets = np.ascontiguousarray(column.offsets, dtype=np.int64)
+    """``[sequences, width]`` float32, the sequences of ``columns`` one after another: each one's
+    mean row of ``table`` over its first ``max_len`` tokens (zeros when empty), plus ``bias``, by
+    one call of ``_kernels.c``'s ``bag_mean``, which gives the bits of the ``embedding_bag`` path."""
+    out = np.empty((sum(len(column.offsets) - 1 for column in columns), table.shape[1]), dtype=np.float32)
+    tokens = [np.ascontiguousarray(column.tokens, dtype=np.int64) for column in columns]
+    offsets = [np.ascontiguousarray(column.offsets, dtype=np.int64) for column in columns]
     cap = -1 if max_len is None else max_len
     native.kernels.bag_mean(table, tokens, offsets, bias, out, cap, torch.get_num_threads())
     return out
@@ -156,9 +156,10 @@ def pooled_encodings(
 ) -> list[np.ndarray] | None:
     """Each column's encodings (float32, ``[len(column), enc_dim]``), every sequence cut to its
     first ``max_len`` tokens: the bits of :func:`encode_column` on the columns joined and cut, made
-    by ``_kernels.c``'s ``bag_mean`` straight from each column over the projected table, with no
-    joining, cutting, splitting or tensors. For a server's pass of a few requests, whose fixed
-    Python costs took more than its arithmetic. None where that does not apply (not a pooled
+    by one call of ``_kernels.c``'s ``bag_mean`` straight from the columns over the projected
+    table, with no joining, cutting or tensors (each column's rows are a view of the call's
+    output). For a server's pass of a few requests, whose fixed Python costs took more than its
+    arithmetic. None where that does not apply (not a pooled
     encoder with a float32 projected table on the CPU, no extension, or more than
     :data:`C_BAG_MAX_TOKENS` tokens, counted before the cut): the caller then takes
     :func:`encode_column`. Every token must be in the table, those past ``max_len`` too (the C
@@ -181,7 +182,15 @@ def _projected_in_c(
     if sum(len(column.tokens) for column in columns) > C_BAG_MAX_TOKENS:
         return None
     values, bias = _projected_tables[encoder].arrays  # made with the table (views of it and the bias)
-    return [_bag_means(values, column, bias, max_len) for column in columns]
+    out = _bag_means(values, columns, bias, max_len)
+    if len(columns) == 1:
+        return [out]
+    blocks, start = [], 0  # a view of each column's rows
+    for column in columns:
+        end = start + len(column.offsets) - 1
+        blocks.append(out[start:end])
+        start = end
+    return blocks
 
 
 #: The most memory a pooled encoder's projected token table may take (the table it is made from

@@ -277,8 +277,8 @@ class Predictor:
 
         Pairs of every element are scored in one pass and each encoder embeds its inputs of every
         element in one pass, which is what lets the server answer many small concurrent
-        requests together (a pooled encoder on the CPU embeds a pass of a few requests with one
-        C call per request instead: :meth:`_embed_columns`).
+        requests together (a pooled encoder on the CPU embeds a pass of a few requests straight
+        from each request's columns, in one C call: :meth:`_embed_columns`).
         """
         answers: list[np.ndarray | None] = [None] * len(batch)
         pairs = [i for i, part in enumerate(batch) if part.pairs and part.size]
@@ -316,7 +316,7 @@ class Predictor:
         return encode_column(self._encoders[side], column, self.encoder_device, batch_size)
 
     def _embed_columns(self, side: int, columns: list[SequenceColumn], batch_size: int) -> list[np.ndarray]:
-        """Each column's embeddings: by the C loop column by column where it applies (a pooled
+        """Each column's embeddings: by the C loop straight from the columns where it applies (a pooled
         encoder on the CPU, a pass of a few requests: ``pooled_encodings``), else in one pass over
         the columns joined, then split."""
         if self._encoders_on_cpu:

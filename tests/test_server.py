@@ -312,6 +312,8 @@ BAD_REQUESTS = [
     (b'{"instances": [{"in0": [1]}]}', JSON, "text/csv", 406, "Accept 'text/csv' is not supported"),
     (b'{"instances": [{"in0": [1]}]}', "text/csv", None, 415, "Content-Type 'text/csv' is not supported"),
     (b'{"instances": [{"in0": [1]}]}' + b" " * 60_000, JSON, None, 413, "payload limit of 0.05 MB"),
+    # the headers are judged before the body
+    (b'{"instances": [{"in0": [1]}]}' + b" " * 60_000, "text/csv", None, 415, "Content-Type 'text/csv'"),
 ]
 
 

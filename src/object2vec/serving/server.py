@@ -399,10 +399,6 @@ def create_app(
         body_format, accept = formats(request)
         return body_format, accept, await read_body(request, settings.max_payload_bytes)
 
-    def decoded(request: HttpRequest, body: bytes) -> tuple[protocol.Request, str]:
-        body_format, accept = formats(request)
-        return protocol.decode_request(body, body_format, vocab_sizes), accept
-
     def answered(rows: np.ndarray, parsed: protocol.Request, accept: str) -> Answer:
         return Answer(protocol.encode_rows(rows, parsed.mode, accept, threads), accept)
 
@@ -410,18 +406,21 @@ def create_app(
     async def invocations(request: HttpRequest) -> Answer:
         """A request whose body is still on its way (else :func:`invocations_direct`)."""
         with batcher.reading():
-            parsed, accept = decoded(request, await read_body(request, settings.max_payload_bytes))
+            body_format, accept, body = await read_request(request)
+            parsed = protocol.decode_request(body, body_format, vocab_sizes)
         return answered(await batcher.submit(parsed), parsed, accept)
 
     @json_errors_direct
     def invocations_direct(request: HttpRequest, reply: Callable[[Answer], None]) -> None:
         """:func:`invocations` for a body that has arrived, answered from the pass's callback."""
-        parsed, accept = decoded(request, body_within(request.body, settings.max_payload_bytes))
+        body_format, accept = formats(request)  # refused before the body is looked at, as above
+        body = body_within(request.body, settings.max_payload_bytes)
+        parsed = protocol.decode_request(body, body_format, vocab_sizes)
 
         def on_rows(future: asyncio.Future) -> None:
             try:
                 answer = answered(future.result(), parsed, accept)
-            except asyncio.CancelledError:  # the job was withdrawn (only at shutdown)
+            except asyncio.CancelledError:  # nothing withdraws a direct job; still, always answer
                 answer = error_answer(503, "the server is shutting down")
             except Exception as exc:
                 answer = error_for(exc)

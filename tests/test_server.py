@@ -142,7 +142,11 @@ class Client:
         return self.loop.run_until_complete(send())
 
     def get(self, path: str) -> httpx.Response:
-        return self.loop.run_until_complete(self.http.get(path))
+        return self.loop.run_until_complete(self._get(path))
+
+    async def _get(self, path: str) -> httpx.Response:
+        answered = await self._direct("GET", path, {}, b"") if self.way == "direct" else None
+        return answered if answered is not None else await self.http.get(path)
 
 
 @pytest.fixture(scope="module", params=["asgi", "direct"])

@@ -383,8 +383,8 @@ PyDoc_STRVAR(bag_mean_doc,
     "tokens and offsets may also be two lists of such arrays, one pair per column: the columns'\n"
     "bags then fill out's rows one column after another (one call for a pass of a few requests).");
 
-/* The bags of one column (tokens, offsets: int64 arrays) into out's rows from `row` on; the rows
- * it filled, or -1 with an exception set. */
+/* The bags of one column (tokens, offsets: int64 arrays) into out's rows from `row` on (out NULL:
+ * only checked); the column's bags, or -1 with an exception set. */
 static Py_ssize_t mean_column(const Py_buffer *table, const float *bias, PyObject *tokens_object,
                               PyObject *offsets_object, const Py_buffer *out, Py_ssize_t row, int64_t max_len,
                               int threads) {
@@ -396,7 +396,7 @@ static Py_ssize_t mean_column(const Py_buffer *table, const float *bias, PyObjec
     }
     Py_ssize_t filled = -1;
     const Py_ssize_t vocabulary = table->shape[0], dim = table->shape[1], bags = offsets.shape[0] - 1;
-    if (bags < 0 || row + bags > out->shape[0]) {
+    if (bags < 0 || (out != NULL && row + bags > out->shape[0])) {
         PyErr_SetString(PyExc_ValueError, "out must have a row for each bag (len(offsets) - 1 of each column)");
         goto done;
     }
@@ -414,6 +414,10 @@ static Py_ssize_t mean_column(const Py_buffer *table, const float *bias, PyObjec
                          vocabulary);
             goto done;
         }
+    }
+    if (out == NULL) {
+        filled = bags;
+        goto done;
     }
     BagJob job = {(const float *)table->buf, bias, token, offset, (float *)out->buf + row * dim, dim, max_len};
     Py_ssize_t values_per_bag = dim * (bags > 0 ? (last - first) / bags + 1 : 1);
@@ -439,7 +443,7 @@ static PyObject *bag_mean(PyObject *self, PyObject *args) {
         return NULL;
     Py_buffer table, bias, out;
     int have_bias = 0, have_out = 0;
-    PyObject *result = NULL;
+    PyObject *result = NULL, *tokens_tuple = NULL, *offsets_tuple = NULL;
     if (get_table(table_object, &table, "table", 0) < 0) return NULL;
     if (bias_object != Py_None) {
         if (get_vector(bias_object, &bias, "bias", "float32", 4) < 0) goto done;
@@ -456,30 +460,48 @@ static PyObject *bag_mean(PyObject *self, PyObject *args) {
         goto done;
     }
     const float *bias_values = have_bias ? (const float *)bias.buf : NULL;
-    Py_ssize_t rows = 0;
-    if (PyList_Check(tokens_object)) {
-        const Py_ssize_t columns = PyList_GET_SIZE(tokens_object);
-        if (!PyList_Check(offsets_object) || PyList_GET_SIZE(offsets_object) != columns) {
+    if (!PyList_Check(tokens_object)) {
+        Py_ssize_t rows = mean_column(&table, bias_values, tokens_object, offsets_object, NULL, 0, max_len, threads);
+        if (rows < 0) goto done;
+        if (rows != out.shape[0]) {
+            PyErr_SetString(PyExc_ValueError, "out must have exactly one row for each bag");
+            goto done;
+        }
+        if (mean_column(&table, bias_values, tokens_object, offsets_object, &out, 0, max_len, threads) < 0) goto done;
+    } else {
+        if (!PyList_Check(offsets_object) || PyList_GET_SIZE(offsets_object) != PyList_GET_SIZE(tokens_object)) {
             PyErr_SetString(PyExc_TypeError, "tokens and offsets must be two arrays or two lists of one length");
             goto done;
         }
-        for (Py_ssize_t c = 0; c < columns; c++) {
-            Py_ssize_t filled = mean_column(&table, bias_values, PyList_GET_ITEM(tokens_object, c),
-                                            PyList_GET_ITEM(offsets_object, c), &out, rows, max_len, threads);
-            if (filled < 0) goto done;
-            rows += filled;
+        /* snapshots (tuples own their items), so that no other thread can change the lists while
+         * a column runs without the GIL */
+        tokens_tuple = PyList_AsTuple(tokens_object);
+        offsets_tuple = PyList_AsTuple(offsets_object);
+        if (tokens_tuple == NULL || offsets_tuple == NULL) goto done;
+        const Py_ssize_t columns = PyTuple_GET_SIZE(tokens_tuple);
+        Py_ssize_t rows = 0;
+        for (Py_ssize_t c = 0; c < columns; c++) {  /* every column checked before any is computed */
+            Py_ssize_t bags = mean_column(&table, bias_values, PyTuple_GET_ITEM(tokens_tuple, c),
+                                          PyTuple_GET_ITEM(offsets_tuple, c), NULL, 0, max_len, threads);
+            if (bags < 0) goto done;
+            rows += bags;
         }
-    } else {
-        rows = mean_column(&table, bias_values, tokens_object, offsets_object, &out, 0, max_len, threads);
-        if (rows < 0) goto done;
-    }
-    if (rows != out.shape[0]) {
-        PyErr_SetString(PyExc_ValueError, "out must have exactly one row for each bag");
-        goto done;
+        if (rows != out.shape[0]) {
+            PyErr_SetString(PyExc_ValueError, "out must have exactly one row for each bag");
+            goto done;
+        }
+        for (Py_ssize_t c = 0, row = 0; c < columns; c++) {
+            Py_ssize_t filled = mean_column(&table, bias_values, PyTuple_GET_ITEM(tokens_tuple, c),
+                                            PyTuple_GET_ITEM(offsets_tuple, c), &out, row, max_len, threads);
+            if (filled < 0) goto done;
+            row += filled;
+        }
     }
     result = Py_None;
     Py_INCREF(result);
 done:
+    Py_XDECREF(tokens_tuple);
+    Py_XDECREF(offsets_tuple);
     PyBuffer_Release(&table);
     if (have_bias) PyBuffer_Release(&bias);
     if (have_out) PyBuffer_Release(&out);

@@ -204,11 +204,14 @@ class _ProjectedTable:
     """A projected token table with what it was made from: the encoder's two modules, their
     parameters, and each parameter's version counter and data pointer at the time."""
 
-    __slots__ = ("modules", "sources", "stamps", "table", "arrays")
+    __slots__ = ("modules", "sources", "memory", "stamps", "table", "arrays")
 
     def __init__(self, modules: tuple, sources: tuple, table: torch.Tensor, arrays: tuple | None):
         self.modules, self.sources, self.table, self.arrays = modules, sources, table, arrays
         self.stamps = _stamps(*sources)
+        # the sources' memory held: freed, its address could come back for new weights and pass
+        # the data-pointer check
+        self.memory = tuple(t.detach() for t in sources if t is not None)
 
     def made_from(self, encoder: PooledEmbeddingEncoder) -> bool:
         """Whether ``encoder`` still holds the very modules and parameters the table was made from,

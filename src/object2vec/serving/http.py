@@ -2,7 +2,8 @@
 
 uvicorn keeps everything it does for a server: the sockets, worker processes, signals and graceful
 shutdown, HTTP parsing (httptools), keep-alive, pipelining, ``Expect: 100-continue``, the request
-body's flow control and the 400 for a malformed request. What :class:`DirectProtocol` replaces is
+body's flow control and the 400 for a malformed request (for the service some of its per-request
+steps are made with less, doing the same: :class:`DirectProtocol`). What :class:`DirectProtocol` replaces is
 the per-request ASGI layer between the parsed request and the bytes of the answer: a proxy-headers
 middleware, the app called with ``scope``/``receive``/``send``, and two ``send`` messages each
 checked and written on their own, so an answer went out in two socket writes. Here the handler's
@@ -127,8 +128,12 @@ class Exchange(RequestResponseCycle):
 
     @property
     def message_event(self) -> asyncio.Event:
+        """uvicorn's event, made on first use: set at once when what it would have been set for
+        has happened (body received, the body's end, the client gone), as it would then be."""
         if self._event is None:
             self._event = asyncio.Event()
+            if self.body or not self.more_body or self.disconnected:
+                self._event.set()
         return self._event
 
     @message_event.setter
@@ -174,7 +179,6 @@ class DirectProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self.scope_start = {
             "type": "http",
-            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
             "http_version": "1.1",
             "server": self.server,
             "client": self.client,
@@ -196,10 +200,16 @@ class DirectProtocol(HttpToolsProtocol):
         if self.service is None:
             super().on_message_begin()
             return
+        self.idle_since = None  # a request under way (it may have come in the read of the one before)
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
-        self.scope = {**self.scope_start, "headers": self.headers, "state": self.app_state.copy()}
+        self.scope = {
+            **self.scope_start,
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -228,7 +238,7 @@ class DirectProtocol(HttpToolsProtocol):
         if type(cycle) is not Exchange:
             super().on_body(body)
             return
-        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+        if cycle.response_complete:  # (an Exchange is never an upgrade: on_headers_complete)
             return
         cycle.body += body
         if len(cycle.body) > HIGH_WATER_LIMIT:
@@ -239,7 +249,7 @@ class DirectProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if type(cycle) is not Exchange:
             super().on_message_complete()
-        elif not cycle.response_complete and not (self.parser.should_upgrade() and self._should_upgrade()):
+        elif not cycle.response_complete:
             cycle.more_body = False
             cycle.wake()
         waiting = self.awaiting_body
@@ -257,8 +267,10 @@ class DirectProtocol(HttpToolsProtocol):
         if self.flow.read_paused:
             self.flow.resume_reading()
         if self.pipeline:
+            # from the loop: started here, a request answered at once would answer the next one
+            # from inside this call, and a long pipeline would run out of stack
             cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
+            self.loop.call_soon(self._start_asgi_task, cycle, app)
             return
         self.idle_since = self.loop.time()
         if self.timeout_keep_alive_task is None:
@@ -296,8 +308,8 @@ class DirectProtocol(HttpToolsProtocol):
         if self.service is None or app is not self.app:  # not the service (e.g. uvicorn's 503 app)
             super()._start_asgi_task(cycle, app)
             return
-        direct = self.service.direct_handler(cycle.scope)
-        if direct is None:
+        direct = None if self.limit_concurrency is not None else self.service.direct_handler(cycle.scope)
+        if direct is None:  # (uvicorn's concurrency limit counts tasks: with one, every request is one)
             self._start_task(cycle)
         elif cycle.more_body:  # the usual case: called as the headers end, the body comes next
             self.awaiting_body = (cycle, direct)
@@ -330,17 +342,12 @@ class DirectProtocol(HttpToolsProtocol):
         if cycle.response_started or cycle.disconnected:
             return
         if cycle.flow.write_paused:
+            cycle.response_started = True  # answered: a second reply is dropped
             task = self.loop.create_task(self._write_and_finish(cycle, answer))
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
             return
-        try:
-            self._send(cycle, answer)
-        except Exception:  # as uvicorn does when an application fails mid-answer: close
-            logger.exception("writing the answer failed")
-            cycle.transport.close()
-        finally:
-            cycle.on_response = _nothing
+        self._finish(cycle, answer)
 
     async def _respond(self, cycle: RequestResponseCycle) -> None:
         body = None if cycle.more_body or cycle.disconnected else self._whole_body(cycle)
@@ -355,14 +362,23 @@ class DirectProtocol(HttpToolsProtocol):
             await self._write_and_finish(cycle, answer)
 
     async def _write_and_finish(self, cycle: RequestResponseCycle, answer: Answer) -> None:
+        """What uvicorn's two ``send`` calls do, in one write, once the client has read enough of
+        what it was sent."""
+        if cycle.flow.write_paused:
+            await cycle.flow.drain()
+        self._finish(cycle, answer)
+
+    def _finish(self, cycle: RequestResponseCycle, answer: Answer) -> None:
+        """The answer written unless the client has gone; as uvicorn ends a cycle, a failure
+        closes the connection, and the cycle keeps no reference back to it."""
         try:
             if not cycle.disconnected:
-                await self._write(cycle, answer)
+                self._send(cycle, answer)
         except Exception:  # as uvicorn does when an application fails mid-answer: close
             logger.exception("writing the answer failed")
             cycle.transport.close()
         finally:
-            cycle.on_response = _nothing  # as uvicorn does: no reference back to the connection
+            cycle.on_response = _nothing
 
     @staticmethod
     def _whole_body(cycle: RequestResponseCycle) -> bytes:
@@ -374,15 +390,6 @@ class DirectProtocol(HttpToolsProtocol):
         cycle.body = bytearray()
         cycle.flow.resume_reading()
         return body
-
-    async def _write(self, cycle: RequestResponseCycle, answer: Answer) -> None:
-        """What uvicorn's two ``send`` calls do, in one write (once the client has read enough of
-        what it was sent)."""
-        if cycle.flow.write_paused:
-            await cycle.flow.drain()
-            if cycle.disconnected:
-                return
-        self._send(cycle, answer)
 
     def _send(self, cycle: RequestResponseCycle, answer: Answer) -> None:
         scope = cycle.scope

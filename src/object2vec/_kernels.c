@@ -383,54 +383,67 @@ PyDoc_STRVAR(bag_mean_doc,
     "tokens and offsets may also be two lists of such arrays, one pair per column: the columns'\n"
     "bags then fill out's rows one column after another (one call for a pass of a few requests).");
 
-/* The bags of one column (tokens, offsets: int64 arrays) into out's rows from `row` on (out NULL:
- * only checked); the column's bags, or -1 with an exception set. */
-static Py_ssize_t mean_column(const Py_buffer *table, const float *bias, PyObject *tokens_object,
-                              PyObject *offsets_object, const Py_buffer *out, Py_ssize_t row, int64_t max_len,
-                              int threads) {
+/* One column of bags: its tokens and offsets (int64 buffers, held until released), checked. */
+typedef struct {
     Py_buffer tokens, offsets;
-    if (get_vector(tokens_object, &tokens, "tokens", "int64", 8) < 0) return -1;
-    if (get_vector(offsets_object, &offsets, "offsets", "int64", 8) < 0) {
-        PyBuffer_Release(&tokens);
+    Py_ssize_t bags, first, last; /* its bags; the tokens they span */
+} Column;
+
+/* Take and check a column against the table; 0, or -1 with an exception set (nothing held). */
+static int take_column(const Py_buffer *table, PyObject *tokens_object, PyObject *offsets_object, Column *column) {
+    if (get_vector(tokens_object, &column->tokens, "tokens", "int64", 8) < 0) return -1;
+    if (get_vector(offsets_object, &column->offsets, "offsets", "int64", 8) < 0) {
+        PyBuffer_Release(&column->tokens);
         return -1;
     }
-    Py_ssize_t filled = -1;
-    const Py_ssize_t vocabulary = table->shape[0], dim = table->shape[1], bags = offsets.shape[0] - 1;
-    if (bags < 0 || (out != NULL && row + bags > out->shape[0])) {
-        PyErr_SetString(PyExc_ValueError, "out must have a row for each bag (len(offsets) - 1 of each column)");
-        goto done;
+    const Py_ssize_t vocabulary = table->shape[0], bags = column->offsets.shape[0] - 1;
+    const int64_t *offset = (const int64_t *)column->offsets.buf, *token = (const int64_t *)column->tokens.buf;
+    if (bags < 0) {
+        PyErr_SetString(PyExc_ValueError, "offsets must hold at least one entry");
+        goto refused;
     }
-    const int64_t *offset = (const int64_t *)offsets.buf, *token = (const int64_t *)tokens.buf;
     for (Py_ssize_t i = 0; i < bags; i++) {
-        if (offset[i] < 0 || offset[i] > offset[i + 1] || offset[i + 1] > tokens.shape[0]) {
+        if (offset[i] < 0 || offset[i] > offset[i + 1] || offset[i + 1] > column->tokens.shape[0]) {
             PyErr_SetString(PyExc_ValueError, "offsets must be non-decreasing and within the tokens");
-            goto done;
+            goto refused;
         }
     }
-    const Py_ssize_t first = bags > 0 ? offset[0] : 0, last = bags > 0 ? offset[bags] : 0;
-    for (Py_ssize_t i = first; i < last; i++) {
+    column->bags = bags;
+    column->first = bags > 0 ? offset[0] : 0;
+    column->last = bags > 0 ? offset[bags] : 0;
+    for (Py_ssize_t i = column->first; i < column->last; i++) {
         if (token[i] < 0 || token[i] >= vocabulary) {
             PyErr_Format(PyExc_IndexError, "token %lld is outside a table of %zd rows", (long long)token[i],
                          vocabulary);
-            goto done;
+            goto refused;
         }
     }
-    if (out == NULL) {
-        filled = bags;
-        goto done;
-    }
-    BagJob job = {(const float *)table->buf, bias, token, offset, (float *)out->buf + row * dim, dim, max_len};
-    Py_ssize_t values_per_bag = dim * (bags > 0 ? (last - first) / bags + 1 : 1);
+    return 0;
+refused:
+    PyBuffer_Release(&column->tokens);
+    PyBuffer_Release(&column->offsets);
+    return -1;
+}
+
+static void release_column(Column *column) {
+    PyBuffer_Release(&column->tokens);
+    PyBuffer_Release(&column->offsets);
+}
+
+/* A checked column's bags into out's rows from `row` on. `may_release`: a large column may run
+ * without the GIL (only when no other column waits, checked, for its turn). */
+static void mean_column(const Py_buffer *table, const float *bias, const Column *column, const Py_buffer *out,
+                        Py_ssize_t row, int64_t max_len, int threads, int may_release) {
+    const Py_ssize_t dim = table->shape[1], bags = column->bags;
+    BagJob job = {(const float *)table->buf, bias, (const int64_t *)column->tokens.buf,
+                  (const int64_t *)column->offsets.buf, (float *)out->buf + row * dim, dim, max_len};
+    Py_ssize_t values_per_bag = dim * (bags > 0 ? (column->last - column->first) / bags + 1 : 1);
     /* The GIL is kept for small calls (the usual ones, a few microseconds): letting it go hands
      * it to a waiting thread, and getting it back can wait a switch interval (5 ms). */
-    PyThreadState *state = bags * values_per_bag >= MIN_VALUES_PER_THREAD ? PyEval_SaveThread() : NULL;
+    PyThreadState *state =
+        may_release && bags * values_per_bag >= MIN_VALUES_PER_THREAD ? PyEval_SaveThread() : NULL;
     run_split(mean_bags, &job, bags, values_per_bag, 1, threads);
     if (state != NULL) PyEval_RestoreThread(state);
-    filled = bags;
-done:
-    PyBuffer_Release(&tokens);
-    PyBuffer_Release(&offsets);
-    return filled;
 }
 
 static PyObject *bag_mean(PyObject *self, PyObject *args) {
@@ -444,6 +457,8 @@ static PyObject *bag_mean(PyObject *self, PyObject *args) {
     Py_buffer table, bias, out;
     int have_bias = 0, have_out = 0;
     PyObject *result = NULL, *tokens_tuple = NULL, *offsets_tuple = NULL;
+    Column one, *columns = &one;
+    Py_ssize_t count = 0, taken = 0; /* columns; those taken (held) so far */
     if (get_table(table_object, &table, "table", 0) < 0) return NULL;
     if (bias_object != Py_None) {
         if (get_vector(bias_object, &bias, "bias", "float32", 4) < 0) goto done;
@@ -459,47 +474,44 @@ static PyObject *bag_mean(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "out must have the table's width");
         goto done;
     }
-    const float *bias_values = have_bias ? (const float *)bias.buf : NULL;
     if (!PyList_Check(tokens_object)) {
-        Py_ssize_t rows = mean_column(&table, bias_values, tokens_object, offsets_object, NULL, 0, max_len, threads);
-        if (rows < 0) goto done;
-        if (rows != out.shape[0]) {
-            PyErr_SetString(PyExc_ValueError, "out must have exactly one row for each bag");
-            goto done;
-        }
-        if (mean_column(&table, bias_values, tokens_object, offsets_object, &out, 0, max_len, threads) < 0) goto done;
+        count = 1;
+        if (take_column(&table, tokens_object, offsets_object, &one) < 0) goto done;
+        taken = 1;
     } else {
         if (!PyList_Check(offsets_object) || PyList_GET_SIZE(offsets_object) != PyList_GET_SIZE(tokens_object)) {
             PyErr_SetString(PyExc_TypeError, "tokens and offsets must be two arrays or two lists of one length");
             goto done;
         }
-        /* snapshots (tuples own their items), so that no other thread can change the lists while
-         * a column runs without the GIL */
+        /* snapshots: tuples own their items, and no other thread can change them */
         tokens_tuple = PyList_AsTuple(tokens_object);
         offsets_tuple = PyList_AsTuple(offsets_object);
         if (tokens_tuple == NULL || offsets_tuple == NULL) goto done;
-        const Py_ssize_t columns = PyTuple_GET_SIZE(tokens_tuple);
-        Py_ssize_t rows = 0;
-        for (Py_ssize_t c = 0; c < columns; c++) {  /* every column checked before any is computed */
-            Py_ssize_t bags = mean_column(&table, bias_values, PyTuple_GET_ITEM(tokens_tuple, c),
-                                          PyTuple_GET_ITEM(offsets_tuple, c), NULL, 0, max_len, threads);
-            if (bags < 0) goto done;
-            rows += bags;
-        }
-        if (rows != out.shape[0]) {
-            PyErr_SetString(PyExc_ValueError, "out must have exactly one row for each bag");
+        count = PyTuple_GET_SIZE(tokens_tuple);
+        if (count > 1 && (columns = PyMem_Malloc((size_t)count * sizeof(Column))) == NULL) {
+            PyErr_NoMemory();
             goto done;
         }
-        for (Py_ssize_t c = 0, row = 0; c < columns; c++) {
-            Py_ssize_t filled = mean_column(&table, bias_values, PyTuple_GET_ITEM(tokens_tuple, c),
-                                            PyTuple_GET_ITEM(offsets_tuple, c), &out, row, max_len, threads);
-            if (filled < 0) goto done;
-            row += filled;
+        for (; taken < count; taken++) { /* every column checked before any is computed */
+            if (take_column(&table, PyTuple_GET_ITEM(tokens_tuple, taken), PyTuple_GET_ITEM(offsets_tuple, taken),
+                            &columns[taken]) < 0)
+                goto done;
         }
     }
+    Py_ssize_t rows = 0;
+    for (Py_ssize_t c = 0; c < count; c++) rows += columns[c].bags;
+    if (rows != out.shape[0]) {
+        PyErr_SetString(PyExc_ValueError, "out must have exactly one row for each bag");
+        goto done;
+    }
+    const float *bias_values = have_bias ? (const float *)bias.buf : NULL;
+    for (Py_ssize_t c = 0, row = 0; c < count; row += columns[c].bags, c++)
+        mean_column(&table, bias_values, &columns[c], &out, row, (int64_t)max_len, threads, count == 1);
     result = Py_None;
     Py_INCREF(result);
 done:
+    for (Py_ssize_t c = 0; c < taken; c++) release_column(&columns[c]);
+    if (columns != &one) PyMem_Free(columns);
     Py_XDECREF(tokens_tuple);
     Py_XDECREF(offsets_tuple);
     PyBuffer_Release(&table);

@@ -114,7 +114,7 @@ class Routes:
 
     def _route(self, path: str) -> str:
         """The route ``path`` matches: an exact one, else the first pattern (else ``path``)."""
-        if path in self._handlers and "{" not in path:
+        if path in self._handlers:
             return path
         for route, prefix, suffix in self._patterns:
             middle = path[len(prefix) : len(path) - len(suffix)]

@@ -2,8 +2,7 @@
 
 uvicorn keeps everything it does for a server: the sockets, worker processes, signals and graceful
 shutdown, HTTP parsing (httptools), keep-alive, pipelining, ``Expect: 100-continue``, the request
-body's flow control and the 400 for a malformed request (for the service some of its per-request
-steps are made with less, doing the same: :class:`DirectProtocol`). What :class:`DirectProtocol` replaces is
+body's flow control and the 400 for a malformed request. What :class:`DirectProtocol` replaces is
 the per-request ASGI layer between the parsed request and the bytes of the answer: a proxy-headers
 middleware, the app called with ``scope``/``receive``/``send``, and two ``send`` messages each
 checked and written on their own, so an answer went out in two socket writes. Here the handler's
@@ -11,7 +10,8 @@ checked and written on their own, so an answer went out in two socket writes. He
 ``GET /ping`` under 16 connections: 18,400-29,000 requests/s this way against 13,300-17,500 through
 ASGI on the same 2-core machine (README, "Serving performance"). A request whose body has arrived
 goes further: its route's direct handler answers it from the parser's callback, with no task at
-all, and uvicorn's per-request steps are made with less (:class:`DirectProtocol`, :class:`Exchange`).
+all, and for the service uvicorn's per-request steps are made with less, doing the same
+(:class:`DirectProtocol`, :class:`Exchange`).
 
 An application that is not an :class:`App`, or an App behind any middleware other than uvicorn's
 own proxy-headers and message-logger wrappers, is served through ASGI as uvicorn would. With the
@@ -325,7 +325,11 @@ class DirectProtocol(HttpToolsProtocol):
                 self._start_task(waiting[0])
 
     def _start_task(self, cycle: RequestResponseCycle) -> None:
-        task = self.loop.create_task(self._respond(cycle))
+        self._track(self._respond(cycle))
+
+    def _track(self, coroutine) -> None:
+        """A task among the server's (its graceful shutdown waits for them), as uvicorn's are."""
+        task = self.loop.create_task(coroutine)
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
@@ -343,9 +347,7 @@ class DirectProtocol(HttpToolsProtocol):
             return
         if cycle.flow.write_paused:
             cycle.response_started = True  # answered: a second reply is dropped
-            task = self.loop.create_task(self._write_and_finish(cycle, answer))
-            task.add_done_callback(self.tasks.discard)
-            self.tasks.add(task)
+            self._track(self._write_and_finish(cycle, answer))
             return
         self._finish(cycle, answer)
 

@@ -136,10 +136,8 @@ def parse_max_seqlens(value: str) -> tuple[int, int]:
     return fwd, bck
 
 
-@functools.lru_cache(maxsize=256)
 def parse_content_type(header: str | None) -> BodyFormat:
-    """The body layout from ``Content-Type`` (missing -> JSON); unsupported types are a 415.
-    Remembered for the last 256 headers: clients send the same few again and again."""
+    """The body layout from ``Content-Type`` (missing -> JSON); unsupported types are a 415."""
     mime, params = parse_media_type(header)
     if mime in ("", JSON):
         lines = False
@@ -158,7 +156,6 @@ def _accept_quality(params: dict[str, str]) -> float:
         return 0.0
 
 
-@functools.lru_cache(maxsize=256)
 def parse_accept(header: str | None, default: str = JSON) -> str:
     """The response type from ``Accept``: JSON or JSON Lines when named (the highest ``q``
     first), ``default`` when the header is missing or its best choice a wildcard (``*/*``,
@@ -166,8 +163,7 @@ def parse_accept(header: str | None, default: str = JSON) -> str:
 
     SageMaker's batch transform sends no Accept unless the job sets one, and SageMaker's own
     containers then answer in ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``, else in the request's
-    own type: the caller passes that as ``default`` (see :func:`default_accept`). Remembered for
-    the last 256 pairs of arguments, as :func:`parse_content_type`."""
+    own type: the caller passes that as ``default`` (see :func:`default_accept`)."""
     if not header or not header.strip():
         return default
     ranges = [parse_media_type(part) for part in header.split(",") if part.strip()]
@@ -197,7 +193,8 @@ def parse_formats(
 ) -> tuple[BodyFormat, str]:
     """The body's layout and the answer's type from a request's ``Content-Type`` and ``Accept``
     (:func:`parse_content_type`, :func:`parse_accept` with :func:`default_accept`), in one step
-    that is remembered for the last 256 combinations."""
+    that is remembered for the last 256 combinations: clients send the same few again and again,
+    and the server asks on every request."""
     body = parse_content_type(content_type)
     return body, parse_accept(accept, default_accept(body, configured_accept))
 
